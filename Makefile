@@ -1,0 +1,25 @@
+# The two set-up commands of the README: `make demo` (quickstart training run) and `make test`.
+# Both create .venv on first use and reuse it afterwards.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test data clean-venv
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+data:
+	@bash launch/get_fashion_mnist.sh
+
+demo: $(STAMP) data
+	$(VENV)/bin/ffpipe train --config configs/quickstart.toml
+
+test: $(STAMP) data
+	$(PY) -m pytest -n 2 -q
+
+clean-venv:
+	rm -rf $(VENV)

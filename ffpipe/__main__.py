@@ -1,0 +1,5 @@
+import sys
+
+from ffpipe.cli import main
+
+sys.exit(main())

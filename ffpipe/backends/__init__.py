@@ -1,0 +1,1 @@
+"""How stage processes are started: local (threads in this process), torchrun, ray."""

@@ -1,0 +1,281 @@
+"""Typed run configuration: TOML file + `--set section.key=value` overrides, validated early.
+
+Every key is a dataclass field with a `doc` (shown by `ffpipe train --help-config`) and, where the
+set of values is closed, its `choices`. Unknown keys, wrong types and impossible values raise
+ConfigError naming the key and what is allowed. Each component gets only its own section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ffpipe.errors import ConfigError
+
+MODELS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn", "mlp")
+DATASETS = ("fashion_mnist", "mnist", "synthetic")
+
+
+def _f(default, doc: str, choices: tuple = (), **kw):
+    """A config field with its documentation and, optionally, its allowed values."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"doc": doc, "choices": choices, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("small_cnn", "architecture", MODELS)
+    granularity: str = _f("block", "unit size: 'layer' = pure FF (every conv+norm+act a unit), "
+                          "'block' = hybrid (backprop inside each residual block)", ("layer", "block"))
+    width: int = _f(0, "base width of small_cnn / hidden width of mlp (0 = model default)")
+    depth: int = _f(0, "number of hidden layers of mlp (0 = model default)")
+    head_kernel: int = _f(1, "kernel size of the auxiliary goodness convolution (odd)")
+
+    def validate(self):
+        _require(self.width >= 0, "model.width", "must be >= 0")
+        _require(self.depth >= 0, "model.depth", "must be >= 0")
+        _require(self.head_kernel >= 1 and self.head_kernel % 2 == 1,
+                 "model.head_kernel", "must be an odd number >= 1 (1, 3, 5, ...)")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = _f("sff", "'sff' local goodness losses, 'bp' end-to-end backprop, "
+                   "'ff' classic Forward-Forward (mlp only)", ("sff", "bp", "ff"))
+    margin: float = _f(1.0, "sff: margin m added to every wrong class's goodness")
+    temperature: float = _f(1.0, "sff: temperature tau dividing goodness in the softmax")
+    goodness: str = _f("mean_square", "sff: 'mean_square' (paper: mean over HxW of squares) or "
+                       "'log_mean_square' (its log: scale-free, bounded logits)",
+                       ("mean_square", "log_mean_square"))
+    grad_clip: float = _f(0.0, "clip each unit's gradient norm to this (0 = off)")
+    ff_threshold: float = _f(2.0, "ff: goodness threshold of the logistic loss")
+
+    def validate(self):
+        _require(self.margin >= 0, "algo.margin", "must be >= 0")
+        _require(self.temperature > 0, "algo.temperature", "must be > 0")
+        _require(self.grad_clip >= 0, "algo.grad_clip", "must be >= 0 (0 turns clipping off)")
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("fashion_mnist", "dataset", DATASETS)
+    root: str = _f("", "where the files are ('' = the dataset's usual places)")
+    train_subset: float = _f(0, "0 = all; an integer N >= 1 = N images per class; "
+                             "a fraction in (0, 1) = that share of each class")
+    augment: bool = _f(True, "random crop with padding (and flips where they make sense), on device")
+    synthetic_train: int = _f(2048, "synthetic: training images")
+    synthetic_test: int = _f(512, "synthetic: test images")
+    synthetic_shape: list = _f(lambda: [3, 32, 32], "synthetic: image shape [C, H, W]")
+    synthetic_classes: int = _f(10, "synthetic: number of classes")
+
+    def validate(self):
+        s = self.train_subset
+        _require(s >= 0 and (s < 1 or float(s).is_integer()), "data.train_subset",
+                 "must be 0 (all), a whole number of images per class, or a fraction in (0, 1)")
+        _require(self.synthetic_train > 0 and self.synthetic_test > 0, "data.synthetic_train",
+                 "synthetic_train and synthetic_test must be > 0")
+        _require(len(self.synthetic_shape) == 3 and all(int(v) > 0 for v in self.synthetic_shape),
+                 "data.synthetic_shape", "must be three positive integers [C, H, W]")
+        _require(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(1, "passes over the training set")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = no limit)")
+    batch_size: int = _f(128, "training minibatch size")
+    eval_batch_size: int = _f(512, "evaluation minibatch size")
+    lr: float = _f(0.05, "peak learning rate")
+    optimizer: str = _f("sgd", "optimizer (sgd uses momentum)", ("sgd", "adam", "adamw"))
+    momentum: float = _f(0.9, "sgd momentum")
+    weight_decay: float = _f(5e-4, "weight decay")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up", ("cosine", "constant"))
+    warmup_fraction: float = _f(0.05, "share of the steps spent warming the lr up linearly")
+    seed: int = _f(0, "seed of weights, data order and augmentation")
+    device: str = _f("auto", "where to train", ("auto", "cpu", "cuda"))
+    precision: str = _f("auto", "'auto' = bf16 autocast on GPU, fp32 on CPU", ("auto", "fp32", "bf16"))
+    channels_last: bool = _f(True, "use channels_last memory format on GPU")
+    deterministic: bool = _f(False, "deterministic kernels (bit-identical reruns; slower on GPU)")
+    log_every: int = _f(50, "read metrics from the device every N steps")
+
+    def validate(self):
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+
+
+@dataclass
+class PipelineConfig:
+    backend: str = _f("local", "how stages are started", ("local", "torchrun", "ray"))
+    stages: int = _f(1, "number of pipeline stages (consecutive units each)")
+    boundaries: list = _f(list, "explicit first unit of every stage after the first "
+                          "(e.g. [3, 6]); empty = balance by measured cost")
+    queue_depth: int = _f(2, "batches in flight between two stages")
+    transport: str = _f("p2p", "between stages: torch.distributed point-to-point or Ray",
+                        ("p2p", "ray"))
+    timeout_s: float = _f(300.0, "a stage waiting longer than this on a neighbour stops the run")
+
+    def validate(self):
+        _require(self.stages >= 1, "pipeline.stages", "must be >= 1")
+        _require(self.queue_depth >= 1, "pipeline.queue_depth", "must be >= 1")
+        _require(self.timeout_s > 0, "pipeline.timeout_s", "must be > 0")
+        b = self.boundaries
+        _require(all(isinstance(v, int) and v > 0 for v in b) and b == sorted(set(b)),
+                 "pipeline.boundaries", "must be increasing unit indices > 0")
+        _require(not b or len(b) == self.stages - 1, "pipeline.boundaries",
+                 f"needs stages - 1 = {self.stages - 1} entries, got {len(b)}")
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("", "run folder ('' = runs/<timestamp>)")
+    plots: bool = _f(True, "write PNG plots of the per-unit curves")
+    progress: bool = _f(True, "show a progress bar on the console")
+    checkpoint_every: int = _f(0, "save every stage every N steps (0 = at the end of each epoch)")
+
+    def validate(self):
+        _require(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "Config":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        _require(not (self.algo.name == "ff" and self.model.name != "mlp"), "algo.name",
+                 "'ff' (classic Forward-Forward) needs model.name = 'mlp'; use 'sff' for CNNs")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {what}")
+
+
+def _coerce(key: str, value: Any, typ: type, choices: tuple) -> Any:
+    """Check one value against its declared type and choices; ints are accepted for floats."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be of type {typ.__name__}, "
+                          f"got {value!r} ({type(value).__name__})")
+    if choices and value not in choices:
+        raise ConfigError(f"config key '{key}' = {value!r} is not allowed; "
+                          f"choose one of: {', '.join(map(str, choices))}")
+    return value
+
+
+def _build_section(name: str, cls: type, values: dict) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '[{name}]' must be a table of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{name}.{key}'; "
+                              f"keys of [{name}]: {', '.join(fields)}")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key],
+                              fields[key].metadata.get("choices", ()))
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, value); the value is read as TOML, else as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.1), got {text!r}")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def merge(tree: dict, overrides: list[str]) -> dict:
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        tree.setdefault(section, {})[key] = value
+    return tree
+
+
+def from_dict(tree: dict) -> Config:
+    unknown = sorted(set(tree) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section '[{unknown[0]}]'; sections: {', '.join(SECTIONS)}")
+    hints = get_type_hints(Config)
+    sections = {name: _build_section(name, hints[name], tree.get(name, {})) for name in SECTIONS}
+    return Config(**sections).validate()
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the TOML file (if any), then each override in order."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing TOML file "
+                              "to --config, or leave --config out for the quickstart defaults")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    return from_dict(merge(tree, list(overrides)))
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML that `load` reads back to an equal Config."""
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def describe() -> str:
+    """Every key with its default, allowed values and doc: the reference printed by the CLI."""
+    out = []
+    hints = get_type_hints(Config)
+    for section in SECTIONS:
+        cls = hints[section]
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            choices = f.metadata.get("choices")
+            allowed = f" (one of: {', '.join(choices)})" if choices else ""
+            out.append(f"{section}.{f.name} = {_toml_value(default)}{allowed}\n    {f.metadata['doc']}")
+    return "\n".join(out)

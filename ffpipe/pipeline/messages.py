@@ -1,0 +1,55 @@
+"""The only things that cross a stage boundary.
+
+A Message is one batch (or a control marker) on its way down the pipeline: the activations, the
+detached skip tensors that residual blocks still need, the labels, where it belongs (phase, epoch,
+step), and while evaluating the running sum of goodness votes and per-unit correct counts so the
+last stage can report every accuracy without a second pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+
+import torch
+
+
+class Phase(enum.IntEnum):
+    TRAIN = 0      # a training batch: every stage trains its units on it
+    EPOCH_END = 1  # all training batches of `epoch` have been sent: stages checkpoint
+    EVAL = 2       # a test batch: every stage adds its units' votes
+    EVAL_END = 3   # all test batches of `epoch` have been sent: the last stage reports
+    END = 4        # end of stream: every stage finishes and passes it on
+
+
+@dataclass
+class Message:
+    phase: Phase
+    epoch: int
+    step: int                         # TRAIN: global optimizer step; EVAL: index of the test batch
+    x: torch.Tensor | None = None
+    skips: tuple = ()
+    y: torch.Tensor | None = None
+    votes: torch.Tensor | None = None          # EVAL: sum over units so far of vote probabilities, B x C
+    unit_correct: torch.Tensor | None = None   # EVAL: correct predictions of each unit so far, U
+
+    @property
+    def is_control(self) -> bool:
+        return self.x is None
+
+    def replace(self, **changes) -> "Message":
+        return dataclasses.replace(self, **changes)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the message carries, in a fixed order (what a transport must move)."""
+        out = [t for t in (self.x, *self.skips, self.y, self.votes, self.unit_correct) if t is not None]
+        return out
+
+    def to(self, device: torch.device) -> "Message":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return self.replace(x=move(self.x), skips=tuple(move(s) for s in self.skips), y=move(self.y),
+                            votes=move(self.votes), unit_correct=move(self.unit_correct))
+
+
+def control(phase: Phase, epoch: int, step: int) -> Message:
+    return Message(phase=phase, epoch=epoch, step=step)

@@ -1,0 +1,59 @@
+"""Units to stages: pure functions from unit costs (or explicit boundaries) to contiguous stages.
+
+A stage is given by the index of its first unit; stage k owns units [starts[k], starts[k+1]).
+"""
+from __future__ import annotations
+
+from ffpipe.errors import ConfigError
+
+
+def balanced_starts(costs: list[float], num_stages: int) -> list[int]:
+    """Contiguous stages that minimise the cost of the slowest stage (exact dynamic programme).
+
+    Among equally good splits the one with the earliest boundaries wins, so the result is stable.
+    """
+    n = len(costs)
+    _check_count(n, num_stages)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[s][i]: smallest max-stage cost splitting units [0, i) into s stages; cut[s][i]: last start.
+    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(num_stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, num_stages + 1):
+        for i in range(s, n + 1):
+            for j in range(s - 1, i):
+                value = max(best[s - 1][j], prefix[i] - prefix[j])
+                if value < best[s][i] - 1e-12:
+                    best[s][i], cut[s][i] = value, j
+    starts, i = [], n
+    for s in range(num_stages, 0, -1):
+        i = cut[s][i]
+        starts.append(i)
+    return starts[::-1]
+
+
+def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None = None,
+                 costs: list[float] | None = None) -> list[int]:
+    """First unit of every stage: explicit `boundaries` (first units of stages 1..S-1) if given,
+    else balanced by `costs` (equal costs when none are known)."""
+    _check_count(num_units, num_stages)
+    if boundaries:
+        if len(boundaries) != num_stages - 1 or boundaries[-1] >= num_units:
+            raise ConfigError(f"pipeline.boundaries = {boundaries} must give the first unit of "
+                              f"each of stages 1..{num_stages - 1}, each below {num_units} "
+                              f"(the model has {num_units} units)")
+        return [0, *boundaries]
+    return balanced_starts(costs or [1.0] * num_units, num_stages)
+
+
+def stage_ranges(starts: list[int], num_units: int) -> list[range]:
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], num_units])]
+
+
+def _check_count(num_units: int, num_stages: int) -> None:
+    if num_stages > num_units:
+        raise ConfigError(f"pipeline.stages = {num_stages} but the model has only {num_units} "
+                          f"units (learners); use at most {num_units} stages")

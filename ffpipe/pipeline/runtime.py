@@ -1,0 +1,110 @@
+"""run_stage_loop: the one loop every backend runs, once per stage.
+
+Backends differ only in how they start the processes (or threads) and which channels they hand
+in: stage 0's inbox is the DataSource, the last stage's outbox the EvalSink, and between stages a
+transport Channel (in-memory queue, torch.distributed p2p, Ray).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ffpipe.checkpoint import save_stage
+from ffpipe.metrics import Stopwatch, peak_memory_mib
+from ffpipe.pipeline.messages import Message, Phase
+from ffpipe.pipeline.stage import Stage
+
+
+class Inbox(Protocol):
+    def recv(self) -> Message: ...
+
+
+class Outbox(Protocol):
+    def send(self, msg: Message) -> None: ...
+
+
+@dataclass
+class LoopConfig:
+    log_every: int
+    checkpoint_every: int = 0          # steps; 0 = at the end of each epoch only
+    run_dir: Path | None = None        # None: no checkpoints (evaluation, tests)
+    on_log: Callable[[int, int, list[dict]], None] | None = None  # (stage_id, step, rows)
+
+
+@dataclass
+class StageLogger:
+    """Metric rows of one stage, and the time it spent waiting on its neighbours."""
+    stage: Stage
+    rows: list[dict] = field(default_factory=list)
+    wait_recv: Stopwatch = field(default_factory=Stopwatch)
+    wait_send: Stopwatch = field(default_factory=Stopwatch)
+    train_seconds: float = 0.0
+    train_images: int = 0
+    _epoch_t0: float | None = None
+    _window_t0: float = field(default_factory=time.perf_counter)
+    _window_images: int = 0
+
+    def trained(self, batch: int) -> None:
+        if self._epoch_t0 is None:
+            self._epoch_t0 = time.perf_counter()
+        self.train_images += batch
+        self._window_images += batch
+
+    def log(self, epoch: int) -> list[dict]:
+        stats = self.stage.read_stats()  # syncs with the device, so the window's time is real
+        now = time.perf_counter()
+        common = {"phase": "train", "epoch": epoch, "step": self.stage.step, "stage": self.stage.stage_id,
+                  "lr": self.stage.lr, "images_per_s": self._window_images / max(now - self._window_t0, 1e-9),
+                  "wait_recv_s": self.wait_recv.total, "wait_send_s": self.wait_send.total,
+                  "peak_memory_mib": peak_memory_mib(self.stage.device), "wall_s": now}
+        rows = [{**common, **s} for s in stats]
+        self.rows += rows
+        self._window_t0, self._window_images = now, 0
+        return rows
+
+    def epoch_done(self, epoch: int) -> list[dict]:
+        if self.stage.pending_steps:
+            rows = self.log(epoch)
+        else:
+            rows = []
+            self.stage.sync()  # so the epoch's time includes its last queued kernels
+        if self._epoch_t0 is not None:
+            self.train_seconds += time.perf_counter() - self._epoch_t0
+            self._epoch_t0 = None
+        return rows
+
+
+def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
+                   logger: StageLogger | None = None) -> StageLogger:
+    logger = logger or StageLogger(stage)
+    while True:
+        with logger.wait_recv:
+            msg = inbox.recv()
+        if msg.phase is Phase.TRAIN:
+            msg = stage.train_step(msg)
+            logger.trained(len(msg.y))
+            if stage.step % loop.log_every == 0:
+                _report(loop, stage, logger.log(msg.epoch))
+            if loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:
+                _checkpoint(loop, stage, msg.epoch)
+        elif msg.phase is Phase.EVAL:
+            msg = stage.eval_step(msg)
+        elif msg.phase is Phase.EPOCH_END:
+            _report(loop, stage, logger.epoch_done(msg.epoch))
+            _checkpoint(loop, stage, msg.epoch)
+        with logger.wait_send:
+            outbox.send(msg)
+        if msg.phase is Phase.END:
+            return logger
+
+
+def _report(loop: LoopConfig, stage: Stage, rows: list[dict]) -> None:
+    if rows and loop.on_log is not None:
+        loop.on_log(stage.stage_id, stage.step, rows)
+
+
+def _checkpoint(loop: LoopConfig, stage: Stage, epoch: int) -> None:
+    if loop.run_dir is not None:
+        save_stage(loop.run_dir, stage.stage_id, stage.state_dict(), epoch, stage.step)

@@ -1,0 +1,82 @@
+"""What feeds stage 0: the run's plan turned into the stream of messages every stage will see.
+
+For each epoch: its training batches (TRAIN), EPOCH_END, the test batches (EVAL), EVAL_END; then
+END. The stream depends only on the config and the seed, so every backend sees the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ffpipe.config import Config
+from ffpipe.data import DeviceLoader
+from ffpipe.errors import DataError
+from ffpipe.learners import InputTransform
+from ffpipe.pipeline.messages import Message, Phase, control
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    steps_per_epoch: int
+    total_steps: int
+    num_units: int
+    num_classes: int
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+
+def make_plan(cfg: Config, num_train: int, num_units: int, num_classes: int) -> RunPlan:
+    steps_per_epoch = num_train // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"train.batch_size = {cfg.train.batch_size} is larger than the training set "
+                        f"({num_train} images); lower train.batch_size")
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    return RunPlan(steps_per_epoch, total, num_units, num_classes)
+
+
+class DataSource:
+    """The inbox of stage 0: recv() yields the next message of the stream."""
+
+    def __init__(self, plan: RunPlan, train: DeviceLoader, test: DeviceLoader,
+                 transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False):
+        self.plan, self.train, self.test, self.transform = plan, train, test, transform
+        self._stream = self._eval_stream(0, start_step) if eval_only else self._stream_from(start_step)
+
+    def recv(self) -> Message:
+        return next(self._stream)
+
+    def close(self) -> None:
+        pass
+
+    def _stream_from(self, start_step: int) -> Iterator[Message]:
+        spe, total = self.plan.steps_per_epoch, self.plan.total_steps
+        for epoch in range(start_step // spe, self.plan.epochs):
+            first = epoch * spe
+            start = max(start_step - first, 0)
+            n = min(spe, total - first)
+            for b, (x, y) in zip(range(start, n), self.train.batches(epoch, start)):
+                yield self._message(Phase.TRAIN, epoch, first + b, x, y)
+            yield control(Phase.EPOCH_END, epoch, first + n)
+            yield from self._eval_stream(epoch, first + n, end=False)
+        yield control(Phase.END, self.plan.epochs - 1, total)
+
+    def _eval_stream(self, epoch: int, step: int = 0, end: bool = True) -> Iterator[Message]:
+        for i, (x, y) in enumerate(self.test.batches(epoch)):
+            msg = self._message(Phase.EVAL, epoch, i, x, y)
+            msg.votes = torch.zeros(len(y), self.plan.num_classes, device=y.device)
+            msg.unit_correct = torch.zeros(self.plan.num_units, dtype=torch.long, device=y.device)
+            yield msg
+        yield control(Phase.EVAL_END, epoch, step)
+        if end:
+            yield control(Phase.END, epoch, step)
+
+    def _message(self, phase: Phase, epoch: int, step: int, x, y) -> Message:
+        if self.transform is not None:
+            x = self.transform(x, y, phase, step)
+        return Message(phase, epoch, step, x=x, y=y)

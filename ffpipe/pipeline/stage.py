@@ -1,0 +1,146 @@
+"""Stage: consecutive learners on one device, trained batch by batch from what arrives.
+
+One optimizer with a parameter group per learner, one backward over the sum of the learners'
+losses: since every learner's input is detached, each loss reaches only its own learner, so this
+is exactly one optimizer step per unit, with a fraction of the kernel launches. Statistics stay on
+the device and are read (a host sync) only when asked, on log steps.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ffpipe.config import Config
+from ffpipe.errors import TrainingError
+from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
+from ffpipe.pipeline.messages import Message
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+class Stage:
+    def __init__(self, stage_id: int, learners: list[nn.Module], cfg: Config, total_steps: int,
+                 device: torch.device):
+        self.stage_id = stage_id
+        self.unit_ids = [learner.index for learner in learners]
+        self.device = device
+        self.learners = nn.ModuleList(learners).to(device)
+        self.channels_last = device.type == "cuda" and cfg.train.channels_last
+        if self.channels_last:
+            self.learners.to(memory_format=torch.channels_last)
+        self.train_cfg = cfg.train
+        self.grad_clip = cfg.algo.grad_clip
+        self.total_steps = total_steps
+        self.optimizer = build_optimizer([{"params": list(l.parameters())} for l in self.learners],
+                                         cfg.train, device)
+        self.amp_dtype = autocast_dtype(cfg, device)
+        self.step = 0
+        self.lr = 0.0
+        self._reset_stats()
+        self._first_bad_step = torch.full((len(learners),), -1, dtype=torch.long, device=device)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_step(self, msg: Message) -> Message:
+        msg = msg.to(self.device)  # a no-op when the previous stage shares the device
+        self.learners.train()
+        self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
+        set_lr(self.optimizer, self.lr)
+        x, skips, losses, correct = self._prepare(msg.x), msg.skips, [], []
+        with self._autocast():
+            for learner in self.learners:
+                out = learner(x, skips, msg.y, self.amp_dtype)
+                x, skips = out.x, out.skips
+                losses.append(out.loss)
+                correct.append(out.correct)
+        loss_U = torch.stack([l.float() for l in losses])
+        # One backward for all learners: their graphs are disjoint (inputs detached), so each
+        # learner receives exactly the gradient of its own loss.
+        loss_U.sum().backward()
+        if self.grad_clip > 0:
+            for learner in self.learners:
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), self.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._track(loss_U.detach(), torch.stack(correct), len(msg.y))
+        self.step += 1
+        return msg.replace(x=x, skips=skips)
+
+    @torch.no_grad()
+    def eval_step(self, msg: Message) -> Message:
+        msg = msg.to(self.device)
+        self.learners.eval()
+        x, skips = self._prepare(msg.x), msg.skips
+        votes, unit_correct = msg.votes.clone(), msg.unit_correct.clone()
+        with self._autocast():
+            for learner in self.learners:
+                out = learner(x, skips, None, self.amp_dtype)
+                x, skips = out.x, out.skips
+                votes += learner.vote(out.scores_BC)
+                unit_correct[learner.index] += (out.scores_BC.argmax(dim=1) == msg.y).sum()
+        return msg.replace(x=x, skips=skips, votes=votes, unit_correct=unit_correct)
+
+    def _track(self, loss_U: torch.Tensor, correct_U: torch.Tensor, batch: int) -> None:
+        # No host sync: sums and the first non-finite step stay on the device until read_stats.
+        self._loss_sum += loss_U
+        self._correct_sum += correct_U
+        self._images += batch
+        self._steps_since_read += 1
+        bad = ~torch.isfinite(loss_U) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(bad, self.step, self._first_bad_step)
+
+    def _reset_stats(self) -> None:
+        n = len(self.learners)
+        self._loss_sum = torch.zeros(n, device=self.device)
+        self._correct_sum = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._images = 0
+        self._steps_since_read = 0
+
+    @property
+    def pending_steps(self) -> int:
+        """Steps trained since the statistics were last read."""
+        return self._steps_since_read
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def read_stats(self) -> list[dict]:
+        """Mean loss and training accuracy of each learner since the last read (a host sync)."""
+        first_bad = self._first_bad_step.tolist()  # note: a CPU-GPU sync point, on log steps only
+        for unit, step in zip(self.unit_ids, first_bad):
+            if step >= 0:
+                raise TrainingError(
+                    f"the loss of unit {unit} (stage {self.stage_id}) became non-finite at step "
+                    f"{step}; lower train.lr, raise algo.temperature, set algo.grad_clip or use "
+                    "algo.goodness = 'log_mean_square'")
+        steps, images = max(1, self._steps_since_read), max(1, self._images)
+        rows = [{"unit": unit, "loss": loss / steps, "accuracy": correct / images}
+                for unit, loss, correct in zip(self.unit_ids, self._loss_sum.tolist(),
+                                               self._correct_sum.tolist())]
+        self._reset_stats()
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"learners": self.learners.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learners.load_state_dict(state["learners"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]

@@ -1,0 +1,128 @@
+"""What every backend shares: building a run's pieces, one stage's part of it, and its summary.
+
+A backend starts processes (or threads), and in each calls `build_stage` and `run_stage_loop`;
+the coordinator then calls `finish_run` with every stage's report and the last stage's results.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ffpipe.config import Config
+from ffpipe.data import DataBundle, DeviceLoader, load_data
+from ffpipe.errors import ConfigError
+from ffpipe.learners import InputTransform, build_learners, input_transform
+from ffpipe.pipeline.partition import stage_ranges, stage_starts
+from ffpipe.pipeline.runtime import StageLogger
+from ffpipe.pipeline.source import DataSource, RunPlan, make_plan
+from ffpipe.pipeline.stage import Stage
+from ffpipe.plots import plot_run
+from ffpipe.run import merge_metrics, test_rows, write_stage_metrics, write_summary
+
+
+@dataclass
+class RunSetup:
+    cfg: Config
+    data: DataBundle
+    learners: list[nn.Module]
+    plan: RunPlan
+    starts: list[int]
+    transform: InputTransform | None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.starts)
+
+    def unit_range(self, stage_id: int) -> range:
+        return stage_ranges(self.starts, len(self.learners))[stage_id]
+
+
+def setup_process(cfg: Config) -> None:
+    """Per-process numerics: deterministic kernels on request, TF32 matmuls on GPU otherwise."""
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare(cfg: Config) -> RunSetup:
+    data = load_data(cfg.data, cfg.train.seed)
+    learners = build_learners(cfg, data.in_shape, data.num_classes)
+    plan = make_plan(cfg, len(data.train), len(learners), data.num_classes)
+    starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None)
+    return RunSetup(cfg, data, learners, plan, starts, input_transform(cfg, data.num_classes))
+
+
+def stage_device(cfg: Config, stage_id: int, local_rank: int | None = None) -> torch.device:
+    """cpu, or one GPU per stage (wrapping around when there are fewer GPUs than stages)."""
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = stage_id if local_rank is None else local_rank
+    return torch.device("cuda", index % torch.cuda.device_count())
+
+
+def build_stage(setup: RunSetup, stage_id: int, device: torch.device) -> Stage:
+    r = setup.unit_range(stage_id)
+    return Stage(stage_id, setup.learners[r.start:r.stop], setup.cfg, setup.plan.total_steps, device)
+
+
+def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
+                eval_only: bool = False) -> DataSource:
+    cfg, data = setup.cfg, setup.data
+    train = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
+                         seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip)
+    test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False)
+    return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only)
+
+
+def stage_report(run_dir: Path | None, logger: StageLogger) -> dict:
+    """What a stage hands the coordinator at the end: its rows go to its own metrics file."""
+    stage = logger.stage
+    if run_dir is not None:
+        write_stage_metrics(run_dir, stage.stage_id, logger.rows)
+    return {"stage": stage.stage_id, "units": stage.unit_ids, "device": str(stage.device),
+            "train_images": logger.train_images, "train_seconds": logger.train_seconds,
+            "images_per_second": logger.train_images / max(logger.train_seconds, 1e-9),
+            "wait_recv_s": logger.wait_recv.total, "wait_send_s": logger.wait_send.total,
+            "peak_memory_mib": max([r["peak_memory_mib"] for r in logger.rows], default=0.0)}
+
+
+def finish_run(setup: RunSetup, run_dir: Path, reports: list[dict], history: list[dict],
+               wall_seconds: float) -> dict:
+    cfg = setup.cfg
+    rows = merge_metrics(run_dir, setup.num_stages, test_rows(history))
+    final = history[-1] if history else {}
+    last = reports[-1]
+    summary = {
+        "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy_last": final.get("test_accuracy_last"),
+        "test_accuracy_per_unit": final.get("test_accuracy_per_unit", []),
+        "test_accuracy_best_unit": max(final.get("test_accuracy_per_unit", [0.0])),
+        # The pipeline's pace is its last stage's: training images through it per training second.
+        "images_per_second": last["images_per_second"],
+        "peak_memory_mib": max(r["peak_memory_mib"] for r in reports),
+        "wall_seconds": wall_seconds,
+        "steps": setup.plan.total_steps, "epochs": setup.plan.epochs,
+        "algo": cfg.algo.name, "model": cfg.model.name, "granularity": cfg.model.granularity,
+        "dataset": cfg.data.name, "train_images": len(setup.data.train),
+        "backend": cfg.pipeline.backend, "num_stages": setup.num_stages, "stages": reports,
+        "device": _device_name(reports[0]["device"]), "torch": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "history": history,
+    }
+    write_summary(run_dir, summary)
+    if cfg.run.plots:
+        plot_run(rows, Path(run_dir) / "plots")
+    return summary
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"

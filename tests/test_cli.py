@@ -1,0 +1,55 @@
+"""The command line as users meet it: one clear line for bad input, never a traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+FAST = ["--set", "data.name=synthetic", "--set", "data.synthetic_train=128", "--set",
+        "data.synthetic_test=32", "--set", "data.synthetic_shape=[1, 12, 12]", "--set", "train.batch_size=32",
+        "--set", "train.device=cpu", "--set", "run.plots=false"]
+
+
+def ffpipe(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ffpipe", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=300)
+
+
+def test_train_then_eval_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    done = ffpipe("train", *FAST, "--set", f"run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout and str(run_dir) in done.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluated = ffpipe("eval", "--run-dir", str(run_dir))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"{summary['test_accuracy']:.4f} (vote)" in evaluated.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.batch_size=0"], "config key 'train.batch_size' must be >= 1"),
+    (["--set", "model.granularty=layer"], "unknown config key 'model.granularty'"),
+    (["--set", "model.name=mlp", "--set", "model.granularity=block"], "'mlp' has no 'block' granularity"),
+    (["--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "dataset 'mnist' not found; looked in: /nonexistent"),
+    (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
+    (["--set", "train.batch_size=4096"], "larger than the training set"),
+    (["--set", "pipeline.stages=9"], "pipeline.stages = 9 but the model has only 4 units"),
+])
+def test_bad_input_ends_with_one_clear_line(tmp_path, args, message):
+    done = ffpipe("train", *FAST, "--set", f"run.dir={tmp_path / 'r'}", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists(), "a failed start must not leave a run folder behind"
+
+
+def test_eval_of_a_folder_that_is_no_run(tmp_path):
+    done = ffpipe("eval", "--run-dir", str(tmp_path))
+    assert done.returncode == 2 and "is not a run folder" in done.stderr
+
+
+def test_help_config_lists_the_keys():
+    done = ffpipe("train", "--help-config")
+    assert done.returncode == 0 and "pipeline.stages" in done.stdout and "one of: sff, bp, ff" in done.stdout

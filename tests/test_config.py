@@ -1,0 +1,66 @@
+import pytest
+
+from ffpipe import config as config_mod
+from ffpipe.errors import ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_toml(tmp_path):
+    cfg = config_mod.load()
+    path = tmp_path / "c.toml"
+    path.write_text(config_mod.to_toml(cfg))
+    assert config_mod.load(path) == cfg
+
+
+def test_file_then_overrides_in_order(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nlr = 0.3\nbatch_size = 64\n[model]\nname = "resnet18"\n')
+    cfg = config_mod.load(path, ["train.lr=0.1", "data.synthetic_shape=[1, 8, 8]", "algo.name=bp"])
+    assert cfg.train.lr == 0.1 and cfg.train.batch_size == 64
+    assert cfg.model.name == "resnet18" and cfg.algo.name == "bp"
+    assert cfg.data.synthetic_shape == [1, 8, 8]
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert config_mod.load(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match="'train.batch_size' must be of type int"):
+        config_mod.load(None, ["train.batch_size=1.5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", "unknown config key 'train.lrr'; keys of \\[train\\]: epochs"),
+    ("trian.lr=0.1", "unknown config section '\\[trian\\]'"),
+    ("train.batch_size=0", "'train.batch_size' must be >= 1"),
+    ("model.name=resnet50", "choose one of: resnet18, mobilenet_v3_small"),
+    ("model.granularity=blocks", "choose one of: layer, block"),
+    ("algo.temperature=0", "'algo.temperature' must be > 0"),
+    ("train.deterministic=1", "'train.deterministic' must be of type bool"),
+    ("data.train_subset=1.5", "'data.train_subset' must be 0"),
+    ("pipeline.boundaries=[3, 2]", "must be increasing"),
+    ("algo.name=ff", "needs model.name = 'mlp'"),
+    ("train.lr", "--set expects section.key=value"),
+])
+def test_bad_values_name_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_mod.load(None, [override])
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_mod.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr = 1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        config_mod.load(bad)
+
+
+def test_string_values_need_no_quotes():
+    assert config_mod.parse_override("model.name=resnet18") == ("model", "name", "resnet18")
+    assert config_mod.parse_override("run.dir=runs/a b") == ("run", "dir", "runs/a b")
+
+
+def test_describe_lists_every_key():
+    text = config_mod.describe()
+    for key in ("model.name", "model.granularity", "algo.margin", "algo.temperature", "data.root",
+                "data.train_subset", "train.max_steps", "train.seed", "train.device",
+                "pipeline.backend", "pipeline.stages", "run.dir"):
+        assert key in text

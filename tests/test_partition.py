@@ -1,0 +1,26 @@
+import pytest
+
+from ffpipe.errors import ConfigError
+from ffpipe.pipeline.partition import balanced_starts, stage_ranges, stage_starts
+
+
+def test_balanced_split_minimises_the_slowest_stage():
+    costs = [1, 1, 1, 1, 8, 1, 1, 1]
+    starts = balanced_starts(costs, 3)
+    loads = [sum(costs[r.start:r.stop]) for r in stage_ranges(starts, len(costs))]
+    assert max(loads) == 8 and starts[0] == 0
+    assert starts == [0, 4, 5]
+
+
+def test_equal_costs_split_evenly_and_explicit_boundaries_win():
+    assert stage_starts(9, 3) == [0, 3, 6]
+    assert stage_starts(9, 3, boundaries=[2, 7]) == [0, 2, 7]
+    assert [len(r) for r in stage_ranges([0, 2, 7], 9)] == [2, 5, 2]
+
+
+def test_one_stage_per_unit_and_too_many_stages():
+    assert balanced_starts([3, 1, 2], 3) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="pipeline.stages = 4 but the model has only 3 units"):
+        stage_starts(3, 4)
+    with pytest.raises(ConfigError, match="each below 5"):
+        stage_starts(5, 2, boundaries=[5])

@@ -1,0 +1,86 @@
+"""End-to-end runs of the local backend on synthetic data: run folder, resume-free evaluation,
+the three algorithms, stage splitting, and the non-finite guard."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ffpipe.checkpoint import load_stage
+from ffpipe.entry import evaluate, train
+from ffpipe.errors import FFPipeError, TrainingError
+from tests.conftest import make_config
+
+
+def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
+    cfg = make_config(f"run.dir={tmp_path / 'run'}", "train.epochs=2", "run.plots=true")
+    run_dir, summary = train(cfg)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "config.toml", "metrics", "metrics.parquet", "plots", "summary.json"]
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    for key in ("test_accuracy", "test_accuracy_last", "test_accuracy_per_unit", "images_per_second",
+                "peak_memory_mib", "wall_seconds"):
+        assert summary[key] is not None
+    assert len(summary["test_accuracy_per_unit"]) == 4 and len(summary["history"]) == 2
+    table = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    train_rows = [r for r in table if r["phase"] == "train"]
+    assert {r["unit"] for r in train_rows} == {0, 1, 2, 3}
+    assert max(r["step"] for r in train_rows) == summary["steps"] == 16
+    assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in train_rows)
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
+    assert load_stage(run_dir, 0)["step"] == 16
+    # eval reads the checkpoints back and finds the same accuracies
+    result = evaluate(run_dir)
+    assert result["test_accuracy"] == summary["test_accuracy"]
+    assert result["test_accuracy_per_unit"] == summary["test_accuracy_per_unit"]
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path):
+    cfg = make_config(f"run.dir={tmp_path / 'run'}", "train.max_steps=2")
+    train(cfg)
+    before = (tmp_path / "run" / "summary.json").read_text()
+    with pytest.raises(FFPipeError, match="already holds a run"):
+        train(cfg)
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("algo, model, granularity, extra", [
+    ("sff", "small_cnn", "block", []), ("sff", "small_cnn", "layer", []),
+    ("bp", "small_cnn", "block", []), ("sff", "mlp", "layer", ["train.lr=0.002"]),
+    # classic FF learns slowly: more epochs, a threshold that suits unit-RMS inputs
+    ("ff", "mlp", "layer", ["train.epochs=20", "algo.ff_threshold=1.0"]),
+])
+def test_every_algorithm_learns_the_synthetic_classes(tmp_path, algo, model, granularity, extra):
+    cfg = make_config(f"algo.name={algo}", f"model.name={model}", f"model.granularity={granularity}",
+                      "train.epochs=8", f"run.dir={tmp_path / 'r'}", "train.lr=0.01",
+                      "train.optimizer=adam", *extra)
+    _, summary = train(cfg)
+    assert summary["test_accuracy"] > 0.8, summary["history"]
+
+
+def _params(run_dir, num_stages):
+    tensors = []
+    for k in range(num_stages):
+        tensors += list(load_stage(run_dir, k)["learners"].values())
+    return tensors
+
+
+def test_stages_as_threads_give_the_parameters_of_the_sequential_trainer(tmp_path):
+    runs = {}
+    for stages, extra in ((1, []), (3, ["pipeline.boundaries=[2, 5]"])):
+        cfg = make_config("model.granularity=layer", f"pipeline.stages={stages}", *extra,
+                          "train.max_steps=6", f"run.dir={tmp_path / str(stages)}")
+        run_dir, summary = train(cfg)
+        runs[stages] = (_params(run_dir, stages), summary)
+    assert len(runs[1][0]) == len(runs[3][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[1][0], runs[3][0]))
+    assert runs[1][1]["test_accuracy_per_unit"] == runs[3][1]["test_accuracy_per_unit"]
+    assert [s["units"] for s in runs[3][1]["stages"]] == [[0, 1], [2, 3, 4], [5, 6]]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_unit_and_step(tmp_path):
+    cfg = make_config("train.lr=1e12", "train.max_steps=8", "train.warmup_fraction=0",
+                      f"run.dir={tmp_path / 'r'}")
+    with pytest.raises(TrainingError, match=r"the loss of unit \d+ \(stage 0\) became non-finite at step \d+"):
+        train(cfg)

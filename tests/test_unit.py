@@ -1,0 +1,71 @@
+import copy
+
+import torch
+
+from ffpipe.config import Config
+from ffpipe.learners import build_learners
+from ffpipe.pipeline.messages import Message, Phase
+from ffpipe.pipeline.stage import Stage
+from tests.conftest import make_config
+
+
+def _learners(*overrides):
+    cfg = make_config("model.name=small_cnn", *overrides)
+    return cfg, build_learners(cfg, (3, 16, 16), 10)
+
+
+def test_nothing_leaving_a_unit_carries_a_grad_fn():
+    _, learners = _learners("model.granularity=layer")
+    x, skips, y = torch.randn(4, 3, 16, 16), (), torch.randint(0, 10, (4,))
+    for learner in learners:
+        out = learner(x, skips, y)
+        assert out.loss.grad_fn is not None
+        assert out.x.grad_fn is None and not out.x.requires_grad
+        assert all(s.grad_fn is None for s in out.skips)
+        x, skips = out.x, out.skips
+
+
+def test_a_units_loss_changes_no_other_units_gradients():
+    _, learners = _learners("model.granularity=layer")
+    x, skips, y = torch.randn(4, 3, 16, 16), (), torch.randint(0, 10, (4,))
+    losses = []
+    for learner in learners:
+        out = learner(x, skips, y)
+        losses.append(out.loss)
+        x, skips = out.x, out.skips
+    losses[3].backward()  # unit 3 closes a residual block: it pops unit 2's input as its skip
+    for k, learner in enumerate(learners):
+        grads = [p.grad for p in learner.parameters()]
+        if k == 3:
+            assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None for g in grads), f"unit {k} received a gradient from unit 3"
+
+
+def _train(stages, batches):
+    for x, y in batches:
+        msg = Message(Phase.TRAIN, 0, 0, x=x, y=y)
+        for stage in stages:
+            msg = stage.train_step(msg)
+    return [p for s in stages for p in s.learners.parameters()]
+
+
+def test_one_stage_equals_units_split_over_stages_bit_for_bit():
+    cfg, learners = _learners("model.granularity=layer", "train.optimizer=adamw")
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
+    whole = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    split = [Stage(k, copy.deepcopy(learners[a:b]), cfg, 10, torch.device("cpu"))
+             for k, (a, b) in enumerate([(0, 2), (2, 5), (5, 7)])]
+    for p, q in zip(_train([whole], batches), _train(split, batches)):
+        assert torch.equal(p, q)
+    assert whole.read_stats()[0]["loss"] > 0
+
+
+def test_stage_reports_loss_and_accuracy_per_unit_without_syncing_every_step():
+    cfg, learners = _learners()
+    stage = Stage(0, learners, cfg, 10, torch.device("cpu"))
+    _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))] * 2)
+    rows = stage.read_stats()
+    assert [r["unit"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["loss"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert isinstance(cfg, Config)
