@@ -15,6 +15,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="TOML config file (optional)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key; repeatable")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from the "
+                   "newest checkpoint every stage has (its own config; --set may change only "
+                   "run.*, logging and transport keys)")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
     e = sub.add_parser("eval", help="test accuracy of a finished run's checkpoints")
     e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train")
@@ -41,8 +44,21 @@ def _train(args) -> int:
         return 0
     from ffpipe.entry import train
 
-    cfg = config_mod.load(args.config, args.overrides)
-    run_dir, s = train(cfg)
+    if args.resume:
+        from ffpipe.run import load_run_config
+        from ffpipe.session import check_resume_overrides
+
+        check_resume_overrides(args.overrides)
+        cfg = load_run_config(args.resume, args.overrides)
+    else:
+        cfg = config_mod.load(args.config, args.overrides)
+    run_dir, s = train(cfg, args.resume)
+    if s is None:  # a torchrun rank other than the coordinator
+        return 0
+    if not s["completed"]:
+        print(f"stopped after step {s['steps']} of {s['total_steps']}; continue with: "
+              f"ffpipe train --resume {run_dir}")
+        return 0
     print(f"test accuracy {s['test_accuracy']:.4f} (vote), {s['test_accuracy_last']:.4f} (last unit), "
           f"{s['test_accuracy_best_unit']:.4f} (best unit); {s['images_per_second']:,.0f} img/s; "
           f"{s['wall_seconds']:.1f} s; run folder {run_dir}")

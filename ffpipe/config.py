@@ -140,9 +140,12 @@ class RunConfig:
     plots: bool = _f(True, "write PNG plots of the per-unit curves")
     progress: bool = _f(True, "show a progress bar on the console")
     checkpoint_every: int = _f(0, "save every stage every N steps (0 = at the end of each epoch)")
+    stop_after_step: int = _f(0, "stop (checkpointed) once this many steps are done, to go on "
+                              "later with --resume; 0 = train to the end")
 
     def validate(self):
         _require(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
+        _require(self.stop_after_step >= 0, "run.stop_after_step", "must be >= 0")
 
 
 @dataclass

@@ -45,9 +45,26 @@ def stage_metrics_path(run_dir: Path, stage_id: int) -> Path:
 
 
 def write_stage_metrics(run_dir: Path, stage_id: int, rows: list[dict]) -> None:
-    """Each stage writes its own rows; the run appends them on resume instead of losing them."""
-    path = stage_metrics_path(run_dir, stage_id)
-    write_rows(read_rows([path]) + rows, path)
+    """Each stage writes its own rows (all of them: a resumed stage starts from the earlier ones)."""
+    write_rows(rows, stage_metrics_path(run_dir, stage_id))
+
+
+def read_stage_metrics(run_dir: Path, stage_id: int, up_to_step: int) -> list[dict]:
+    """The rows a stage had logged up to `up_to_step`: what a resumed stage starts from."""
+    return [r for r in read_rows([stage_metrics_path(run_dir, stage_id)]) if r["step"] <= up_to_step]
+
+
+def append_history(run_dir: Path, result: dict) -> None:
+    with open(Path(run_dir) / "history.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+def read_history(run_dir: Path, up_to_step: int) -> list[dict]:
+    path = Path(run_dir) / "history.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
 
 
 def merge_metrics(run_dir: Path, num_stages: int, test_rows: list[dict]) -> list[dict]:

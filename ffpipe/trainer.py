@@ -13,21 +13,24 @@ import torch
 from torch import nn
 
 from ffpipe.config import Config
-from ffpipe.data import DataBundle, DeviceLoader, load_data
+from ffpipe.data import DataBundle, DataInfo, DeviceLoader, load_data
 from ffpipe.errors import ConfigError
 from ffpipe.learners import InputTransform, build_learners, input_transform
+from ffpipe.models import UnitShape, dry_run
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
+from ffpipe.pipeline.profile import measure_learner_costs
 from ffpipe.pipeline.runtime import StageLogger
 from ffpipe.pipeline.source import DataSource, RunPlan, make_plan
 from ffpipe.pipeline.stage import Stage
 from ffpipe.plots import plot_run
-from ffpipe.run import merge_metrics, test_rows, write_stage_metrics, write_summary
+from ffpipe.run import merge_metrics, test_rows, write_summary
 
 
 @dataclass
 class RunSetup:
     cfg: Config
-    data: DataBundle
+    info: DataInfo
+    data: DataBundle | None  # only where stage 0 runs: other stages never read images
     learners: list[nn.Module]
     plan: RunPlan
     starts: list[int]
@@ -49,12 +52,30 @@ def setup_process(cfg: Config) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare(cfg: Config) -> RunSetup:
-    data = load_data(cfg.data, cfg.train.seed)
-    learners = build_learners(cfg, data.in_shape, data.num_classes)
-    plan = make_plan(cfg, len(data.train), len(learners), data.num_classes)
-    starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None)
-    return RunSetup(cfg, data, learners, plan, starts, input_transform(cfg, data.num_classes))
+def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None = None,
+            profile_device: torch.device | None = None) -> RunSetup:
+    """The run's pieces. With `info` (from the process that reads the data) no images are loaded.
+    The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
+    of each learner measured on `profile_device` (equal costs without one)."""
+    data = None
+    if info is None:
+        data = load_data(cfg.data, cfg.train.seed)
+        info = data.info
+    learners = build_learners(cfg, info.in_shape, info.num_classes)
+    plan = make_plan(cfg, info.num_train, len(learners), info.num_classes)
+    if starts is None:
+        starts = choose_starts(cfg, learners, info, profile_device)
+    return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes))
+
+
+def choose_starts(cfg: Config, learners: list[nn.Module], info: DataInfo,
+                  profile_device: torch.device | None) -> list[int]:
+    stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries or None
+    costs = None
+    if stages > 1 and not boundaries and profile_device is not None and len(learners) > stages:
+        stage_starts(len(learners), stages)  # too many stages: say so before profiling
+        costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, profile_device)
+    return stage_starts(len(learners), stages, boundaries, costs)
 
 
 def stage_device(cfg: Config, stage_id: int, local_rank: int | None = None) -> torch.device:
@@ -68,26 +89,37 @@ def stage_device(cfg: Config, stage_id: int, local_rank: int | None = None) -> t
     return torch.device("cuda", index % torch.cuda.device_count())
 
 
+def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
+    """Per-sample shapes of what stage `stage_id` receives from the stage before it."""
+    first = setup.unit_range(stage_id).start
+    if first == 0:
+        return None
+    bodies = [learner.body for learner in setup.learners[:first]]
+    return dry_run(bodies, setup.info.in_shape)[-1]
+
+
 def build_stage(setup: RunSetup, stage_id: int, device: torch.device) -> Stage:
     r = setup.unit_range(stage_id)
-    return Stage(stage_id, setup.learners[r.start:r.stop], setup.cfg, setup.plan.total_steps, device)
+    return Stage(stage_id, setup.learners[r.start:r.stop], setup.cfg, setup.plan.total_steps, device,
+                 expect=stage_input_shape(setup, stage_id))
 
 
 def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
                 eval_only: bool = False) -> DataSource:
+    if setup.data is None:
+        raise RuntimeError("make_source needs the data: call it where stage 0 runs")
     cfg, data = setup.cfg, setup.data
     train = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
                          seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip)
     test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False)
-    return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only)
+    return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
+                      cfg.run.stop_after_step)
 
 
-def stage_report(run_dir: Path | None, logger: StageLogger) -> dict:
-    """What a stage hands the coordinator at the end: its rows go to its own metrics file."""
+def stage_report(logger: StageLogger) -> dict:
+    """What a stage hands the coordinator at the end (its rows are in its own metrics file)."""
     stage = logger.stage
-    if run_dir is not None:
-        write_stage_metrics(run_dir, stage.stage_id, logger.rows)
-    return {"stage": stage.stage_id, "units": stage.unit_ids, "device": str(stage.device),
+    return {"stage": stage.stage_id, "units": stage.unit_ids, "device": str(stage.device), "step": stage.step,
             "train_images": logger.train_images, "train_seconds": logger.train_seconds,
             "images_per_second": logger.train_images / max(logger.train_seconds, 1e-9),
             "wait_recv_s": logger.wait_recv.total, "wait_send_s": logger.wait_send.total,
@@ -100,7 +132,9 @@ def finish_run(setup: RunSetup, run_dir: Path, reports: list[dict], history: lis
     rows = merge_metrics(run_dir, setup.num_stages, test_rows(history))
     final = history[-1] if history else {}
     last = reports[-1]
+    steps_done = min(r["step"] for r in reports)
     summary = {
+        "completed": steps_done >= setup.plan.total_steps,
         "test_accuracy": final.get("test_accuracy"),
         "test_accuracy_last": final.get("test_accuracy_last"),
         "test_accuracy_per_unit": final.get("test_accuracy_per_unit", []),
@@ -109,9 +143,9 @@ def finish_run(setup: RunSetup, run_dir: Path, reports: list[dict], history: lis
         "images_per_second": last["images_per_second"],
         "peak_memory_mib": max(r["peak_memory_mib"] for r in reports),
         "wall_seconds": wall_seconds,
-        "steps": setup.plan.total_steps, "epochs": setup.plan.epochs,
+        "steps": steps_done, "total_steps": setup.plan.total_steps, "epochs": setup.plan.epochs,
         "algo": cfg.algo.name, "model": cfg.model.name, "granularity": cfg.model.granularity,
-        "dataset": cfg.data.name, "train_images": len(setup.data.train),
+        "dataset": cfg.data.name, "train_images": setup.info.num_train,
         "backend": cfg.pipeline.backend, "num_stages": setup.num_stages, "stages": reports,
         "device": _device_name(reports[0]["device"]), "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "history": history,

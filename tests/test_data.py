@@ -41,7 +41,7 @@ def test_idx_files_read_back_exactly(tmp_path, compress):
     data = load_data(DataConfig(name="mnist", root=str(tmp_path / "fm")), seed=0)
     assert torch.equal(data.train.images[:, 0], torch.from_numpy(arrays["train"][0]))
     assert torch.equal(data.test.labels, torch.from_numpy(arrays["t10k"][1]).long())
-    assert data.in_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.info.in_shape == (1, 28, 28) and data.info.num_classes == 10
 
 
 def test_truncated_and_damaged_files_are_named(tmp_path):

@@ -16,7 +16,8 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     cfg = make_config(f"run.dir={tmp_path / 'run'}", "train.epochs=2", "run.plots=true")
     run_dir, summary = train(cfg)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.toml", "metrics", "metrics.parquet", "plots", "summary.json"]
+        "checkpoints", "config.toml", "history.jsonl", "metrics", "metrics.parquet", "partition.json",
+        "plots", "summary.json"]
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for key in ("test_accuracy", "test_accuracy_last", "test_accuracy_per_unit", "images_per_second",
                 "peak_memory_mib", "wall_seconds"):
@@ -29,7 +30,7 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in train_rows)
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
         "test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
-    assert load_stage(run_dir, 0)["step"] == 16
+    assert load_stage(run_dir, 0)["step"] == 16 and summary["completed"]
     # eval reads the checkpoints back and finds the same accuracies
     result = evaluate(run_dir)
     assert result["test_accuracy"] == summary["test_accuracy"]
@@ -84,3 +85,28 @@ def test_a_non_finite_loss_stops_the_run_naming_unit_and_step(tmp_path):
                       f"run.dir={tmp_path / 'r'}")
     with pytest.raises(TrainingError, match=r"the loss of unit \d+ \(stage 0\) became non-finite at step \d+"):
         train(cfg)
+
+
+def test_local_run_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    from ffpipe.run import load_run_config
+    from tests.pipeline_helpers import assert_same_parameters
+
+    common = ["model.granularity=layer", "train.epochs=2", "run.checkpoint_every=3", "pipeline.stages=2",
+              "train.deterministic=true"]
+    whole, _ = train(make_config(*common, f"run.dir={tmp_path / 'whole'}"))
+    split, first = train(make_config(*common, f"run.dir={tmp_path / 'split'}", "run.stop_after_step=7"))
+    assert first["completed"] is False and first["steps"] == 7 and len(first["history"]) == 0
+    _, resumed = train(load_run_config(split), resume_dir=split)
+    assert resumed["completed"] and resumed["steps"] == 16 and len(resumed["history"]) == 2
+    assert_same_parameters(whole, split)
+    with pytest.raises(FFPipeError, match="nothing to resume"):
+        train(load_run_config(split), resume_dir=split)
+
+
+def test_resume_refuses_changes_that_would_change_the_arithmetic():
+    from ffpipe.errors import ConfigError
+    from ffpipe.session import check_resume_overrides
+
+    check_resume_overrides(["run.stop_after_step=0", "pipeline.timeout_s=60"])
+    with pytest.raises(ConfigError, match="'train.lr' cannot change when a run is resumed"):
+        check_resume_overrides(["train.lr=0.3"])

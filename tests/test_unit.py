@@ -69,3 +69,17 @@ def test_stage_reports_loss_and_accuracy_per_unit_without_syncing_every_step():
     assert [r["unit"] for r in rows] == [0, 1, 2, 3]
     assert all(r["loss"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert isinstance(cfg, Config)
+
+
+def test_a_stage_refuses_activations_shaped_for_another_model():
+    import pytest
+
+    from ffpipe.errors import PipelineError
+    from ffpipe.models import UnitShape
+
+    cfg, learners = _learners()
+    stage = Stage(1, learners[2:], cfg, 10, torch.device("cpu"), expect=UnitShape((16, 16, 16), ()))
+    good = Message(Phase.TRAIN, 0, 0, x=torch.randn(2, 16, 16, 16), y=torch.tensor([0, 1]))
+    stage.train_step(good)
+    with pytest.raises(PipelineError, match=r"expects activations \[16, 16, 16\] .* received \[8, 16, 16\]"):
+        stage.train_step(good.replace(x=torch.randn(2, 8, 16, 16)))

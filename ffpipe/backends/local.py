@@ -5,30 +5,28 @@ from __future__ import annotations
 
 import threading
 
-from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
+from ffpipe.pipeline.runtime import LoopConfig, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
-from ffpipe.trainer import RunSetup, build_stage, make_source, stage_device, stage_report
+from ffpipe.session import RunStart, open_stage
+from ffpipe.trainer import RunSetup, make_source, stage_device, stage_report
 from ffpipe.transport.local import QueueChannel
 
 
-def run_local(setup: RunSetup, loop: LoopConfig, sink: EvalSink, start_step: int = 0,
-              states: list[dict] | None = None) -> list[dict]:
+def run_local(setup: RunSetup, start: RunStart, loop: LoopConfig, sink: EvalSink) -> list[dict]:
     """Train every stage to the end of the stream; returns each stage's report."""
     cfg, num_stages = setup.cfg, setup.num_stages
-    stages = [build_stage(setup, k, stage_device(cfg, k)) for k in range(num_stages)]
-    for stage, state in zip(stages, states or []):
-        stage.load_state_dict(state)
+    opened = [open_stage(setup, start, k, stage_device(cfg, k)) for k in range(num_stages)]
+    stages, loggers = [s for s, _ in opened], [log for _, log in opened]
     abort = threading.Event()
     channels = [QueueChannel(cfg.pipeline.queue_depth, cfg.pipeline.timeout_s, abort,
                              f"stage {k} -> stage {k + 1}") for k in range(num_stages - 1)]
-    inboxes = [make_source(setup, stages[0].device, start_step), *channels]
+    inboxes = [make_source(setup, stages[0].device, start.start_step), *channels]
     outboxes = [*channels, sink]
-    loggers = [StageLogger(stage) for stage in stages]
     if num_stages == 1:
         run_stage_loop(stages[0], inboxes[0], outboxes[0], loop, loggers[0])
     else:
         _run_threads(stages, inboxes, outboxes, loop, loggers, abort)
-    return [stage_report(loop.run_dir, logger) for logger in loggers]
+    return [stage_report(logger) for logger in loggers]
 
 
 def _run_threads(stages, inboxes, outboxes, loop, loggers, abort: threading.Event) -> None:
@@ -49,4 +47,3 @@ def _run_threads(stages, inboxes, outboxes, loop, loggers, abort: threading.Even
         t.join()
     if errors:
         raise errors[0]
-

@@ -13,6 +13,17 @@ from ffpipe.data.subset import per_class_subset
 FLIPPABLE = {"fashion_mnist", "cifar10", "cifar100", "imagenette", "image_folder"}
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What stages that never read images need to know about the data (small, picklable)."""
+    in_shape: tuple[int, ...]
+    num_classes: int
+    num_train: int
+    mean: list[float]
+    std: list[float]
+    flip: bool
+
+
 @dataclass
 class DataBundle:
     train: ArraySet
@@ -22,12 +33,9 @@ class DataBundle:
     flip: bool
 
     @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return self.train.shape
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.train.classes)
+    def info(self) -> DataInfo:
+        return DataInfo(self.train.shape, len(self.train.classes), len(self.train), self.mean,
+                        self.std, self.flip)
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
@@ -37,4 +45,4 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(train, test, mean, std, flip=cfg.name in FLIPPABLE)
 
 
-__all__ = ["ArraySet", "DataBundle", "DeviceLoader", "load_data"]
+__all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "load_data"]

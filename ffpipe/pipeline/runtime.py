@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 from ffpipe.checkpoint import save_stage
 from ffpipe.metrics import Stopwatch, peak_memory_mib
+from ffpipe.run import write_stage_metrics
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage
 
@@ -30,6 +31,7 @@ class LoopConfig:
     log_every: int
     checkpoint_every: int = 0          # steps; 0 = at the end of each epoch only
     run_dir: Path | None = None        # None: no checkpoints (evaluation, tests)
+    keep_checkpoints: int = 3          # per stage; stages run a few batches apart
     on_log: Callable[[int, int, list[dict]], None] | None = None  # (stage_id, step, rows)
 
 
@@ -88,12 +90,12 @@ def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
             if stage.step % loop.log_every == 0:
                 _report(loop, stage, logger.log(msg.epoch))
             if loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:
-                _checkpoint(loop, stage, msg.epoch)
+                _checkpoint(loop, logger, msg.epoch)
         elif msg.phase is Phase.EVAL:
             msg = stage.eval_step(msg)
-        elif msg.phase is Phase.EPOCH_END:
+        elif msg.phase in (Phase.EPOCH_END, Phase.END):
             _report(loop, stage, logger.epoch_done(msg.epoch))
-            _checkpoint(loop, stage, msg.epoch)
+            _checkpoint(loop, logger, msg.epoch)
         with logger.wait_send:
             outbox.send(msg)
         if msg.phase is Phase.END:
@@ -105,6 +107,9 @@ def _report(loop: LoopConfig, stage: Stage, rows: list[dict]) -> None:
         loop.on_log(stage.stage_id, stage.step, rows)
 
 
-def _checkpoint(loop: LoopConfig, stage: Stage, epoch: int) -> None:
+def _checkpoint(loop: LoopConfig, logger: StageLogger, epoch: int) -> None:
+    """Save the stage and flush its metric rows, so a crash loses neither."""
     if loop.run_dir is not None:
-        save_stage(loop.run_dir, stage.stage_id, stage.state_dict(), epoch, stage.step)
+        stage = logger.stage
+        save_stage(loop.run_dir, stage.stage_id, stage.state_dict(), epoch, loop.keep_checkpoints)
+        write_stage_metrics(loop.run_dir, stage.stage_id, logger.rows)

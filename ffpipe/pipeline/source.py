@@ -44,8 +44,11 @@ class DataSource:
     """The inbox of stage 0: recv() yields the next message of the stream."""
 
     def __init__(self, plan: RunPlan, train: DeviceLoader, test: DeviceLoader,
-                 transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False):
+                 transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False,
+                 stop_after_step: int = 0):
         self.plan, self.train, self.test, self.transform = plan, train, test, transform
+        # A stop point already passed (a resumed run) means: go on to the end.
+        self.stop_after_step = stop_after_step if stop_after_step > start_step else 0
         self._stream = self._eval_stream(0, start_step) if eval_only else self._stream_from(start_step)
 
     def recv(self) -> Message:
@@ -61,6 +64,9 @@ class DataSource:
             start = max(start_step - first, 0)
             n = min(spe, total - first)
             for b, (x, y) in zip(range(start, n), self.train.batches(epoch, start)):
+                if self.stop_after_step and first + b == self.stop_after_step:  # stop early: every stage checkpoints on END
+                    yield control(Phase.END, epoch, first + b)
+                    return
                 yield self._message(Phase.TRAIN, epoch, first + b, x, y)
             yield control(Phase.EPOCH_END, epoch, first + n)
             yield from self._eval_stream(epoch, first + n, end=False)

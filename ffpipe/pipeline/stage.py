@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ffpipe.config import Config
-from ffpipe.errors import TrainingError
+from ffpipe.errors import PipelineError, TrainingError
+from ffpipe.models import UnitShape
 from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
 from ffpipe.pipeline.messages import Message
 
@@ -27,8 +28,9 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 class Stage:
     def __init__(self, stage_id: int, learners: list[nn.Module], cfg: Config, total_steps: int,
-                 device: torch.device):
+                 device: torch.device, expect: UnitShape | None = None):
         self.stage_id = stage_id
+        self.expect = expect  # per-sample shapes arriving from the previous stage (None: not checked)
         self.unit_ids = [learner.index for learner in learners]
         self.device = device
         self.learners = nn.ModuleList(learners).to(device)
@@ -56,7 +58,20 @@ class Stage:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _check(self, msg: Message) -> None:
+        """Shapes only (no host sync): a mismatch means the stages disagree on the model."""
+        got = (tuple(msg.x.shape[1:]), tuple(tuple(s.shape[1:]) for s in msg.skips))
+        want = (self.expect.out, self.expect.skips)
+        if got != want:
+            raise PipelineError(
+                f"stage {self.stage_id} expects activations {list(want[0])} and skips "
+                f"{[list(s) for s in want[1]]} from stage {self.stage_id - 1} but received "
+                f"{list(got[0])} and {[list(s) for s in got[1]]}: the stages disagree on the model "
+                "or the split; start every stage with the same config")
+
     def train_step(self, msg: Message) -> Message:
+        if self.expect is not None:
+            self._check(msg)
         msg = msg.to(self.device)  # a no-op when the previous stage shares the device
         self.learners.train()
         self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
@@ -83,6 +98,8 @@ class Stage:
 
     @torch.no_grad()
     def eval_step(self, msg: Message) -> Message:
+        if self.expect is not None:
+            self._check(msg)
         msg = msg.to(self.device)
         self.learners.eval()
         x, skips = self._prepare(msg.x), msg.skips
@@ -138,7 +155,7 @@ class Stage:
 
     def state_dict(self) -> dict:
         return {"learners": self.learners.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step}
+                "step": self.step, "unit_ids": self.unit_ids}
 
     def load_state_dict(self, state: dict) -> None:
         self.learners.load_state_dict(state["learners"])

@@ -1,0 +1,64 @@
+"""Running ffpipe as users do (a subprocess, torchrun for several stages) and reading back what
+a run learned, for the equivalence and resume tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ffpipe.checkpoint import common_step, load_stage
+from tests.conftest import REPO
+
+# Small and exact: deterministic kernels, one thread per process (thread count changes CPU
+# reduction order, so the reference must use the same count as the stage processes).
+EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=40",
+         "data.synthetic_shape=[3, 16, 16]", "train.batch_size=16", "train.eval_batch_size=32",
+         "train.device=cpu", "train.deterministic=true", "run.plots=false", "run.progress=false",
+         "train.log_every=2"]
+
+
+def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None) -> list[str]:
+    """`ffpipe train` as a command; with `stages`, under torchrun as launch/torchrun.sh runs it."""
+    if stages and not resume:
+        overrides = [*overrides, "pipeline.backend=torchrun", f"pipeline.stages={stages}"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    args = ["train", *(["--resume", str(resume)] if resume else []), *sets]
+    if stages:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={stages}", "-m", "ffpipe", *args]
+    return [sys.executable, "-m", "ffpipe", *args]
+
+
+def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None,
+               check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(ffpipe_cmd(overrides, stages, resume), capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"ffpipe failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
+def final_parameters(run_dir: Path) -> list[torch.Tensor]:
+    """Every stage's learner tensors (weights, BN buffers) at the newest common checkpoint."""
+    starts = json.loads((run_dir / "partition.json").read_text())["starts"]
+    step = common_step(run_dir, len(starts))
+    tensors = []
+    for k in range(len(starts)):
+        tensors += list(load_stage(run_dir, k, step)["learners"].values())
+    return tensors
+
+
+def assert_same_parameters(a: Path, b: Path) -> None:
+    pa, pb = final_parameters(a), final_parameters(b)
+    assert len(pa) == len(pb) and len(pa) > 0
+    for i, (x, y) in enumerate(zip(pa, pb)):
+        assert torch.equal(x, y), f"tensor {i} differs: max |diff| {(x.float() - y.float()).abs().max()}"
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,53 @@
+"""The torchrun backend on CPU (gloo): bit-identical to the sequential trainer, resumable, and a
+failing stage ends the run with its name."""
+import pytest
+
+from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+
+pytestmark = pytest.mark.slow
+
+CASES = {
+    # small CNN at layer granularity: boundaries fall between the unit that pushes a block's
+    # input and the unit that pops it, so skip tensors cross stages
+    "small_cnn-layer": ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=4"],
+    "resnet18-block": ["model.name=resnet18", "model.granularity=block", "train.max_steps=3"],
+}
+SPLITS = {("small_cnn-layer", 2): "[2]", ("small_cnn-layer", 3): "[2, 4]",
+          ("resnet18-block", 2): "[4]", ("resnet18-block", 3): "[3, 6]"}
+
+
+@pytest.mark.parametrize("case, stages", sorted(SPLITS))
+def test_torchrun_stages_match_the_sequential_trainer_bit_for_bit(tmp_path, case, stages):
+    ref = tmp_path / "sequential"
+    run_ffpipe(EXACT + CASES[case] + [f"run.dir={ref}"])
+    piped = tmp_path / f"torchrun{stages}"
+    run_ffpipe(EXACT + CASES[case] + [f"run.dir={piped}", f"pipeline.boundaries={SPLITS[case, stages]}"],
+               stages=stages)
+    assert_same_parameters(ref, piped)
+    a, b = summary(ref), summary(piped)
+    assert a["test_accuracy_per_unit"] == b["test_accuracy_per_unit"]
+    assert b["num_stages"] == stages and [s["stage"] for s in b["stages"]] == list(range(stages))
+    assert all(s["wait_recv_s"] >= 0 and s["images_per_second"] > 0 for s in b["stages"])
+
+
+def test_torchrun_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    common = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=2",
+                      "run.checkpoint_every=2", "pipeline.boundaries=[2]"]
+    whole = tmp_path / "whole"
+    run_ffpipe(common + [f"run.dir={whole}"], stages=2)
+    split = tmp_path / "split"
+    first = run_ffpipe(common + [f"run.dir={split}", "run.stop_after_step=5"], stages=2)
+    assert "continue with: ffpipe train --resume" in first.stdout
+    assert summary(split)["completed"] is False and summary(split)["steps"] == 5
+    run_ffpipe([], stages=2, resume=split)
+    assert_same_parameters(whole, split)
+    s, w = summary(split), summary(whole)
+    assert s["completed"] and [h["test_accuracy"] for h in s["history"]] == [h["test_accuracy"] for h in w["history"]]
+
+
+def test_a_failing_stage_ends_the_run_with_its_name(tmp_path):
+    done = run_ffpipe(EXACT + ["model.name=small_cnn", "train.lr=1e12", "train.warmup_fraction=0",
+                               "train.max_steps=6", f"run.dir={tmp_path / 'r'}"], stages=2,
+                      check=False, timeout=120)
+    assert done.returncode != 0
+    assert "became non-finite" in done.stderr and "(stage " in done.stderr
