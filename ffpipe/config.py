@@ -122,11 +122,20 @@ class PipelineConfig:
     transport: str = _f("p2p", "between stages: torch.distributed point-to-point or Ray",
                         ("p2p", "ray"))
     timeout_s: float = _f(300.0, "a stage waiting longer than this on a neighbour stops the run")
+    ray_tensor_transport: str = _f("auto", "ray transport: how tensors move between actors ('auto' = "
+                                   "Ray Direct Transport over NCCL on GPUs, the object store on CPUs)",
+                                   ("auto", "object_store", "nccl", "gloo"))
+    address: str = _f("", "ray: cluster to join ('' = start a local one on 127.0.0.1; "
+                      "'auto' = the cluster of RAY_ADDRESS or the local head)")
+    placement: str = _f("STRICT_PACK", "ray: placement-group strategy for the stage actors",
+                        ("STRICT_PACK", "PACK", "SPREAD"))
+    cpus_per_stage: float = _f(1.0, "ray: CPUs reserved for each stage actor")
 
     def validate(self):
         _require(self.stages >= 1, "pipeline.stages", "must be >= 1")
         _require(self.queue_depth >= 1, "pipeline.queue_depth", "must be >= 1")
         _require(self.timeout_s > 0, "pipeline.timeout_s", "must be > 0")
+        _require(self.cpus_per_stage > 0, "pipeline.cpus_per_stage", "must be > 0")
         b = self.boundaries
         _require(all(isinstance(v, int) and v > 0 for v in b) and b == sorted(set(b)),
                  "pipeline.boundaries", "must be increasing unit indices > 0")

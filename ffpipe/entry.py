@@ -26,6 +26,9 @@ def train(cfg: Config, resume_dir: Path | None = None) -> tuple[Path, dict]:
     if cfg.pipeline.backend == "torchrun":
         from ffpipe.backends.torchrun import train_torchrun
         return train_torchrun(cfg, resume_dir)
+    if cfg.pipeline.backend == "ray":
+        from ffpipe.backends.ray_backend import train_ray
+        return train_ray(cfg, resume_dir)
     setup_process(cfg)
     setup, start = begin_run(cfg, resume_dir, stage_device(cfg, 0))
     print(f"ffpipe: run folder {start.run_dir}" + (f", resuming at step {start.start_step}"

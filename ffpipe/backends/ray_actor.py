@@ -1,0 +1,126 @@
+"""One pipeline stage as a Ray actor: it builds its part of the model and runs run_stage_loop.
+
+Concurrency groups keep the stage loop apart from the small calls the driver makes while it runs:
+`progress` (latest metrics), and for the Ray-native transport `deliver` (a message into this
+stage's inbox) and `collect` (the next message out of its outbox), each single-threaded so that
+messages keep their order.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+
+import ray
+import torch
+
+from ffpipe import config as config_mod
+from ffpipe.data import DataInfo
+from ffpipe.pipeline.runtime import run_stage_loop
+from ffpipe.session import RunStart, loop_config, open_sink, open_stage
+from ffpipe.trainer import make_source, prepare, setup_process, stage_device, stage_report
+from ffpipe.transport.local import QueueChannel
+from ffpipe.transport.p2p import P2PChannel
+
+GROUPS = {"control": 1, "inbox": 1, "outbox": 1}
+
+
+class StageWorker:
+    def __init__(self, cfg_tree: dict, stage_id: int, start: RunStart, info: DataInfo, transport: str):
+        self.cfg = config_mod.from_dict(cfg_tree)
+        setup_process(self.cfg)
+        self.stage_id, self.start, self.transport = stage_id, start, transport
+        # Only stage 0 reads images (on its own node); the others build from the shared summary.
+        self.setup = prepare(self.cfg, info=None if stage_id == 0 else info, starts=start.starts)
+        self.num_stages = self.setup.num_stages
+        self.device = stage_device(self.cfg, stage_id, local_rank=0)  # Ray shows each actor its GPU
+        self.abort = threading.Event()
+        depth, timeout = self.cfg.pipeline.queue_depth, self.cfg.pipeline.timeout_s
+        self.inbox = QueueChannel(depth, timeout, self.abort, f"stage {stage_id} inbox")
+        self.outbox = QueueChannel(depth, timeout, self.abort, f"stage {stage_id} outbox")
+        self.latest: tuple[int, list[dict]] = (0, [])
+        self.results: list[dict] = []
+        self._expected_seq = 0
+
+    # -- start-up -----------------------------------------------------------------------------
+    @ray.method(concurrency_group="control")
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port: stage 0 hosts the torch.distributed rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    @ray.method(concurrency_group="control")
+    def join(self, host: str, port: int) -> None:
+        from ffpipe.backends.torchrun import init_groups
+
+        self.groups = init_groups(self.device, self.cfg.pipeline.timeout_s, self.stage_id,
+                                  self.num_stages, init_method=f"tcp://{host}:{port}")
+
+    # -- the stage loop -----------------------------------------------------------------------
+    def run(self) -> dict:
+        k, last = self.stage_id, self.num_stages - 1
+        try:
+            stage, logger = open_stage(self.setup, self.start, k, self.device)
+            inbox = make_source(self.setup, self.device, self.start.start_step) if k == 0 else self._link(k - 1, self.inbox)
+            sink = open_sink(self.start, self.setup.plan.num_units, self.results.append) if k == last else None
+            outbox = sink if k == last else self._link(k + 1, self.outbox)
+            loop = loop_config(self.cfg, self.start, self.num_stages, self._note)
+            run_stage_loop(stage, inbox, outbox, loop, logger)
+            for box in (outbox, inbox):
+                box.close()
+        except BaseException:
+            self.abort.set()  # unblocks deliver/collect calls waiting on this stage
+            raise
+        report = stage_report(logger)
+        return {"report": report, "rows": logger.rows, "history": sink.history if sink else None}
+
+    def _link(self, peer: int, queue: QueueChannel):
+        if self.transport == "p2p":
+            depth, timeout = self.cfg.pipeline.queue_depth, self.cfg.pipeline.timeout_s
+            return P2PChannel(peer, peer, self.device, depth, timeout, *self.groups)
+        return queue
+
+    def _note(self, stage_id: int, step: int, rows: list[dict]) -> None:
+        self.latest = (step, rows)
+
+    @ray.method(concurrency_group="control")
+    def progress(self) -> tuple[int, list[dict], list[dict]]:
+        """(step, latest rows, evaluation results so far): polled by the driver."""
+        step, rows = self.latest
+        return step, rows, list(self.results)
+
+    # -- the Ray-native transport: the driver moves references, data goes actor to actor -------
+    @ray.method(concurrency_group="inbox")
+    def deliver(self, seq: int, msg) -> None:
+        if seq != self._expected_seq:  # Ray keeps one caller's calls in order; check it anyway
+            raise RuntimeError(f"stage {self.stage_id} received message {seq}, expected {self._expected_seq}")
+        self._expected_seq += 1
+        self.inbox.send(msg)
+
+    # Ray Direct Transport allows one return value, so the driver learns what comes next (peek)
+    # and takes it (take_*) in two calls of the same single-threaded group, in that order.
+    @ray.method(concurrency_group="outbox")
+    def peek(self) -> tuple[int, int]:
+        self._staged = self.outbox.recv()
+        return int(self._staged.phase), self._staged.step
+
+    @ray.method(concurrency_group="outbox")
+    def take_object_store(self):
+        return self._take()
+
+    @ray.method(concurrency_group="outbox", tensor_transport="nccl")
+    def take_nccl(self):
+        return self._take()
+
+    @ray.method(concurrency_group="outbox", tensor_transport="gloo")
+    def take_gloo(self):
+        return self._take()
+
+    def _take(self):
+        msg, self._staged = self._staged, None
+        return msg
+
+    @ray.method(concurrency_group="control")
+    def cuda_device_count(self) -> int:
+        return torch.cuda.device_count()
