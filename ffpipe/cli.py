@@ -1,4 +1,4 @@
-"""Command line: ffpipe train | eval. User errors end with one line and exit status 2."""
+"""Command line: ffpipe train | eval | data prepare | bench data. User errors end with one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,34 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
     e = sub.add_parser("eval", help="test accuracy of a finished run's checkpoints")
     e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train")
+    _data_parsers(sub)
     return p
+
+
+def _data_parsers(sub) -> None:
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = d.add_parser("prepare", help="write a dataset's train and test splits as Parquet shards")
+    p.add_argument("--dataset", required=True, choices=[n for n in config_mod.DATASETS if n != "parquet"])
+    p.add_argument("--root", default="", help="the dataset's folder ('' = its usual places)")
+    p.add_argument("--out", required=True, help="folder (or pyarrow filesystem URI) for the shards")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="another data key (e.g. data.test_fraction=0.1 for an image folder)")
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    bd = b.add_parser("data", help="images/s of each source through the loader")
+    bd.add_argument("--dataset", action="append", choices=config_mod.DATASETS,
+                    help="repeatable; default: every built-in dataset found on this machine")
+    bd.add_argument("--root", default="", help="data.root for the datasets named")
+    bd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="auto = cuda when a GPU is visible")
+    bd.add_argument("--batch-size", type=int, default=512)
+    bd.add_argument("--seconds", type=float, default=3.0, help="time spent batching per source")
+    bd.add_argument("--placement", default="auto", choices=("auto", "device", "host"),
+                    help="where the uint8 images live: by data.on_device_max_mib, or forced")
+    bd.add_argument("--via-parquet", action="store_true",
+                    help="also measure each dataset through Parquet shards in a temporary folder")
+    bd.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE")
+    bd.add_argument("--json", help="also write the results to this JSON file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "data":
+            return _prepare(args)
+        if args.command == "bench":
+            from ffpipe.data.bench import run_bench
+            return run_bench(args)
         return _eval(args)
     except FFPipeError as err:
         print(f"ffpipe: error: {err}", file=sys.stderr)
@@ -72,6 +104,16 @@ def _eval(args) -> int:
     per_unit = " ".join(f"{a:.3f}" for a in r["test_accuracy_per_unit"])
     print(f"test accuracy {r['test_accuracy']:.4f} (vote), {r['test_accuracy_last']:.4f} (last unit); "
           f"per unit: {per_unit}")
+    return 0
+
+
+def _prepare(args) -> int:
+    from ffpipe.data.prepare import prepare_shards
+
+    tree = config_mod.merge({"data": {"name": args.dataset, "root": args.root}}, args.overrides)
+    written = prepare_shards(config_mod.from_dict(tree).data, args.out, args.shard_size)
+    for split, paths in written.items():
+        print(f"{split}: {len(paths)} shard(s) in {args.out}/{split}")
     return 0
 
 

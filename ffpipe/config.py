@@ -15,7 +15,8 @@ from typing import Any, get_type_hints
 from ffpipe.errors import ConfigError
 
 MODELS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn", "mlp")
-DATASETS = ("fashion_mnist", "mnist", "synthetic")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
+            "synthetic")
 
 
 def _f(default, doc: str, choices: tuple = (), **kw):
@@ -65,6 +66,21 @@ class DataConfig:
     train_subset: float = _f(0, "0 = all; an integer N >= 1 = N images per class; "
                              "a fraction in (0, 1) = that share of each class")
     augment: bool = _f(True, "random crop with padding (and flips where they make sense), on device")
+    flip: str = _f("auto", "horizontal flips when augmenting: 'auto' = where they keep the class "
+                   "(not digits), 'on', 'off'", ("auto", "on", "off"))
+    image_size: int = _f(0, "resize every image to S x S (image folders: shorter side to S, then "
+                         "a centre crop); 0 = as stored (imagenette: 160)")
+    val_fraction: float = _f(0.0, "share of each training class held out as the validation split, "
+                             "drawn by data.split_seed (0 = no validation split)")
+    test_fraction: float = _f(0.2, "image_folder without a test/ or val/ subfolder: share of each "
+                              "class held out as the test split, drawn by data.split_seed")
+    split_seed: int = _f(0, "seed of the held-out validation and test parts; apart from train.seed "
+                         "so that runs with different seeds are measured on the same images")
+    on_device_max_mib: int = _f(4096, "GPU: keep the uint8 training images on the device up to this "
+                                "size; larger sets stay in pinned host memory and move per batch")
+    decode_threads: int = _f(0, "threads decoding JPEG/PNG files (0 = one per CPU core)")
+    download: bool = _f(True, "when data.root is empty and the files are in none of the usual "
+                        "places, download them through torchvision into ~/.cache/ffpipe/<name>")
     synthetic_train: int = _f(2048, "synthetic: training images")
     synthetic_test: int = _f(512, "synthetic: test images")
     synthetic_shape: list = _f(lambda: [3, 32, 32], "synthetic: image shape [C, H, W]")
@@ -79,6 +95,16 @@ class DataConfig:
         _require(len(self.synthetic_shape) == 3 and all(int(v) > 0 for v in self.synthetic_shape),
                  "data.synthetic_shape", "must be three positive integers [C, H, W]")
         _require(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+        _require(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = as stored)")
+        _require(0 <= self.val_fraction < 1, "data.val_fraction", "must be in [0, 1) (0 = none)")
+        _require(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+        _require(self.on_device_max_mib >= 0, "data.on_device_max_mib",
+                 "must be >= 0 (0 = always stream from host memory)")
+        _require(self.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
+        _require(self.name != "image_folder" or self.root, "data.root",
+                 "must name the image folder when data.name = 'image_folder' (one subfolder per class)")
+        _require(self.name != "parquet" or self.root, "data.root",
+                 "must name the folder (or URI) of the shards written by `ffpipe data prepare`")
 
 
 @dataclass

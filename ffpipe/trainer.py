@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ffpipe.config import Config
-from ffpipe.data import DataBundle, DataInfo, DeviceLoader, load_data
+from ffpipe.data import DataBundle, DataInfo, DeviceLoader, check_model_input, load_data
 from ffpipe.errors import ConfigError
 from ffpipe.learners import InputTransform, build_learners, input_transform
 from ffpipe.models import UnitShape, dry_run
@@ -109,9 +109,14 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
     if setup.data is None:
         raise RuntimeError("make_source needs the data: call it where stage 0 runs")
     cfg, data = setup.cfg, setup.data
+    for split, images in (("training", data.train), ("test", data.test)):
+        check_model_input(images, setup.info.in_shape, split)
+    limit = cfg.data.on_device_max_mib
     train = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
-                         seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip)
-    test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False)
+                         seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip,
+                         max_device_mib=limit)
+    test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
+                        max_device_mib=limit)
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
                       cfg.run.stop_after_step)
 

@@ -1,7 +1,3 @@
-import gzip
-import struct
-
-import numpy as np
 import pytest
 import torch
 
@@ -13,26 +9,7 @@ from ffpipe.data.loader import channel_stats, crop_and_flip
 from ffpipe.data.subset import per_class_subset
 from ffpipe.errors import DataError
 from tests.conftest import FASHION_DIR, needs_fashion
-
-
-def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-
-
-def fake_idx_dataset(folder, n_train=40, n_test=20, compress=True):
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = np.arange(n, dtype=np.uint8) % 10
-        ext = ".gz" if compress else ""
-        write_idx(folder / f"{split}-images-idx3-ubyte{ext}", images, compress)
-        write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", labels, compress)
-        arrays[split] = (images, labels)
-    return arrays
+from tests.data_helpers import fake_idx_dataset
 
 
 @pytest.mark.parametrize("compress", [True, False])

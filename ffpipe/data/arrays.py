@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ffpipe.errors import DataError
 
@@ -39,3 +40,16 @@ class ArraySet:
 
     def take(self, index: torch.Tensor) -> "ArraySet":
         return ArraySet(self.images[index], self.labels[index], self.classes)
+
+
+def resized(data: ArraySet, size: int, chunk: int = 4096) -> ArraySet:
+    """Images resized to size x size (antialiased bilinear, rounded back to uint8); as is if 0 or
+    already that size. Done once when the data is read, never per batch."""
+    if size == 0 or data.shape[1:] == (size, size):
+        return data
+    out = torch.empty((len(data), data.shape[0], size, size), dtype=torch.uint8)
+    for start in range(0, len(data), chunk):
+        x = data.images[start:start + chunk].float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return ArraySet(out, data.labels, data.classes)

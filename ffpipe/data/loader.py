@@ -36,10 +36,15 @@ def crop_and_flip(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, flip_B: torch.
 
 
 class DeviceLoader:
+    """Training or test batches of `data` on `device`. The uint8 images live on the device when
+    they fit in `max_device_mib` (None: always); larger sets stay in host memory and each batch
+    is gathered there into a pinned buffer and copied over, so only batches cross the bus."""
+
     def __init__(self, data: ArraySet, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, augment: bool = False,
-                 flip: bool = False):
-        self.images = data.images.to(device)
+                 flip: bool = False, max_device_mib: float | None = None):
+        self.host = max_device_mib is not None and data.images.nbytes > max_device_mib * 2**20
+        self.images = data.images if self.host else data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
@@ -63,18 +68,55 @@ class DeviceLoader:
         order = torch.randperm(n, generator=gen)
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        return order.to(self.device), offsets.to(self.device), flips.to(self.device)
+        return order, offsets.to(self.device), flips.to(self.device)
+
+    def _index_batches(self, order: torch.Tensor | None, start: int):
+        """(slice of the epoch, indices on the host, the same on the device) of batches start, ...
+        The order moves to the device once per epoch: a per-batch copy from pageable memory
+        would make the host wait for the GPU every step."""
+        n = len(self.labels)
+        order_dev = order.to(self.device) if order is not None else None
+        for b in range(start, len(self)):
+            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            if order is None:
+                yield sl, torch.arange(sl.start, sl.stop), torch.arange(sl.start, sl.stop, device=self.device)
+            else:
+                yield sl, order[sl], order_dev[sl]
+
+    def _host_gather(self, index_batches):
+        """uint8 batches gathered in host memory, copied to the device through two pinned buffers
+        taken in turn: a buffer is refilled only after the copy out of it has finished."""
+        pinned = self.device.type == "cuda"
+        staging = [torch.empty((self.batch_size, *self.images.shape[1:]), dtype=torch.uint8,
+                               pin_memory=pinned) for _ in range(2)]
+        copied = [None, None]
+        for k, (sl, idx, idx_dev) in enumerate(index_batches):
+            buf = staging[k % 2][:len(idx)]
+            if copied[k % 2] is not None:
+                # The copy was queued behind the GPU's earlier work: the host runs at most two
+                # batches ahead of the device, which bounds what waits in pinned memory.
+                copied[k % 2].synchronize()
+            torch.index_select(self.images, 0, idx, out=buf)
+            # On the CPU `to` returns the buffer itself: safe, as the caller converts it to float
+            # before it asks for the next batch.
+            x = buf.to(self.device, non_blocking=pinned)
+            if pinned:
+                copied[k % 2] = torch.cuda.Event()
+                copied[k % 2].record()
+            yield sl, idx_dev, x
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images as normalised float, labels) for batches start, start+1, ... of `epoch`."""
         order = offsets = flips = None
         if self.train:
             order, offsets, flips = self._epoch_draws(epoch)
-        for b in range(start, len(self)):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[sl] if order is not None else torch.arange(
-                sl.start, min(sl.stop, len(self.labels)), device=self.device)
-            x = self.images[idx].float().div_(255)
+        index_batches = self._index_batches(order, start)
+        if self.host:
+            gathered = self._host_gather(index_batches)
+        else:
+            gathered = ((sl, idx_dev, self.images[idx_dev]) for sl, _, idx_dev in index_batches)
+        for sl, idx_dev, x_u8 in gathered:
+            x = x_u8.float().div_(255)
             if self.augment:
                 x = crop_and_flip(x, offsets[sl], flips[sl], self.pad)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            yield (x - self.mean) / self.std, self.labels[idx_dev]

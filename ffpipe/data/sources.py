@@ -1,45 +1,67 @@
-"""Where each dataset's files are, and reading them into ArraySets."""
+"""Where each dataset's files are, and reading them into ArraySets (train and test as published).
+
+Every source gives the same thing: uint8 N x C x H x W images, int64 labels and class names, read
+once. Parquet shards written by `ffpipe data prepare` give back exactly what their source gave.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ffpipe.config import DataConfig
-from ffpipe.data.arrays import ArraySet
+from ffpipe.data.arrays import ArraySet, resized
+from ffpipe.data.cifar import find_cifar, read_cifar
+from ffpipe.data.folders import find_imagenette, read_image_folder
 from ffpipe.data.idx import find_idx, read_idx
+from ffpipe.data.locate import Place, imagenette_download, locate, torchvision_download
+from ffpipe.data.shards import read_split
 from ffpipe.data.synthetic import synthetic
 from ffpipe.errors import DataError
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
-IDX_SETS = {
-    "fashion_mnist": {
-        "classes": FASHION_CLASSES,
-        "places": ["/usr/share/datasets/fashion-mnist", "~/.cache/ffpipe/fashion_mnist",
-                   "data/fashion_mnist"],
-        "how": "on Debian/Ubuntu: apt-get install dataset-fashion-mnist; or put the four "
-               "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist there",
-    },
-    "mnist": {
-        "classes": [str(d) for d in range(10)],
-        "places": ["~/.cache/ffpipe/mnist", "data/mnist", "/usr/share/datasets/mnist"],
-        "how": "put the four *-ubyte.gz files of MNIST there",
-    },
-}
+IDX_CLASSES = {"fashion_mnist": FASHION_CLASSES, "mnist": [str(d) for d in range(10)]}
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+DEFAULT_SIZE = {"imagenette": 160}  # data.image_size = 0 for sets whose files vary in size
 
 
-def _idx_folder(name: str, root: str) -> Path:
-    spec = IDX_SETS[name]
-    places = [root] if root else spec["places"]
-    for place in places:
-        folder = Path(place).expanduser()
-        if find_idx(folder, IDX_FILES["train"][0]) is not None:
-            return folder
-    raise DataError(f"dataset '{name}' not found; looked in: {', '.join(places)}. "
-                    f"Get it: {spec['how']}, or set data.root to the folder that holds the files")
+def find_idx_folder(folder: Path) -> Path | None:
+    """`folder`, or the raw/ folder torchvision downloads IDX files into."""
+    for candidate in (folder, folder / "FashionMNIST" / "raw", folder / "MNIST" / "raw"):
+        if find_idx(candidate, IDX_FILES["train"][0]) is not None:
+            return candidate
+    return None
+
+
+PLACES = {
+    "fashion_mnist": Place("fashion_mnist", find_idx_folder,
+                           "on Debian/Ubuntu: apt-get install dataset-fashion-mnist; or put the four "
+                           "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist there",
+                           ("/usr/share/datasets/fashion-mnist",), torchvision_download("FashionMNIST")),
+    "mnist": Place("mnist", find_idx_folder, "put the four *-ubyte.gz files of MNIST there",
+                   ("/usr/share/datasets/mnist",), torchvision_download("MNIST")),
+    "cifar10": Place("cifar10", partial(find_cifar, "cifar10"),
+                     "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html there",
+                     ("/usr/share/datasets/cifar10",), torchvision_download("CIFAR10")),
+    "cifar100": Place("cifar100", partial(find_cifar, "cifar100"),
+                      "unpack cifar-100-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html there",
+                      ("/usr/share/datasets/cifar100",), torchvision_download("CIFAR100")),
+    "imagenette": Place("imagenette", find_imagenette,
+                        "unpack imagenette2-160.tgz (or imagewoof2-160.tgz) from "
+                        "github.com/fastai/imagenette there", ("/usr/share/datasets/imagenette",),
+                        imagenette_download),
+}
+
+
+@dataclass
+class Source:
+    train: ArraySet
+    test: ArraySet
+    dataset: str  # where the images come from; for shards, the dataset they were prepared from
 
 
 def _read_idx_split(folder: Path, split: str, classes: list[str]) -> ArraySet:
@@ -53,11 +75,44 @@ def _read_idx_split(folder: Path, split: str, classes: list[str]) -> ArraySet:
     return ArraySet(images, labels, classes).check(f"{paths[0]} / {paths[1]}")
 
 
-def load_source(cfg: DataConfig) -> tuple[ArraySet, ArraySet]:
-    """(train, test) of the configured dataset, as read from disk (no subset, no normalisation)."""
-    if cfg.name == "synthetic":
+def target_size(cfg: DataConfig) -> int:
+    return cfg.image_size or DEFAULT_SIZE.get(cfg.name, 0)
+
+
+def folder_root(cfg: DataConfig) -> Path:
+    """The image folder of imagenette (found or downloaded) or image_folder (data.root)."""
+    if cfg.name == "imagenette":
+        return locate(PLACES["imagenette"], cfg.root, target_size(cfg), cfg.download)
+    return Path(cfg.root).expanduser()
+
+
+def _read(cfg: DataConfig) -> Source:
+    name = cfg.name
+    if name == "synthetic":
         c, h, w = (int(v) for v in cfg.synthetic_shape)
-        return synthetic(cfg.synthetic_train, cfg.synthetic_test, (c, h, w), cfg.synthetic_classes)
-    folder = _idx_folder(cfg.name, cfg.root)
-    classes = IDX_SETS[cfg.name]["classes"]
-    return _read_idx_split(folder, "train", classes), _read_idx_split(folder, "test", classes)
+        return Source(*synthetic(cfg.synthetic_train, cfg.synthetic_test, (c, h, w), cfg.synthetic_classes), name)
+    if name == "parquet":
+        train, meta = read_split(cfg.root, "train", cfg.image_size, cfg.decode_threads)
+        test, _ = read_split(cfg.root, "test", cfg.image_size, cfg.decode_threads)
+        return Source(train, test, meta["dataset"])
+    if name in ("imagenette", "image_folder"):
+        return Source(*read_image_folder(folder_root(cfg), target_size(cfg), cfg.test_fraction,
+                                         cfg.split_seed, cfg.decode_threads), name)
+    folder = locate(PLACES[name], cfg.root, cfg.image_size, cfg.download)
+    if name in IDX_CLASSES:
+        classes = IDX_CLASSES[name]
+        return Source(_read_idx_split(folder, "train", classes), _read_idx_split(folder, "test", classes), name)
+    return Source(*read_cifar(name, folder), name)
+
+
+def load_source(cfg: DataConfig) -> Source:
+    """Train and test of the configured dataset as read (resized to data.image_size if set; no
+    subset, no validation part, no normalisation)."""
+    source = _read(cfg)
+    source.train, source.test = resized(source.train, cfg.image_size), resized(source.test, cfg.image_size)
+    if source.test.shape != source.train.shape or source.test.classes != source.train.classes:
+        raise DataError(f"dataset '{cfg.name}': test images {list(source.test.shape)} with "
+                        f"{len(source.test.classes)} classes disagree with training images "
+                        f"{list(source.train.shape)} with {len(source.train.classes)} classes; "
+                        "both splits must come from the same source (prepare the shards again)")
+    return source

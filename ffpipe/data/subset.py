@@ -1,4 +1,5 @@
-"""The same per-class subset of the training set for a given seed, on every backend and run."""
+"""The same per-class subsets for a given seed, on every backend and run: the training subset of
+the small-data experiments, and held-out parts (validation; an image folder's test split)."""
 from __future__ import annotations
 
 import torch
@@ -22,3 +23,21 @@ def per_class_subset(data: ArraySet, amount: float, seed: int) -> ArraySet:
                             f"use at most {len(members)} or a fraction in (0, 1)")
         keep.append(members[torch.randperm(len(members), generator=gen)[:n]])
     return data.take(torch.cat(keep).sort().values)
+
+
+def held_out_per_class(labels: torch.Tensor, classes: list[str], fraction: float, seed: int,
+                       key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) indices, both sorted: `fraction` of every class (at least one image),
+    drawn by `seed`. Every class keeps at least one image too; `key` names the config key."""
+    gen = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in range(len(classes)):
+        members = torch.nonzero(labels == c).flatten()
+        n = max(1, round(fraction * len(members)))
+        if n >= len(members):
+            raise DataError(f"{key} = {fraction} would hold out all {len(members)} images of class "
+                            f"{c} ('{classes[c]}'); that class needs more images or a smaller {key}")
+        shuffled = members[torch.randperm(len(members), generator=gen)]
+        held.append(shuffled[:n])
+        kept.append(shuffled[n:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
