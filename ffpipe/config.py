@@ -47,9 +47,10 @@ class AlgoConfig:
                    "'ff' classic Forward-Forward (mlp only)", ("sff", "bp", "ff"))
     margin: float = _f(1.0, "sff: margin m added to every wrong class's goodness")
     temperature: float = _f(1.0, "sff: temperature tau dividing goodness in the softmax")
-    goodness: str = _f("mean_square", "sff: 'mean_square' (paper: mean over HxW of squares) or "
-                       "'log_mean_square' (its log: scale-free, bounded logits)",
-                       ("mean_square", "log_mean_square"))
+    goodness: str = _f("mean_square", "sff: 'mean_square' (paper: mean over HxW of squares), "
+                       "'log_mean_square' (its log) or 'normalized_mean_square' (divided by its "
+                       "mean over classes); both are unchanged when a unit scales its output",
+                       ("mean_square", "log_mean_square", "normalized_mean_square"))
     grad_clip: float = _f(0.0, "clip each unit's gradient norm to this (0 = off)")
     ff_threshold: float = _f(2.0, "ff: goodness threshold of the logistic loss")
 
@@ -125,6 +126,10 @@ class TrainConfig:
     channels_last: bool = _f(True, "use channels_last memory format on GPU")
     deterministic: bool = _f(False, "deterministic kernels (bit-identical reruns; slower on GPU)")
     log_every: int = _f(50, "read metrics from the device every N steps")
+    init_from: str = _f("", "a run folder whose trained unit bodies start this run (transfer); "
+                        "heads and the BP classifier start afresh")
+    freeze_bodies: bool = _f(False, "train only the goodness heads / BP classifier on frozen unit "
+                             "bodies (a linear probe); needs train.init_from")
 
     def validate(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -136,6 +141,8 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(not self.freeze_bodies or self.init_from, "train.freeze_bodies",
+                 "needs train.init_from (a run folder to take the frozen bodies from)")
 
 
 @dataclass
@@ -172,6 +179,7 @@ class PipelineConfig:
 @dataclass
 class RunConfig:
     dir: str = _f("", "run folder ('' = runs/<timestamp>)")
+    experiment: str = _f("", "name of the experiment this run belongs to (groups runs in reports)")
     plots: bool = _f(True, "write PNG plots of the per-unit curves")
     progress: bool = _f(True, "show a progress bar on the console")
     checkpoint_every: int = _f(0, "save every stage every N steps (0 = at the end of each epoch)")
@@ -197,6 +205,8 @@ class Config:
             getattr(self, section).validate()
         _require(not (self.algo.name == "ff" and self.model.name != "mlp"), "algo.name",
                  "'ff' (classic Forward-Forward) needs model.name = 'mlp'; use 'sff' for CNNs")
+        _require(not (self.algo.name == "ff" and self.train.freeze_bodies), "train.freeze_bodies",
+                 "classic FF units have no separate head to probe with; use algo.name = 'sff' or 'bp'")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

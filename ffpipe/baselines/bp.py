@@ -17,12 +17,12 @@ class BPNetwork(nn.Module):
 
     def __init__(self, units: list[nn.Module], feature_channels: int, num_classes: int):
         super().__init__()
-        self.units = nn.ModuleList(units)
+        self.body = nn.ModuleList(units)  # named as in the other learners: what transfer loads
         self.classifier = nn.Linear(feature_channels, num_classes)
 
     def forward(self, x: torch.Tensor, skips: tuple, y: torch.Tensor | None = None,
                 out_dtype: torch.dtype | None = None) -> UnitOutput:
-        for unit in self.units:
+        for unit in self.body:
             x, skips = unit(x, skips)
         features = x.mean(dim=(2, 3)) if x.dim() == 4 else x
         logits_BC = self.classifier(features).float()

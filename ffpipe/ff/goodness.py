@@ -39,6 +39,8 @@ def goodness(a: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
     g_BC = a.pow(2) if a.dim() == 2 else a.pow(2).mean(dim=(2, 3))
     if kind == "log_mean_square":
         return torch.log(g_BC + LOG_EPS)
+    if kind == "normalized_mean_square":
+        return g_BC / (g_BC.mean(dim=1, keepdim=True) + LOG_EPS)
     return g_BC
 
 

@@ -40,8 +40,12 @@ class Stage:
         self.train_cfg = cfg.train
         self.grad_clip = cfg.algo.grad_clip
         self.total_steps = total_steps
-        self.optimizer = build_optimizer([{"params": list(l.parameters())} for l in self.learners],
-                                         cfg.train, device)
+        self.frozen = cfg.train.freeze_bodies
+        if self.frozen:  # a linear probe: bodies keep their weights and batch-norm statistics
+            for learner in self.learners:
+                learner.body.requires_grad_(False)
+        groups = [{"params": [p for p in l.parameters() if p.requires_grad]} for l in self.learners]
+        self.optimizer = build_optimizer(groups, cfg.train, device)
         self.amp_dtype = autocast_dtype(cfg, device)
         self.step = 0
         self.lr = 0.0
@@ -74,6 +78,9 @@ class Stage:
             self._check(msg)
         msg = msg.to(self.device)  # a no-op when the previous stage shares the device
         self.learners.train()
+        if self.frozen:
+            for learner in self.learners:
+                learner.body.eval()
         self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
         set_lr(self.optimizer, self.lr)
         x, skips, losses, correct = self._prepare(msg.x), msg.skips, [], []

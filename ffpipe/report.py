@@ -1,0 +1,89 @@
+"""Run folders -> the markdown results table and one plot per experiment.
+
+    python launch/report.py RUN_DIR... [--out docs/results.md] [--plots docs/plots]
+
+A run's experiment is its `run.experiment` (config key); its label is model, algorithm and
+granularity. Each plot shows the test accuracy of every unit by depth, one line per run.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ffpipe.config import Config  # noqa: E402
+from ffpipe.errors import FFPipeError  # noqa: E402
+from ffpipe.run import load_run_config, read_summary  # noqa: E402
+
+HEADER = ("| experiment | run | test acc vote | last unit | best unit | epochs | wall s | img/s | "
+          "peak MiB | card | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def label(cfg: Config) -> str:
+    algo = {"sff": "SFF hybrid" if cfg.model.granularity == "block" else "SFF pure",
+            "bp": "BP", "ff": "classic FF"}[cfg.algo.name]
+    subset = cfg.data.train_subset
+    data = "" if not subset else f", {int(subset)}/class" if subset >= 1 else f", {subset:.0%}"
+    seed = f", seed {cfg.train.seed}" if cfg.train.seed else ""
+    return f"{cfg.model.name} {algo}{data}{seed}"
+
+
+def load_runs(run_dirs: list[Path]) -> list[tuple[Config, dict, Path]]:
+    runs = []
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "summary.json").is_file():
+            raise FFPipeError(f"{d} has no summary.json: not a finished run folder")
+        runs.append((load_run_config(d), read_summary(d), d))
+    return runs
+
+
+def table(runs: list[tuple[Config, dict, Path]]) -> str:
+    lines = [HEADER]
+    for cfg, s, _ in sorted(runs, key=lambda r: (r[0].run.experiment, label(r[0]))):
+        acc = lambda v: "—" if v is None else f"{v * 100:.2f}"  # noqa: E731
+        lines.append(f"| {cfg.run.experiment or '—'} | {label(cfg)} | {acc(s['test_accuracy'])} | "
+                     f"{acc(s['test_accuracy_last'])} | {acc(s['test_accuracy_best_unit'])} | "
+                     f"{s['epochs']} | {s['wall_seconds']:.0f} | {s['images_per_second']:,.0f} | "
+                     f"{s['peak_memory_mib']:,.0f} | {s['device']} | {s['date'][:10]} | "
+                     f"`{s.get('command', '')}` |")
+    return "\n".join(lines)
+
+
+def plot_experiments(runs: list[tuple[Config, dict, Path]], out_dir: Path) -> list[Path]:
+    groups = defaultdict(list)
+    for cfg, s, _ in runs:
+        if s["test_accuracy_per_unit"] and len(s["test_accuracy_per_unit"]) > 1:
+            groups[cfg.run.experiment or "runs"].append((label(cfg), s["test_accuracy_per_unit"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for experiment, lines in sorted(groups.items()):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, per_unit in sorted(lines):
+            ax.plot(range(len(per_unit)), per_unit, marker="o", markersize=3, label=name)
+        ax.set_xlabel("unit (depth)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{experiment}: test accuracy of each unit")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = out_dir / f"{experiment}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(run_dirs: list[Path], out: Path | None, plots: Path | None) -> str:
+    runs = load_runs(run_dirs)
+    text = table(runs)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if plots is not None:
+        plot_experiments(runs, plots)
+    return text
+
