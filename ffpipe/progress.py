@@ -14,13 +14,15 @@ class Progress:
         self.tty = self.stream.isatty()
         self.rates = [0.0] * num_stages
         self._last_printed = -1.0
+        self._last_step = -1
         self._t0 = time.perf_counter()
 
     def update(self, stage_id: int, step: int, rows: list[dict]) -> None:
         """Called with each stage's logged rows; draws when the last stage (the pipeline's pace) logs."""
         self.rates[stage_id] = rows[0]["images_per_s"]
-        if not self.enabled or stage_id != self.num_stages - 1:
+        if not self.enabled or stage_id != self.num_stages - 1 or step == self._last_step:
             return
+        self._last_step = step
         done = step / self.total
         # Without a terminal, print a line per tenth of the run instead of redrawing.
         if not self.tty and done - self._last_printed < 0.1 and step < self.total:

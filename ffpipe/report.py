@@ -29,7 +29,22 @@ def label(cfg: Config) -> str:
     subset = cfg.data.train_subset
     data = "" if not subset else f", {int(subset)}/class" if subset >= 1 else f", {subset:.0%}"
     seed = f", seed {cfg.train.seed}" if cfg.train.seed else ""
-    return f"{cfg.model.name} {algo}{data}{seed}"
+    return f"{cfg.model.name} {algo}{data}{seed}{_choices(cfg)}"
+
+
+def _choices(cfg: Config) -> str:
+    """The SFF and optimizer choices a run made away from the defaults, e.g. ' [log_mean_square τ0.3]'."""
+    defaults = Config()
+    notes = []
+    if cfg.algo.name == "sff" and (cfg.algo.goodness, cfg.algo.temperature) != (defaults.algo.goodness, defaults.algo.temperature):
+        notes.append(f"{cfg.algo.goodness} τ{cfg.algo.temperature:g}")
+    if cfg.model.head_kernel != defaults.model.head_kernel and cfg.algo.name == "sff":
+        notes.append(f"head k{cfg.model.head_kernel}")
+    if cfg.train.optimizer != "adamw":
+        notes.append(f"{cfg.train.optimizer} lr {cfg.train.lr:g}")
+    if cfg.train.init_from:
+        notes.append("frozen bodies" if cfg.train.freeze_bodies else "fine-tuned")
+    return f" [{', '.join(notes)}]" if notes else ""
 
 
 def load_runs(run_dirs: list[Path]) -> list[tuple[Config, dict, Path]]:
@@ -57,14 +72,17 @@ def table(runs: list[tuple[Config, dict, Path]]) -> str:
 def plot_experiments(runs: list[tuple[Config, dict, Path]], out_dir: Path) -> list[Path]:
     groups = defaultdict(list)
     for cfg, s, _ in runs:
-        if s["test_accuracy_per_unit"] and len(s["test_accuracy_per_unit"]) > 1:
+        if s["test_accuracy_per_unit"]:
             groups[cfg.run.experiment or "runs"].append((label(cfg), s["test_accuracy_per_unit"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for experiment, lines in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, per_unit in sorted(lines):
-            ax.plot(range(len(per_unit)), per_unit, marker="o", markersize=3, label=name)
+            if len(per_unit) == 1:  # one learner (BP): its accuracy as a reference line
+                ax.axhline(per_unit[0], linestyle="--", linewidth=1, color="black", label=name)
+            else:
+                ax.plot(range(len(per_unit)), per_unit, marker="o", markersize=3, label=name)
         ax.set_xlabel("unit (depth)")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{experiment}: test accuracy of each unit")

@@ -120,7 +120,7 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
     test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
                         max_device_mib=limit)
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
-                      cfg.run.stop_after_step)
+                      cfg.run.stop_after_step, cfg.train.eval_every)
 
 
 def stage_report(logger: StageLogger) -> dict:

@@ -1,6 +1,7 @@
 """What feeds stage 0: the run's plan turned into the stream of messages every stage will see.
 
-For each epoch: its training batches (TRAIN), EPOCH_END, the test batches (EVAL), EVAL_END; then
+For each epoch: its training batches (TRAIN), EPOCH_END, the test batches (EVAL), EVAL_END (every
+`eval_every` epochs and after the last); then
 END. The stream depends only on the config and the seed, so every backend sees the same batches.
 """
 from __future__ import annotations
@@ -45,8 +46,9 @@ class DataSource:
 
     def __init__(self, plan: RunPlan, train: DeviceLoader, test: DeviceLoader,
                  transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False,
-                 stop_after_step: int = 0):
+                 stop_after_step: int = 0, eval_every: int = 1):
         self.plan, self.train, self.test, self.transform = plan, train, test, transform
+        self.eval_every = eval_every
         # A stop point already passed (a resumed run) means: go on to the end.
         self.stop_after_step = stop_after_step if stop_after_step > start_step else 0
         self._stream = self._eval_stream(0, start_step) if eval_only else self._stream_from(start_step)
@@ -69,7 +71,8 @@ class DataSource:
                     return
                 yield self._message(Phase.TRAIN, epoch, first + b, x, y)
             yield control(Phase.EPOCH_END, epoch, first + n)
-            yield from self._eval_stream(epoch, first + n, end=False)
+            if (epoch + 1) % self.eval_every == 0 or epoch == self.plan.epochs - 1:
+                yield from self._eval_stream(epoch, first + n, end=False)
         yield control(Phase.END, self.plan.epochs - 1, total)
 
     def _eval_stream(self, epoch: int, step: int = 0, end: bool = True) -> Iterator[Message]:
