@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.checkpoint import load_stage
+from ffpipe.checkpoint import common_step, load_stage
 from ffpipe.config import Config
 from ffpipe.pipeline.runtime import LoopConfig, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
@@ -50,9 +50,11 @@ def evaluate(run_dir: Path) -> dict:
     starts = json.loads((Path(run_dir) / "partition.json").read_text())["starts"]
     setup = prepare(cfg, starts=starts)
     device = stage_device(cfg, 0)
+    step = common_step(run_dir, setup.num_stages)  # stages may have saved a few steps apart
     for k in range(setup.num_stages):
         r = setup.unit_range(k)
-        torch.nn.ModuleList(setup.learners[r.start:r.stop]).load_state_dict(load_stage(run_dir, k)["learners"])
+        state = load_stage(run_dir, k, step)["learners"]
+        torch.nn.ModuleList(setup.learners[r.start:r.stop]).load_state_dict(state)
     stage = Stage(0, setup.learners, cfg, setup.plan.total_steps, device)
     sink = EvalSink(setup.plan.num_units)
     run_stage_loop(stage, make_source(setup, device, eval_only=True), sink, LoopConfig(log_every=1))
