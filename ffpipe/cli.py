@@ -11,7 +11,7 @@ from ffpipe.errors import FFPipeError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffpipe", description="Scalable Forward-Forward, pipelined.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a model (defaults: the quickstart)")
+    t = sub.add_parser("train", help="train a model (no config file: small_cnn on Fashion-MNIST, 1 epoch)")
     t.add_argument("--config", help="TOML config file (optional)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key; repeatable")
