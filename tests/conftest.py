@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs, where the real datasets are, one torch thread per worker."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,10 @@ def make_config(*overrides: str, **sections) -> config_mod.Config:
             "data.synthetic_shape=[3, 16, 16]", "train.batch_size=32", "train.eval_batch_size=64",
             "train.device=cpu", "run.progress=false", "run.plots=false", "train.log_every=2"]
     return config_mod.load(None, base + list(overrides))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 COMPOSE = REPO / "docker" / "compose.yaml"
@@ -109,10 +108,6 @@ def test_compose_config_validates_every_profile():
     assert three["trainer"]["environment"]["FFPIPE_WORKERS"] == "3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _host_python_override(path: Path) -> Path:
@@ -146,7 +141,7 @@ class Project:
         override = _host_python_override(tmp_path / "host-python.yaml")
         self.cmd = [*_compose_cmd(), "-p", self.name, "-f", str(COMPOSE), "-f", str(override)]
         self.env = {**os.environ, "FFPIPE_RUNS": str(self.runs), "FFPIPE_DATA": str(tmp_path / "data"),
-                    "FFPIPE_DASHBOARD_PORT": str(_free_port()), "FFPIPE_WORKERS": "2"}
+                    "FFPIPE_DASHBOARD_PORT": str(free_port()), "FFPIPE_WORKERS": "2"}
 
     def compose(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         return subprocess.run([*self.cmd, *args], cwd=REPO, env=self.env, capture_output=True,

@@ -1,7 +1,6 @@
 """The p2p channel between two real processes over gloo: exact delivery, order, bounds, failures."""
 import multiprocessing as mp
 import os
-import socket
 import time
 
 import pytest
@@ -11,12 +10,9 @@ import torch.distributed as dist
 from ffpipe.errors import PipelineError
 from ffpipe.pipeline.messages import Message, Phase, control
 from ffpipe.transport.p2p import P2PChannel, decode_header, encode_header
+from tests.conftest import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def messages():

@@ -1,7 +1,6 @@
 """`ray job submit` against a local head started with `ray start --head` on loopback."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -10,22 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.pipeline_helpers import summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_job_submit_to_a_local_head(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_PORT": str(_free_port()),
-           "DASHBOARD_PORT": str(_free_port()), "PYTHON_ON_HEAD": sys.executable,
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_PORT": str(free_port()),
+           "DASHBOARD_PORT": str(free_port()), "PYTHON_ON_HEAD": sys.executable,
            "RUN_DIR": str(tmp_path / "job-run")}
     env.pop("RAY_ADDRESS", None)
     # Its own temp dir marks every process of this head, so the test stops exactly those

@@ -11,7 +11,6 @@ import socket
 import threading
 
 import ray
-import torch
 
 from ffpipe import config as config_mod
 from ffpipe.data import DataInfo
@@ -120,7 +119,3 @@ class StageWorker:
     def _take(self):
         msg, self._staged = self._staged, None
         return msg
-
-    @ray.method(concurrency_group="control")
-    def cuda_device_count(self) -> int:
-        return torch.cuda.device_count()
