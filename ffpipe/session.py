@@ -11,16 +11,17 @@ import torch
 from ffpipe.checkpoint import common_step, load_stage
 from ffpipe.config import Config
 from ffpipe.errors import ConfigError, FFPipeError
-from ffpipe.pipeline.runtime import LoopConfig, StageLogger
+from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.stage import Stage
 from ffpipe.run import append_history, create_run_dir, read_history, read_stage_metrics
-from ffpipe.trainer import RunSetup, build_stage, prepare
+from ffpipe.trainer import RunSetup, build_stage, make_source, prepare
 
 # What may change when a run is resumed: nothing that changes the arithmetic or the stage split.
 RESUMABLE_KEYS = {"run.stop_after_step", "run.progress", "run.plots", "run.checkpoint_every",
                   "pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backend", "pipeline.transport",
-                  "pipeline.address", "train.log_every"}
+                  "pipeline.ray_tensor_transport", "pipeline.address", "pipeline.placement",
+                  "pipeline.cpus_per_stage", "train.log_every"}
 
 
 @dataclass
@@ -87,3 +88,19 @@ def loop_config(cfg: Config, start: RunStart, num_stages: int, on_log=None) -> L
     ahead = num_stages * (cfg.pipeline.queue_depth + 1)
     keep = 2 + (-(-ahead // every) if every else 1)
     return LoopConfig(cfg.train.log_every, every, start.run_dir, keep, on_log)
+
+
+def run_one_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device, link,
+                  on_log=None, on_result=None) -> tuple[StageLogger, EvalSink | None]:
+    """What a stage process does, for any backend that gives each stage its own process:
+    stage 0 reads the data, the last stage evaluates into a sink, `link(peer)` is the channel to
+    a neighbour; the loop runs to the end of the stream and both channels are closed."""
+    last = setup.num_stages - 1
+    stage, logger = open_stage(setup, start, stage_id, device)
+    inbox = make_source(setup, device, start.start_step) if stage_id == 0 else link(stage_id - 1)
+    sink = open_sink(start, setup.plan.num_units, on_result) if stage_id == last else None
+    outbox = sink if stage_id == last else link(stage_id + 1)
+    run_stage_loop(stage, inbox, outbox, loop_config(setup.cfg, start, setup.num_stages, on_log), logger)
+    for box in (outbox, inbox):
+        box.close()
+    return logger, sink

@@ -1,4 +1,4 @@
-"""One pipeline stage as a Ray actor: it builds its part of the model and runs run_stage_loop.
+"""One pipeline stage as a Ray actor: it builds its part of the model and runs its stage loop.
 
 Concurrency groups keep the stage loop apart from the small calls the driver makes while it runs:
 `progress` (latest metrics), and for the Ray-native transport `deliver` (a message into this
@@ -14,9 +14,8 @@ import ray
 
 from ffpipe import config as config_mod
 from ffpipe.data import DataInfo
-from ffpipe.pipeline.runtime import run_stage_loop
-from ffpipe.session import RunStart, loop_config, open_sink, open_stage
-from ffpipe.trainer import make_source, prepare, setup_process, stage_device, stage_report
+from ffpipe.session import RunStart, run_one_stage
+from ffpipe.trainer import prepare, setup_process, stage_device, stage_report
 from ffpipe.transport.local import QueueChannel
 from ffpipe.transport.p2p import P2PChannel
 
@@ -58,27 +57,21 @@ class StageWorker:
 
     # -- the stage loop -----------------------------------------------------------------------
     def run(self) -> dict:
-        k, last = self.stage_id, self.num_stages - 1
         try:
-            stage, logger = open_stage(self.setup, self.start, k, self.device)
-            inbox = make_source(self.setup, self.device, self.start.start_step) if k == 0 else self._link(k - 1, self.inbox)
-            sink = open_sink(self.start, self.setup.plan.num_units, self.results.append) if k == last else None
-            outbox = sink if k == last else self._link(k + 1, self.outbox)
-            loop = loop_config(self.cfg, self.start, self.num_stages, self._note)
-            run_stage_loop(stage, inbox, outbox, loop, logger)
-            for box in (outbox, inbox):
-                box.close()
+            logger, sink = run_one_stage(self.setup, self.start, self.stage_id, self.device, self._link,
+                                         self._note, self.results.append)
         except BaseException:
             self.abort.set()  # unblocks deliver/collect calls waiting on this stage
             raise
         report = stage_report(logger)
         return {"report": report, "rows": logger.rows, "history": sink.history if sink else None}
 
-    def _link(self, peer: int, queue: QueueChannel):
+    def _link(self, peer: int):
         if self.transport == "p2p":
             depth, timeout = self.cfg.pipeline.queue_depth, self.cfg.pipeline.timeout_s
             return P2PChannel(peer, peer, self.device, depth, timeout, *self.groups)
-        return queue
+        # the Ray transport: the driver fills the inbox and drains the outbox
+        return self.inbox if peer < self.stage_id else self.outbox
 
     def _note(self, stage_id: int, step: int, rows: list[dict]) -> None:
         self.latest = (step, rows)

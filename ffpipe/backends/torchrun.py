@@ -19,10 +19,9 @@ import torch.distributed as dist
 
 from ffpipe.config import Config
 from ffpipe.errors import ConfigError
-from ffpipe.pipeline.runtime import run_stage_loop
 from ffpipe.progress import Progress
-from ffpipe.session import begin_run, loop_config, open_sink, open_stage
-from ffpipe.trainer import finish_run, make_source, prepare, setup_process, stage_device, stage_report
+from ffpipe.session import begin_run, run_one_stage
+from ffpipe.trainer import finish_run, prepare, setup_process, stage_device, stage_report
 from ffpipe.transport.p2p import P2PChannel
 
 
@@ -91,16 +90,10 @@ def _run_rank(cfg, resume_dir, rank, world, device, data_group, control):
     progress = Progress(setup.plan.total_steps, world, cfg.run.progress and rank == last)
     if rank == 0:
         print(f"ffpipe: run folder {start.run_dir}, {world} stages (torchrun)", file=sys.stderr)
-    stage, logger = open_stage(setup, start, rank, device)
     channel = lambda peer: P2PChannel(peer, peer, device, cfg.pipeline.queue_depth,  # noqa: E731
                                       cfg.pipeline.timeout_s, data_group, control)
-    inbox = make_source(setup, device, start.start_step) if rank == 0 else channel(rank - 1)
-    sink = open_sink(start, setup.plan.num_units, progress.result) if rank == last else None
-    outbox = sink if rank == last else channel(rank + 1)
     t0 = time.perf_counter()
-    run_stage_loop(stage, inbox, outbox, loop_config(cfg, start, world, progress.update), logger)
-    for box in (outbox, inbox):
-        box.close()
+    logger, sink = run_one_stage(setup, start, rank, device, channel, progress.update, progress.result)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object((stage_report(logger), sink.history if sink else None), gathered, dst=0, group=control)
     if rank != 0:

@@ -21,7 +21,7 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tupl
                           num_classes: int, device: torch.device, steps: int = 3) -> list[float]:
     """Seconds per training step (forward, local loss, backward) of every learner, on `device`."""
     batch = cfg.train.batch_size if device.type == "cuda" else min(cfg.train.batch_size, CPU_PROFILE_BATCH)
-    bodies = [getattr(learner, "body", learner) for learner in learners]
+    bodies = [learner.body for learner in learners]
     shapes = dry_run(bodies, in_shape)
     amp = autocast_dtype(cfg, device)
     costs = []

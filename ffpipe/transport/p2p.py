@@ -25,14 +25,18 @@ _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool
 _TRACE = os.environ.get("FFPIPE_TRACE_P2P") == "1"
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    """NHWC in memory (and not also plain contiguous, as 1x1 maps are)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def encode_header(msg: Message) -> torch.Tensor:
     """phase, epoch, step, which optional fields are present, then each tensor's dtype and shape."""
     tensors = msg.tensors()
     head = [int(msg.phase), msg.epoch, msg.step, len(tensors), len(msg.skips),
             msg.x is not None, msg.y is not None, msg.votes is not None, msg.unit_correct is not None]
     for t in tensors:
-        channels_last = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-        head += [_DTYPES.index(t.dtype), int(channels_last), t.dim(), *t.shape, *[0] * (5 - t.dim())]
+        head += [_DTYPES.index(t.dtype), int(_channels_last(t)), t.dim(), *t.shape, *[0] * (5 - t.dim())]
     if len(head) > HEADER_LEN:
         raise PipelineError(f"a message with {len(tensors)} tensors does not fit the p2p header")
     return torch.tensor(head + [0] * (HEADER_LEN - len(head)), dtype=torch.int64)
@@ -51,7 +55,7 @@ def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple]]:
 
 def _wire(t: torch.Tensor) -> torch.Tensor:
     """The tensor as it travels: contiguous, channels_last kept as NHWC without a copy."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    if _channels_last(t):
         return t.permute(0, 2, 3, 1)
     return t.contiguous()
 
