@@ -16,7 +16,7 @@ from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.stage import Stage
 from ffpipe.progress import Progress
 from ffpipe.run import load_run_config
-from ffpipe.session import begin_run, loop_config, open_sink
+from ffpipe.session import begin_run
 from ffpipe.trainer import finish_run, make_source, prepare, setup_process, stage_device
 
 
@@ -34,12 +34,10 @@ def train(cfg: Config, resume_dir: Path | None = None) -> tuple[Path, dict]:
     print(f"ffpipe: run folder {start.run_dir}" + (f", resuming at step {start.start_step}"
                                                     if start.start_step else ""), file=sys.stderr)
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
-    loop = loop_config(cfg, start, setup.num_stages, progress.update)
-    sink = open_sink(start, setup.plan.num_units, progress.result)
     t0 = time.perf_counter()
     from ffpipe.backends.local import run_local
-    reports = run_local(setup, start, loop, sink)
-    summary = finish_run(setup, start.run_dir, reports, sink.history, time.perf_counter() - t0)
+    reports, history = run_local(setup, start, progress.update, progress.result)
+    summary = finish_run(setup, start.run_dir, reports, history, time.perf_counter() - t0)
     return start.run_dir, summary
 
 

@@ -1,46 +1,50 @@
 """The local backend: every stage in this process. One stage is the sequential trainer (the
 reference every backend must match); several stages run as threads joined by bounded queues,
-one GPU each where there are GPUs."""
+one GPU each where there are GPUs. Each stage runs exactly what a torchrun rank or a Ray actor
+runs (`run_one_stage`); only the channels differ."""
 from __future__ import annotations
 
 import threading
 
-from ffpipe.pipeline.runtime import LoopConfig, run_stage_loop
-from ffpipe.pipeline.sink import EvalSink
-from ffpipe.session import RunStart, open_stage
-from ffpipe.trainer import RunSetup, make_source, stage_device, stage_report
+from ffpipe.session import RunStart, run_one_stage
+from ffpipe.trainer import RunSetup, stage_device, stage_report
 from ffpipe.transport.local import QueueChannel
 
 
-def run_local(setup: RunSetup, start: RunStart, loop: LoopConfig, sink: EvalSink) -> list[dict]:
-    """Train every stage to the end of the stream; returns each stage's report."""
+def run_local(setup: RunSetup, start: RunStart, on_log=None, on_result=None) -> tuple[list[dict], list[dict]]:
+    """Train every stage to the end of the stream; returns each stage's report and the history
+    of evaluations."""
     cfg, num_stages = setup.cfg, setup.num_stages
-    opened = [open_stage(setup, start, k, stage_device(cfg, k)) for k in range(num_stages)]
-    stages, loggers = [s for s, _ in opened], [log for _, log in opened]
     abort = threading.Event()
+    # channels[k] joins stage k to stage k + 1
     channels = [QueueChannel(cfg.pipeline.queue_depth, cfg.pipeline.timeout_s, abort,
                              f"stage {k} -> stage {k + 1}") for k in range(num_stages - 1)]
-    inboxes = [make_source(setup, stages[0].device, start.start_step), *channels]
-    outboxes = [*channels, sink]
+    results: list = [None] * num_stages
+
+    def stage(k: int) -> None:
+        results[k] = run_one_stage(setup, start, k, stage_device(cfg, k),
+                                   lambda peer: channels[min(k, peer)], on_log, on_result)
+
     if num_stages == 1:
-        run_stage_loop(stages[0], inboxes[0], outboxes[0], loop, loggers[0])
+        stage(0)  # the sequential trainer: in the calling thread
     else:
-        _run_threads(stages, inboxes, outboxes, loop, loggers, abort)
-    return [stage_report(logger) for logger in loggers]
+        _run_threads(stage, num_stages, abort)
+    loggers = [logger for logger, _ in results]
+    return [stage_report(logger) for logger in loggers], results[-1][1].history
 
 
-def _run_threads(stages, inboxes, outboxes, loop, loggers, abort: threading.Event) -> None:
+def _run_threads(stage, num_stages: int, abort: threading.Event) -> None:
     errors: list[BaseException] = []
 
     def body(k: int) -> None:
         try:
-            run_stage_loop(stages[k], inboxes[k], outboxes[k], loop, loggers[k])
+            stage(k)
         except BaseException as err:  # noqa: BLE001 - handed to the caller below
             if not abort.is_set():
                 errors.append(err)
             abort.set()
 
-    threads = [threading.Thread(target=body, args=(k,), name=f"ffpipe-stage-{k}") for k in range(len(stages))]
+    threads = [threading.Thread(target=body, args=(k,), name=f"ffpipe-stage-{k}") for k in range(num_stages)]
     for t in threads:
         t.start()
     for t in threads:
