@@ -1,10 +1,11 @@
-"""Command line: ffpipe train | eval | data prepare | bench data. User errors end with one line and exit status 2."""
+"""Command line: ffpipe train | eval | data prepare | bench data | bench step. User errors end with one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from ffpipe import config as config_mod
+from ffpipe.bench import add_parser as add_step_parser
 from ffpipe.errors import FFPipeError
 
 
@@ -49,6 +50,7 @@ def _data_parsers(sub) -> None:
                     help="also measure each dataset through Parquet shards in a temporary folder")
     bd.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE")
     bd.add_argument("--json", help="also write the results to this JSON file")
+    add_step_parser(b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "data":
             return _prepare(args)
+        if args.command == "bench" and args.bench_command == "step":
+            from ffpipe.bench.step import run_bench_step
+            return run_bench_step(args)
         if args.command == "bench":
             from ffpipe.data.bench import run_bench
             return run_bench(args)

@@ -23,7 +23,7 @@ from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import measure_learner_costs
 from ffpipe.pipeline.runtime import StageLogger
 from ffpipe.pipeline.source import DataSource, RunPlan, make_plan
-from ffpipe.pipeline.stage import Stage
+from ffpipe.pipeline.stage import Stage, use_cuda_graphs
 from ffpipe.plots import plot_run
 from ffpipe.run import merge_metrics, test_rows, write_summary
 
@@ -59,6 +59,7 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     """The run's pieces. With `info` (from the process that reads the data) no images are loaded.
     The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
     of each learner measured on `profile_device` (equal costs without one)."""
+    use_cuda_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0))  # 'on' without a GPU: say so now
     data = None
     if info is None:
         data = load_data(cfg.data, cfg.train.seed)

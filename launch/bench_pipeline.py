@@ -7,7 +7,8 @@ Runs, one after another on this machine: BP on one GPU, the sequential SFF train
 SFF under torchrun with each number of stages, and (with --ray) SFF on Ray actors with the p2p
 and the Ray-native transports at the largest number of stages. Prints a markdown table of
 images/s (steady state), per-stage throughput, busy/waiting shares and peak memory per GPU, and
-writes it with every summary under --out. Figures are comparable only within one invocation.
+writes it (row by row, as each run ends) with every summary under --out. Figures are comparable
+only within one invocation.
 """
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"{datetime.date.today()} · {_device()} · `{' '.join(sys.argv)}`", "", HEADER]
+    table = out / "bench.md"
+    table.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
     for i, (name, nproc, overrides) in enumerate(runs(args.stages, args.ray)):
         run_dir = out / f"run{i}"
         cmd = command(args.config, nproc, [*args.overrides, *overrides, f"run.dir={run_dir}", "run.progress=false"])
@@ -74,15 +78,15 @@ def main() -> int:
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
         (out / f"run{i}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
-            lines.append(f"| {name} | failed ({done.returncode}): see run{i}.log | | | | | | |")
+            line = f"| {name} | failed ({done.returncode}): see run{i}.log | | | | | | |"
             print(done.stderr[-2000:], file=sys.stderr)
-            continue
-        summary = json.loads((run_dir / "summary.json").read_text())
-        lines.append(row(name, summary))
+        else:
+            line = row(name, json.loads((run_dir / "summary.json").read_text()))
+        # Each row as soon as it is measured: a run cut short keeps what it measured.
+        with table.open("a") as f:
+            f.write(line + "\n")
+        print(line, flush=True)
         print(f"{name}: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    table = "\n".join(lines)
-    (out / "bench.md").write_text(table + "\n")
-    print(table)
     return 0
 
 

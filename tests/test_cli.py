@@ -36,6 +36,7 @@ def test_train_then_eval_from_the_command_line(tmp_path):
     (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
     (["--set", "train.batch_size=4096"], "larger than the training set"),
     (["--set", "pipeline.stages=9"], "pipeline.stages = 9 but the model has only 4 units"),
+    (["--set", "train.cuda_graphs=on"], "train.cuda_graphs = 'on' needs a CUDA device"),
 ])
 def test_bad_input_ends_with_one_clear_line(tmp_path, args, message):
     done = ffpipe("train", *FAST, "--set", f"run.dir={tmp_path / 'r'}", *args)
@@ -53,3 +54,17 @@ def test_eval_of_a_folder_that_is_no_run(tmp_path):
 def test_help_config_lists_the_keys():
     done = ffpipe("train", "--help-config")
     assert done.returncode == 0 and "pipeline.stages" in done.stdout and "one of: sff, bp, ff" in done.stdout
+
+
+def test_bench_step_measures_bp_and_sff_against_each_other(tmp_path):
+    out = tmp_path / "step.json"
+    done = ffpipe("bench", "step", "--model", "small_cnn", "--batch-sizes", "8", "--steps", "2",
+                  "--warmup", "4", "--device", "cpu", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["mode"]) for r in rows] == [("bp", "eager"), ("sff-block", "eager"), ("sff-layer", "eager")]
+    assert [r["units"] for r in rows] == [1, 4, 7]
+    assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
+    assert rows[0]["speed_vs_bp_eager"] == 1.0
+    assert rows[1]["speed_vs_bp_eager"] == rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    assert "| sff-layer | 8 | eager | 7 |" in done.stdout

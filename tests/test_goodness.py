@@ -50,3 +50,57 @@ def test_log_goodness_is_bounded_where_square_explodes():
     a = torch.full((1, 2, 1, 1), 1e4)
     assert goodness(a).max() > 1e7
     assert goodness(a, "log_mean_square").max() < 20
+
+
+def _plain_layer_norm(z):
+    return torch.nn.functional.layer_norm(z.float(), z.shape[1:])
+
+
+def test_boundary_norm_is_the_plain_layer_norm_detached_in_the_input_format():
+    z = (torch.randn(4, 6, 5, 7) * 3 + 1).requires_grad_()
+    out = normalize_output(z)
+    assert torch.equal(out, _plain_layer_norm(z.detach()))  # NCHW: exactly the plain formula
+    assert out.grad_fn is None and not out.requires_grad
+    z_cl = z.detach().contiguous(memory_format=torch.channels_last)
+    out_cl = normalize_output(z_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    # the same elements summed in NHWC order: equal up to fp32 summation order
+    torch.testing.assert_close(out_cl, _plain_layer_norm(z.detach()), rtol=0, atol=2e-6)
+
+
+def test_boundary_norm_of_bf16_keeps_bf16_with_fp32_statistics_even_under_autocast():
+    z = (torch.randn(2, 8, 6, 6) * 5 + 3).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = normalize_output(z.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    # within bf16 rounding of the fp32 norm of the same bf16 values
+    torch.testing.assert_close(out.float(), _plain_layer_norm(z.bfloat16()).bfloat16().float(),
+                               rtol=0, atol=0.02)
+
+
+def test_mean_square_is_bit_identical_to_the_plain_formula_in_fp32_forward_and_backward():
+    a = torch.randn(3, 5, 4, 6, requires_grad=True)
+    b = a.detach().clone().requires_grad_()
+    g, g_plain = goodness(a), b.float().pow(2).mean(dim=(2, 3))
+    assert torch.equal(g, g_plain)
+    w = torch.randn(3, 5)
+    (g * w).sum().backward()
+    (g_plain * w).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_mean_square_of_bf16_sums_in_fp32_and_returns_a_bf16_gradient():
+    a32 = torch.randn(2, 3, 8, 8) * 4
+    a = a32.bfloat16().requires_grad_()
+    g = goodness(a)
+    assert g.dtype == torch.float32
+    torch.testing.assert_close(g, a.detach().float().pow(2).mean(dim=(2, 3)), rtol=1e-5, atol=0)
+    g.sum().backward()
+    assert a.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(a.grad.float(), 2 * a.detach().float() / 64, rtol=1e-2, atol=0)
+
+
+def test_sff_loss_equals_the_one_hot_formula_bit_for_bit():
+    g, y = torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
+    logits = g + 0.7 * (1.0 - torch.nn.functional.one_hot(y, 10).to(g.dtype))
+    assert torch.equal(sff_loss(g, y, 0.7, 1.3), torch.nn.functional.cross_entropy(logits / 1.3, y))

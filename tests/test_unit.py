@@ -1,4 +1,5 @@
 import copy
+import weakref
 
 import torch
 
@@ -50,6 +51,80 @@ def _train(stages, batches):
     return [p for s in stages for p in s.learners.parameters()]
 
 
+def _summed_backward_reference(cfg, learners, batches, total_steps):
+    """The step before backward-per-unit: one backward over the sum of every unit's loss."""
+    from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
+
+    groups = [{"params": list(l.parameters())} for l in learners]
+    optimizer = build_optimizer(groups, cfg.train, torch.device("cpu"))
+    for step, (x, y) in enumerate(batches):
+        set_lr(optimizer, lr_at(step, total_steps, cfg.train))
+        skips, losses = (), []
+        for learner in learners:
+            out = learner(x, skips, y)
+            x, skips = out.x, out.skips
+            losses.append(out.loss)
+        torch.stack([l.float() for l in losses]).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return [p for l in learners for p in l.parameters()]
+
+
+def test_a_backward_per_unit_gives_the_parameters_of_one_summed_backward_bit_for_bit():
+    cfg, learners = _learners("model.granularity=layer", "train.optimizer=adamw",
+                              "train.warmup_fraction=0.3")
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(4)]
+    reference = _summed_backward_reference(cfg, copy.deepcopy(learners), batches, 10)
+    stage = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    trained = _train([stage], batches)
+    assert len(trained) == len(reference) > 0
+    for p, q in zip(trained, reference):
+        assert torch.equal(p, q)
+    assert not torch.equal(trained[0], next(learners[0].parameters()))  # it did train
+
+
+class _Box:
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+class _SavedActivations:
+    """Elements of the tensors autograd keeps for backward: now, and the most at any time."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def hooks(self):
+        def pack(t):
+            box = _Box(t)
+            self.live += t.numel()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(box, self._free, t.numel())  # runs when autograd drops it
+            return box
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor)
+
+    def _free(self, n):
+        self.live -= n
+
+
+def test_a_stage_keeps_the_saved_activations_of_one_unit_at_a_time():
+    cfg, learners = _learners("model.granularity=layer")
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    per_unit, skips, h = [], (), x
+    for learner in copy.deepcopy(learners):
+        saved = _SavedActivations()
+        with saved.hooks():
+            out = learner(h, skips, y)
+        per_unit.append(saved.peak)
+        h, skips = out.x, out.skips
+    stage, saved = Stage(0, learners, cfg, 10, torch.device("cpu")), _SavedActivations()
+    with saved.hooks():
+        stage.train_step(Message(Phase.TRAIN, 0, 0, x=x, y=y))
+    assert saved.peak == max(per_unit) < sum(per_unit) / 2
+    assert saved.live == 0
+
+
 def test_one_stage_equals_units_split_over_stages_bit_for_bit():
     cfg, learners = _learners("model.granularity=layer", "train.optimizer=adamw")
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
@@ -83,3 +158,21 @@ def test_a_stage_refuses_activations_shaped_for_another_model():
     stage.train_step(good)
     with pytest.raises(PipelineError, match=r"expects activations \[16, 16, 16\] .* received \[8, 16, 16\]"):
         stage.train_step(good.replace(x=torch.randn(2, 8, 16, 16)))
+
+
+def test_a_checkpoint_with_one_optimizer_group_per_unit_still_loads():
+    """Stages once kept a parameter group per unit; their checkpoints resume into one group."""
+    cfg, learners = _learners("train.optimizer=adamw")
+    stage = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))])
+    state = copy.deepcopy(stage.state_dict())
+    sizes = [len([p for p in l.parameters()]) for l in stage.learners]
+    flat = state["optimizer"]["param_groups"][0]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    state["optimizer"]["param_groups"] = [{**flat, "params": flat["params"][a:a + n]}
+                                          for a, n in zip(starts, sizes)]
+    resumed = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    for p, q in zip(stage.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
+        assert all(torch.equal(p[k], q[k]) for k in p)
+    assert len(resumed.optimizer.param_groups) == 1 and resumed.step == 1

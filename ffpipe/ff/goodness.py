@@ -1,8 +1,12 @@
-"""Goodness heads and local losses: pure functions of tensors, nothing else.
+"""Goodness heads, local losses and the boundary norm: pure functions of tensors, nothing else.
 
 A unit's output z (B x C x H x W, or B x D for an MLP) goes through an auxiliary convolution with
 one output channel per class; the goodness of class c is the mean over H x W of the squared
 activation of channel c. One forward pass gives the positive (true class) and every negative.
+
+These run on every step of every unit, so they are written to touch as little memory as they
+can: no fp32 or NCHW copy of a low-precision channels_last tensor, no autograd record for what
+is detached anyway (a plain `F.layer_norm` under autocast cost 40% of the step on an H100).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_EPS = 1e-6
+TENSOR_CORE_CHANNELS = 8
 
 
 class GoodnessHead(nn.Module):
@@ -19,24 +24,75 @@ class GoodnessHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, kernel_size: int = 1, flat: bool = False):
         super().__init__()
         self.flat = flat
+        self.num_classes = num_classes
         if flat:
             self.proj = nn.Linear(in_channels, num_classes)
         else:
             self.proj = nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2)
 
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
-        return goodness(self.proj(z), kind)
+        return goodness(self._project(z), kind, self.num_classes)
+
+    def _project(self, z: torch.Tensor) -> torch.Tensor:
+        """The head's activations; on a GPU with zero channels added up to a multiple of 8.
+
+        Tensor-core convolution kernels want output channels in multiples of 8: with 10 classes
+        cuDNN fell back to an older, slower kernel (H200, 2026-11-28). The padded weights and
+        bias are zeros made on the fly, so their channels are zero and their goodness is
+        dropped; the parameters keep their shape and nothing else changes.
+        """
+        pad = -self.num_classes % TENSOR_CORE_CHANNELS
+        if self.flat or pad == 0 or z.device.type != "cuda":
+            return self.proj(z)
+        weight = F.pad(self.proj.weight, (0, 0, 0, 0, 0, 0, 0, pad))
+        bias = F.pad(self.proj.bias, (0, pad))
+        return self.proj._conv_forward(z, weight.contiguous(memory_format=torch.channels_last), bias)
 
 
-def goodness(a: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
-    """Per-class goodness g_BC from head activations (B x C x H x W, or B x C).
+class _MeanSquare(torch.autograd.Function):
+    """g_BC = mean over H x W of a^2, with fp32 sums, keeping only `a` itself for the backward.
 
-    'mean_square' is the paper's: mean over H x W of a^2 (computed in fp32: squares overflow
+    Autograd's version of `a.float().pow(2).mean((2, 3))` materialises an fp32 copy of `a`, keeps
+    it alive until the backward and writes two more fp32 tensors there. fp32 inputs take exactly
+    those operations (so CPU runs are bit-identical to the plain formula); low-precision inputs
+    are read once by an fp32-accumulating norm and get a gradient of their own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a)
+        if a.dtype == torch.float32:
+            return a.pow(2).mean(dim=(2, 3))
+        norm_BC = torch.linalg.vector_norm(a, dim=(2, 3), dtype=torch.float32)
+        return norm_BC.square() / (a.shape[2] * a.shape[3])
+
+    @staticmethod
+    def backward(ctx, grad_BC: torch.Tensor) -> torch.Tensor:
+        (a,) = ctx.saved_tensors
+        hw = a.shape[2] * a.shape[3]
+        if a.dtype == torch.float32:  # the same operations, in the same order, as autograd's
+            return (grad_BC / hw)[:, :, None, None] * (2 * a)
+        return a * (grad_BC * (2.0 / hw)).to(a.dtype)[:, :, None, None]
+
+
+def mean_square(a: torch.Tensor) -> torch.Tensor:
+    """Per-class mean of squares over H x W (B x C x H x W -> B x C, fp32); B x C: squares."""
+    if a.dim() == 2:
+        return a.float().pow(2)
+    return _MeanSquare.apply(a)
+
+
+def goodness(a: torch.Tensor, kind: str = "mean_square", num_classes: int | None = None) -> torch.Tensor:
+    """Per-class goodness g_BC from head activations (B x C x H x W, or B x C); with
+    `num_classes`, of the first that many channels only (the rest is padding).
+
+    'mean_square' is the paper's: mean over H x W of a^2 (summed in fp32: squares overflow
     bf16's precision first). 'log_mean_square' is its log, so the logits scale with log of the
     activations rather than their square: a unit whose activations grow cannot blow up its loss.
     """
-    a = a.float()
-    g_BC = a.pow(2) if a.dim() == 2 else a.pow(2).mean(dim=(2, 3))
+    g_BC = mean_square(a)
+    if num_classes is not None and num_classes < g_BC.shape[1]:
+        g_BC = g_BC[:, :num_classes]
     if kind == "log_mean_square":
         return torch.log(g_BC + LOG_EPS)
     if kind == "normalized_mean_square":
@@ -50,8 +106,11 @@ def sff_loss(g_BC: torch.Tensor, y_B: torch.Tensor, margin: float, temperature: 
     L = logsumexp_c((g_c + m [c != y]) / tau) - g_y / tau. With m = 0, tau = 1 this is softmax
     cross-entropy over goodness; m > 0 asks the true class to beat every other by m.
     """
-    logits = g_BC + margin * (1.0 - F.one_hot(y_B, g_BC.shape[1]).to(g_BC.dtype))
-    return F.cross_entropy(logits / temperature, y_B)
+    classes = torch.arange(g_BC.shape[1], device=g_BC.device)
+    # [c != y] by comparison rather than one_hot, which checks label ranges with a host sync
+    # on some devices (and so could not be captured in a CUDA graph).
+    wrong_BC = (classes[None, :] != y_B[:, None]).to(g_BC.dtype)
+    return F.cross_entropy((g_BC + margin * wrong_BC) / temperature, y_B)
 
 
 def vote_probs(g_BC: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -59,10 +118,20 @@ def vote_probs(g_BC: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(g_BC.float() / temperature, dim=1)
 
 
+@torch.no_grad()
 def normalize_output(z: torch.Tensor) -> torch.Tensor:
     """Layer norm without affine over every dim but the batch: what a unit passes on.
 
     It removes the scale (and so the goodness) of this unit from the next unit's input, which
-    must find its own evidence for the class.
+    must find its own evidence for the class. The result is detached by construction (no_grad).
+
+    Computed in z's own dtype and memory format: layer_norm keeps fp32 statistics for bf16 input
+    by itself, so autocast (which would upcast the whole tensor) is off; a channels_last tensor is
+    normalised as its NHWC view, in which every sample is contiguous, instead of being copied to
+    NCHW and back. Same elements, same statistics; a contiguous NCHW input takes the plain call.
     """
-    return F.layer_norm(z, z.shape[1:])
+    with torch.autocast(z.device.type, enabled=False):
+        if z.dim() == 4 and not z.is_contiguous() and z.is_contiguous(memory_format=torch.channels_last):
+            z_NHWC = z.permute(0, 2, 3, 1)
+            return F.layer_norm(z_NHWC, z_NHWC.shape[1:]).permute(0, 3, 1, 2)
+        return F.layer_norm(z, z.shape[1:])

@@ -8,6 +8,8 @@ detach, and it is written in each learner's forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,11 +20,21 @@ from ffpipe.ff.goodness import GoodnessHead, normalize_output, sff_loss, vote_pr
 
 @dataclass
 class UnitOutput:
-    x: torch.Tensor               # detached output for the next unit
+    raw: torch.Tensor             # detached output; the next unit receives `x`, this after `boundary`
     skips: tuple                  # detached skip stack for the units that close residual blocks
     scores_BC: torch.Tensor       # per-class scores (goodness, or logits for BP)
     loss: torch.Tensor | None     # the local loss (with labels only); attached to this unit only
     correct: torch.Tensor | None  # with labels: how many of the batch this unit got right
+    boundary: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        """What the next unit receives. The boundary transform runs when this is first read, so a
+        stage that reads it after the unit's backward never holds the transformed copy and the
+        backward's tensors at the same time."""
+        if self.boundary is not None:
+            self.raw, self.boundary = self.boundary(self.raw), None
+        return self.raw
 
 
 def count_correct(scores_BC: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
@@ -52,10 +64,13 @@ class LocalUnit(nn.Module):
             correct = count_correct(g_BC, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.
-        x_next = normalize_output(z).detach()
-        if out_dtype is not None:
-            x_next = x_next.to(out_dtype)
-        return UnitOutput(x_next, tuple(s.detach() for s in skips), g_BC, loss, correct)
+        boundary = partial(_pass_on, out_dtype=out_dtype)
+        return UnitOutput(z.detach(), tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
 
     def vote(self, scores_BC: torch.Tensor) -> torch.Tensor:
         return vote_probs(scores_BC, self.temperature)
+
+
+def _pass_on(z: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
+    x_next = normalize_output(z).detach()  # no_grad inside; the detach says where the boundary is
+    return x_next if out_dtype is None else x_next.to(out_dtype)

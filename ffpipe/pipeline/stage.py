@@ -1,9 +1,11 @@
 """Stage: consecutive learners on one device, trained batch by batch from what arrives.
 
-One optimizer with a parameter group per learner, one backward over the sum of the learners'
-losses: since every learner's input is detached, each loss reaches only its own learner, so this
-is exactly one optimizer step per unit, with a fraction of the kernel launches. Statistics stay on
-the device and are read (a host sync) only when asked, on log steps.
+Each learner's input is detached, so its loss reaches only its own parameters: the stage runs a
+forward, the local loss and a backward per learner, in turn, so that a learner's activations are
+freed before the next one runs (the memory of one unit, not of the stage), and then one step of
+one optimizer over all of them (exactly one step per unit, with a fraction of the kernel
+launches). On a GPU the whole step is replayed as a CUDA graph (pipeline/graphed.py).
+Statistics stay on the device and are read (a host sync) only when asked, on log steps.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import torch
 from torch import nn
 
 from ffpipe.config import Config
-from ffpipe.errors import PipelineError, TrainingError
+from ffpipe.errors import ConfigError, PipelineError, TrainingError
 from ffpipe.models import UnitShape
-from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
+from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from ffpipe.pipeline.graphed import GraphedStep
 from ffpipe.pipeline.messages import Message
 
 
@@ -24,6 +27,15 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def use_cuda_graphs(setting: str, device: torch.device) -> bool:
+    """train.cuda_graphs: 'auto' graphs every CUDA stage (training shapes are static: every
+    training batch is full), 'on' insists on it, 'off' keeps the eager step."""
+    if setting == "on" and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
+                          f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
+    return setting != "off" and device.type == "cuda"
 
 
 class Stage:
@@ -44,18 +56,29 @@ class Stage:
         if self.frozen:  # a linear probe: bodies keep their weights and batch-norm statistics
             for learner in self.learners:
                 learner.body.requires_grad_(False)
-        groups = [{"params": [p for p in l.parameters() if p.requires_grad]} for l in self.learners]
-        self.optimizer = build_optimizer(groups, cfg.train, device)
+        graphs = use_cuda_graphs(cfg.train.cuda_graphs, device)
+        # One parameter group for the whole stage: one fused optimizer launch instead of one per
+        # unit (every update is per parameter, so this changes no value).
+        params = [p for p in self.learners.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer([{"params": params}], cfg.train, device, capturable=graphs)
         self.amp_dtype = autocast_dtype(cfg, device)
         self.step = 0
         self.lr = 0.0
+        # Device-side state the step updates in place (a CUDA graph replays on fixed addresses).
+        n = len(learners)
+        self._step_t = torch.zeros((), dtype=torch.long, device=device)
+        self._first_bad_step = torch.full((n,), -1, dtype=torch.long, device=device)
+        self._loss_sum = torch.zeros(n, device=device)
+        self._correct_sum = torch.zeros(n, dtype=torch.long, device=device)
         self._reset_stats()
-        self._first_bad_step = torch.full((len(learners),), -1, dtype=torch.long, device=device)
+        self.graphed = GraphedStep(self._learn, self._reset_grads, device) if graphs else None
 
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # No cast cache: each learner's forward casts its weights once anyway, and a graph
+        # capture must not keep casts from outside it.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -83,25 +106,39 @@ class Stage:
                 learner.body.eval()
         self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
         set_lr(self.optimizer, self.lr)
-        x, skips, losses, correct = self._prepare(msg.x), msg.skips, [], []
-        with self._autocast():
-            for learner in self.learners:
-                out = learner(x, skips, msg.y, self.amp_dtype)
-                x, skips = out.x, out.skips
-                losses.append(out.loss)
-                correct.append(out.correct)
-        loss_U = torch.stack([l.float() for l in losses])
-        # One backward for all learners: their graphs are disjoint (inputs detached), so each
-        # learner receives exactly the gradient of its own loss.
-        loss_U.sum().backward()
+        x = self._prepare(msg.x)
+        if self.graphed is not None:
+            x, skips = self.graphed(x, msg.skips, msg.y)
+        else:
+            x, skips = self._learn(x, msg.skips, msg.y)
+            self._reset_grads(True)
+        self._images += len(msg.y)
+        self._steps_since_read += 1
+        self.step += 1
+        return msg.replace(x=x, skips=skips)
+
+    def _learn(self, x: torch.Tensor, skips: tuple, y: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """One training step of every learner on a batch (no host sync: a graph can replay it)."""
+        losses, correct = [], []
+        for learner in self.learners:
+            with self._autocast():
+                out = learner(x, skips, y, self.amp_dtype)
+            # A backward per learner, right after its forward: its input is detached, so this
+            # reaches only its own parameters, and its activations are freed before the next
+            # learner runs. (Bit-identical to one backward over the sum of the losses.)
+            out.loss.backward()
+            x, skips = out.x, out.skips
+            losses.append(out.loss.detach().float())
+            correct.append(out.correct)
         if self.grad_clip > 0:
             for learner in self.learners:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._track(loss_U.detach(), torch.stack(correct), len(msg.y))
-        self.step += 1
-        return msg.replace(x=x, skips=skips)
+        self._track(torch.stack(losses), torch.stack(correct))
+        return x, skips
+
+    def _reset_grads(self, set_to_none: bool) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     @torch.no_grad()
     def eval_step(self, msg: Message) -> Message:
@@ -119,19 +156,18 @@ class Stage:
                 unit_correct[learner.index] += (out.scores_BC.argmax(dim=1) == msg.y).sum()
         return msg.replace(x=x, skips=skips, votes=votes, unit_correct=unit_correct)
 
-    def _track(self, loss_U: torch.Tensor, correct_U: torch.Tensor, batch: int) -> None:
-        # No host sync: sums and the first non-finite step stay on the device until read_stats.
+    def _track(self, loss_U: torch.Tensor, correct_U: torch.Tensor) -> None:
+        # No host sync, and every update in place: sums and the first non-finite step stay on
+        # the device until read_stats.
         self._loss_sum += loss_U
         self._correct_sum += correct_U
-        self._images += batch
-        self._steps_since_read += 1
         bad = ~torch.isfinite(loss_U) & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(bad, self.step, self._first_bad_step)
+        self._first_bad_step.copy_(torch.where(bad, self._step_t, self._first_bad_step))
+        self._step_t += 1
 
     def _reset_stats(self) -> None:
-        n = len(self.learners)
-        self._loss_sum = torch.zeros(n, device=self.device)
-        self._correct_sum = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._loss_sum.zero_()
+        self._correct_sum.zero_()
         self._images = 0
         self._steps_since_read = 0
 
@@ -166,5 +202,6 @@ class Stage:
 
     def load_state_dict(self, state: dict) -> None:
         self.learners.load_state_dict(state["learners"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = state["step"]
+        self._step_t.fill_(self.step)

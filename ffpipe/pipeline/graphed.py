@@ -1,0 +1,99 @@
+"""A stage's whole training step (every unit's forward, loss and backward, the optimizer step and
+the metric sums) replayed as one CUDA graph at a fixed batch shape.
+
+At the batch sizes a pipeline stage sees, an eager step spends much of its time launching small
+kernels; a graph launches them all at once. How it works:
+  warm-up  the first WARMUP_STEPS batches train eagerly on a side stream (cuDNN picks its
+           algorithms, the optimizer creates its state), as real steps;
+  capture  the next batch's tensors become the static inputs, the gradients are dropped so that
+           the captured backward writes them afresh (not accumulating), and the step is recorded;
+  replay   each batch is copied into the static inputs, the graph replays, and the outputs are
+           copied out: the next replay overwrites the static outputs while a transport may
+           still be sending the previous ones.
+Everything the step reads besides its inputs must stay at the same address: the parameters and
+optimizer state (updated in place), the learning rate (a device tensor filled before a replay),
+the step count and the metric sums (device tensors zeroed in place).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+
+WARMUP_STEPS = 3
+
+# One capture at a time in a process: entering a capture synchronises the device and empties the
+# allocator's cache, which must not happen while another stage thread is capturing.
+_CAPTURE_LOCK = threading.Lock()
+
+StepFn = Callable[[torch.Tensor, tuple, torch.Tensor], tuple[torch.Tensor, tuple]]
+
+
+def _signature(tensors: list[torch.Tensor]) -> tuple:
+    return tuple((t.shape, t.dtype, t.stride()) for t in tensors)
+
+
+class GraphedStep:
+    """Calls `learn(x, skips, y) -> (x_out, skips_out)` through a CUDA graph once warmed up.
+
+    `reset_grads(set_to_none)` clears the stage's gradients. A batch of another shape than the
+    captured one (none arrives in training: every training batch is full) runs eagerly.
+    """
+
+    def __init__(self, learn: StepFn, reset_grads: Callable[[bool], None], device: torch.device):
+        self.learn = learn
+        self.reset_grads = reset_grads
+        self.device = device
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: list[torch.Tensor] = []
+        self._outputs: tuple = ()
+        self._signature: tuple = ()
+
+    def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        inputs = [x, *skips, y]
+        if self.graph is None and self.eager_steps < WARMUP_STEPS:
+            self.eager_steps += 1
+            return self._warm_up(x, skips, y)
+        if self.graph is None:
+            self._capture(inputs)
+        elif _signature(inputs) != self._signature:
+            return self._eager(x, skips, y)
+        for static, fresh in zip(self._inputs, inputs):
+            static.copy_(fresh)
+        self.graph.replay()
+        out_x, out_skips = self._outputs
+        return out_x.clone(), tuple(s.clone() for s in out_skips)
+
+    def _warm_up(self, x, skips, y):
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        for t in (x, *skips, y):
+            t.record_stream(side)  # read there: not to be reused before the side stream is done
+        with torch.cuda.stream(side):
+            out_x, out_skips = self.learn(x, skips, y)
+            self.reset_grads(True)
+        current.wait_stream(side)
+        for t in (out_x, *out_skips):
+            t.record_stream(current)
+        return out_x, out_skips
+
+    def _eager(self, x, skips, y):
+        # The gradients are the graph's tensors: zero them so this backward starts from nothing,
+        # and leave them there for the next replay, which overwrites them.
+        self.reset_grads(False)
+        return self.learn(x, skips, y)
+
+    def _capture(self, inputs: list[torch.Tensor]) -> None:
+        self._inputs = [t.clone() for t in inputs]  # clone keeps the memory format
+        self._signature = _signature(inputs)
+        x, *skips, y = self._inputs
+        self.reset_grads(True)  # the captured backward then allocates (= overwrites) them
+        graph = torch.cuda.CUDAGraph()
+        with _CAPTURE_LOCK, torch.cuda.device(self.device):
+            # thread_local: other stage threads and NCCL's watchdog may use CUDA meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._outputs = self.learn(x, tuple(skips), y)
+        self.graph = graph
