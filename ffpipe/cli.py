@@ -71,30 +71,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ffpipe: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ffpipe: interrupted", file=sys.stderr)
+        print("ffpipe: interrupted; a run goes on from its newest checkpoints with "
+              "ffpipe train --resume RUN_DIR", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ffpipe train --help-config | head`: the reader has gone
+        sys.stderr.close()
+        return 0
 
 
 def _train(args) -> int:
     if args.help_config:
         print(config_mod.describe())
         return 0
-    from ffpipe.entry import train
-
+    # The config first: a typo is answered before torch is imported.
     if args.resume:
-        from ffpipe.run import load_run_config
-        from ffpipe.session import check_resume_overrides
+        from ffpipe.run.folder import RunFolder
 
-        check_resume_overrides(args.overrides)
-        cfg = load_run_config(args.resume, args.overrides)
+        cfg = RunFolder.open(args.resume).resume_config(args.overrides)
     else:
         cfg = config_mod.load(args.config, args.overrides)
+    from ffpipe.backends import train
+
     run_dir, s = train(cfg, args.resume)
     if s is None:  # a torchrun rank other than the coordinator
         return 0
     if not s["completed"]:
-        print(f"stopped after step {s['steps']} of {s['total_steps']}; continue with: "
-              f"ffpipe train --resume {run_dir}")
+        again = (f"launch/torchrun.sh {s['num_stages']} --resume {run_dir}" if s["backend"] == "torchrun"
+                 else f"ffpipe train --resume {run_dir}")
+        print(f"stopped after step {s['steps']} of {s['total_steps']}; continue with: {again}")
         return 0
     print(f"test accuracy {s['test_accuracy']:.4f} (vote), {s['test_accuracy_last']:.4f} (last unit), "
           f"{s['test_accuracy_best_unit']:.4f} (best unit); {s['images_per_second']:,.0f} img/s; "
@@ -103,7 +107,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from ffpipe.entry import evaluate
+    from ffpipe.run.evaluate import evaluate
 
     r = evaluate(args.run_dir)
     per_unit = " ".join(f"{a:.3f}" for a in r["test_accuracy_per_unit"])

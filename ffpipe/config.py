@@ -163,7 +163,12 @@ class PipelineConfig:
     queue_depth: int = _f(2, "batches in flight between two stages")
     transport: str = _f("p2p", "between stages: torch.distributed point-to-point or Ray",
                         ("p2p", "ray"))
-    timeout_s: float = _f(300.0, "a stage waiting longer than this on a neighbour stops the run")
+    timeout_s: float = _f(300.0, "a stage waiting longer than this on a neighbour (or on its GPU "
+                          "behind a neighbour's transfer) stops the run")
+    max_restarts: int = _f(3, "ray and torchrun (launch/torchrun.sh): after a stage fails, restart "
+                           "every stage from the newest checkpoint they all have, up to this many "
+                           "times; the same failure twice in a row is not restarted; local runs "
+                           "do not restart")
     ray_tensor_transport: str = _f("auto", "ray transport: how tensors move between actors ('auto' = "
                                    "Ray Direct Transport over NCCL on GPUs, the object store on CPUs)",
                                    ("auto", "object_store", "nccl", "gloo"))
@@ -178,6 +183,7 @@ class PipelineConfig:
         _require(self.queue_depth >= 1, "pipeline.queue_depth", "must be >= 1")
         _require(self.timeout_s > 0, "pipeline.timeout_s", "must be > 0")
         _require(self.cpus_per_stage > 0, "pipeline.cpus_per_stage", "must be > 0")
+        _require(self.max_restarts >= 0, "pipeline.max_restarts", "must be >= 0 (0 = never restart)")
         b = self.boundaries
         _require(all(isinstance(v, int) and v > 0 for v in b) and b == sorted(set(b)),
                  "pipeline.boundaries", "must be increasing unit indices > 0")

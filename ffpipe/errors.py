@@ -23,3 +23,7 @@ class TrainingError(FFPipeError):
 
 class PipelineError(FFPipeError):
     """A pipeline stage failed, timed out or disagrees with its neighbours."""
+
+
+class NeighbourError(PipelineError):
+    """This stage is fine, a neighbour is not: it died, went silent or its data never arrived."""

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_run(rows: list[dict], out_dir: Path) -> list[Path]:
@@ -48,6 +49,7 @@ def _bars(final: list[tuple[int, float]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     units, accuracy = zip(*final)
     ax.bar(units, accuracy)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # units are whole numbers
     ax.set_xlabel("unit (depth)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

@@ -12,7 +12,7 @@ class Progress:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.rates = [0.0] * num_stages
+        self.rates: list[float | None] = [None] * num_stages  # None: not heard from (another process)
         self._last_printed = -1.0
         self._last_step = -1
         self._t0 = time.perf_counter()
@@ -30,7 +30,7 @@ class Progress:
         self._last_printed = done
         loss = sum(r["loss"] for r in rows) / len(rows)
         bar = "#" * int(done * 24)
-        rates = " ".join(f"{r:,.0f}" for r in self.rates)
+        rates = " ".join("-" if r is None else f"{r:,.0f}" for r in self.rates)
         line = (f"[{bar:<24}] step {step}/{self.total} loss {loss:.3f} "
                 f"acc(last) {rows[-1]['accuracy']:.3f} img/s per stage [{rates}] "
                 f"{time.perf_counter() - self._t0:.0f}s")

@@ -14,10 +14,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ffpipe.config import Config  # noqa: E402
-from ffpipe.errors import FFPipeError  # noqa: E402
-from ffpipe.run import load_run_config, read_summary  # noqa: E402
+from ffpipe.run.folder import RunFolder  # noqa: E402
 
 HEADER = ("| experiment | run | test acc vote | last unit | best unit | epochs | wall s | img/s | "
           "peak MiB | card | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -50,10 +50,8 @@ def _choices(cfg: Config) -> str:
 def load_runs(run_dirs: list[Path]) -> list[tuple[Config, dict, Path]]:
     runs = []
     for d in run_dirs:
-        d = Path(d)
-        if not (d / "summary.json").is_file():
-            raise FFPipeError(f"{d} has no summary.json: not a finished run folder")
-        runs.append((load_run_config(d), read_summary(d), d))
+        folder = RunFolder.open(d)
+        runs.append((folder.config(), folder.summary(), folder.path))
     return runs
 
 
@@ -83,6 +81,7 @@ def plot_experiments(runs: list[tuple[Config, dict, Path]], out_dir: Path) -> li
                 ax.axhline(per_unit[0], linestyle="--", linewidth=1, color="black", label=name)
             else:
                 ax.plot(range(len(per_unit)), per_unit, marker="o", markersize=3, label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # units are whole numbers
         ax.set_xlabel("unit (depth)")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{experiment}: test accuracy of each unit")

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Start (or stop) a single-machine Ray head for `ray job submit`, bound to 127.0.0.1.
-#   launch/ray_head.sh [start|stop] [extra `ray start` options, e.g. --num-gpus=4]
-# The Jobs API and dashboard listen on 127.0.0.1:${DASHBOARD_PORT:-8265}. Ray 2.60 turns token
-# authentication on; clients then need RAY_AUTH_MODE=token (launch/ray_submit.sh sets it).
+# Start (or stop) a single-machine Ray head for `ray job submit`: GCS, raylet, workers, dashboard
+# and Jobs API on 127.0.0.1 only, with Ray's token authentication on.
+#   launch/ray_head.sh [start|stop] [extra `ray start` options, e.g. --num-gpus=4 --temp-dir=DIR]
+# Ports: $RAY_PORT (GCS, default 6379), $DASHBOARD_PORT (dashboard and Jobs API, default 8265).
+# Token: $RAY_AUTH_TOKEN, or the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, which is
+# generated (readable by you only) when none of them exists; launch/ray_submit.sh reads it there.
+# `stop` is `ray stop`: it ends every Ray cluster on this machine, not only this head.
 set -euo pipefail
 action=${1:-start}
 [ $# -gt 0 ] && shift
@@ -11,6 +14,10 @@ action=${1:-start}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 case "$action" in
   start)
+    # `ray start` turns token authentication on only when it finds a token (else it warns and
+    # runs without): make one if there is none, private (umask), then require it.
+    (umask 077 && ray get-auth-token --generate >/dev/null)
+    export RAY_AUTH_MODE=token
     exec ray start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
       --disable-usage-stats "$@" ;;

@@ -7,8 +7,14 @@
 set -euo pipefail
 address=${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}
 if [ "${1:-}" = "--address" ]; then address=$2; shift 2; fi
-# Ray 2.60 clusters require a token: the CLI sends the one in ~/.ray/auth_token in token mode.
+# The head requires Ray's token (launch/ray_head.sh made it): in token mode the CLI sends
+# $RAY_AUTH_TOKEN, or the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token. Fail early if none.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if [ "$RAY_AUTH_MODE" = token ] && ! ray get-auth-token >/dev/null 2>&1; then
+  echo "ray_submit.sh: no Ray token here: start the head with launch/ray_head.sh on this machine," \
+    "or set RAY_AUTH_TOKEN to the head's token (\`ray get-auth-token\` on the head)" >&2
+  exit 2
+fi
 run_dir=${RUN_DIR:-$PWD/runs/ray-$(date +%Y%m%d-%H%M%S)}
 excludes='{"excludes": [".venv", "runs", ".git", ".whl", ".devdata", "__pycache__", "*.egg-info"]}'
 ray job submit --address "$address" --working-dir . --runtime-env-json "$excludes" -- \

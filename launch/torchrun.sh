@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Run ffpipe as a pipeline of NUM_STAGES processes on this node, one stage (and one GPU) each.
-#   launch/torchrun.sh NUM_STAGES [--config FILE] [--set section.key=value ...]
+#   launch/torchrun.sh NUM_STAGES [--config FILE] [--set section.key=value ...] [--resume RUN_DIR]
+# torchrun's agent runs inside ffpipe's launcher: a failed stage is named in one line, recorded in
+# the run folder, and the run restarts from its newest checkpoints (pipeline.max_restarts).
 set -euo pipefail
-n=${1:?usage: launch/torchrun.sh NUM_STAGES [--config FILE] [--set section.key=value ...]}
-shift
-exec "${PYTHON:-python3}" -m torch.distributed.run --standalone --nproc-per-node="$n" \
-  -m ffpipe train --set pipeline.backend=torchrun --set pipeline.stages="$n" "$@"
+exec "${PYTHON:-python3}" -m ffpipe.backends.torchrun_launch "$@"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.checkpoint import common_step, load_stage
+from ffpipe.run.checkpoints import load_stage, resume_step, saved_steps
+from ffpipe.run.folder import RunFolder
 from tests.conftest import REPO
 
 # Small and exact: deterministic kernels, one thread per process (thread count changes CPU
@@ -45,12 +46,19 @@ def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None
 
 def final_parameters(run_dir: Path) -> list[torch.Tensor]:
     """Every stage's learner tensors (weights, BN buffers) at the newest common checkpoint."""
-    starts = json.loads((run_dir / "partition.json").read_text())["starts"]
-    step = common_step(run_dir, len(starts))
+    folder = RunFolder.open(run_dir)
+    starts = folder.partition()
+    step = resume_step(folder, len(starts))
     tensors = []
     for k in range(len(starts)):
-        tensors += list(load_stage(run_dir, k, step)["learners"].values())
+        tensors += list(load_stage(folder, k, step)["learners"].values())
     return tensors
+
+
+def newest_state(run_dir: Path, stage_id: int) -> dict:
+    """Stage `stage_id`'s newest checkpoint."""
+    folder = RunFolder.open(run_dir)
+    return load_stage(folder, stage_id, saved_steps(folder, stage_id)[-1])
 
 
 def assert_same_parameters(a: Path, b: Path) -> None:

@@ -68,3 +68,34 @@ def test_bench_step_measures_bp_and_sff_against_each_other(tmp_path):
     assert rows[0]["speed_vs_bp_eager"] == 1.0
     assert rows[1]["speed_vs_bp_eager"] == rows[1]["images_per_s"] / rows[0]["images_per_s"]
     assert "| sff-layer | 8 | eager | 7 |" in done.stdout
+
+
+def test_a_config_typo_is_answered_before_torch_is_imported():
+    code = ("import sys; from ffpipe.cli import main; rc = main(['train', '--set', 'model.granularty=layer']); "
+            "print(rc, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+
+
+def test_help_config_into_a_closed_pipe_ends_quietly():
+    done = subprocess.run(f"{sys.executable} -m ffpipe train --help-config | head -1", shell=True,
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.startswith("model.name") and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_local_pipeline_at_once(tmp_path):
+    import signal
+    import time
+
+    run = subprocess.Popen([sys.executable, "-m", "ffpipe", "train", *FAST, "--set", "pipeline.stages=2",
+                            "--set", "train.epochs=500", "--set", f"run.dir={tmp_path / 'r'}"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "r").glob("checkpoints/stage-1/step-*.pt")) and time.time() < deadline:
+        time.sleep(0.1)  # both stages are training once the first epoch is checkpointed
+    t0 = time.time()
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in err and "--resume" in err
+    assert time.time() - t0 < 10

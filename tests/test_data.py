@@ -8,7 +8,7 @@ from ffpipe.data.idx import read_idx
 from ffpipe.data.loader import channel_stats, crop_and_flip
 from ffpipe.data.subset import per_class_subset
 from ffpipe.errors import DataError
-from tests.conftest import FASHION_DIR, needs_fashion
+from tests.conftest import needs_fashion
 from tests.data_helpers import fake_idx_dataset
 
 
@@ -85,4 +85,5 @@ def test_real_fashion_mnist_counts_and_balance():
     assert len(data.train) == 60000 and len(data.test) == 10000
     assert torch.bincount(data.train.labels).tolist() == [6000] * 10
     assert 0.25 < data.mean[0] < 0.32 and 0.33 < data.std[0] < 0.37
-    assert FASHION_DIR.exists()
+    assert data.train.classes[0] == "T-shirt/top" and data.train.classes[9] == "Ankle boot"
+    assert data.train.images.dtype == torch.uint8 and data.train.images.max() == 255

@@ -9,7 +9,8 @@ from ffpipe.cli import main
 from ffpipe.data import ArraySet, DeviceLoader, check_model_input
 from ffpipe.data.loader import channel_stats
 from ffpipe.errors import DataError
-from ffpipe.trainer import make_source, prepare
+from ffpipe.run.setup import prepare
+from ffpipe.run.stage_process import make_source
 from tests.conftest import make_config
 
 

@@ -1,7 +1,7 @@
 """Real data on the CPU: SFF and BP learn Fashion-MNIST within a bounded number of steps."""
 import pytest
 
-from ffpipe.entry import train
+from ffpipe.backends import train
 from tests.conftest import make_config, needs_fashion
 
 # 2,000 images per class, one pass of 300 steps, one evaluation on the full 10,000 test images.

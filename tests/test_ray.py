@@ -6,22 +6,22 @@ import time
 import pytest
 
 from ffpipe import config as config_mod
-from ffpipe.entry import train
+from ffpipe.backends import train
 from ffpipe.errors import PipelineError
 from tests.conftest import REPO
 from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
 
-# One xdist worker runs every Ray test in turn: test_ray_job's `ray stop` ends all Ray processes.
+# One xdist worker runs every Ray test in turn: they start and stop local clusters.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for the module (the backend joins it instead of starting its own)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported: set it first
     import ray
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(address="local", num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()
 
@@ -57,9 +57,11 @@ def test_ray_actors_match_the_sequential_trainer_bit_for_bit(ray_cluster, refere
 def test_a_failing_stage_actor_is_named_and_the_job_ends(ray_cluster, tmp_path):
     cfg = config_mod.load(None, EXACT + ["model.name=small_cnn", "train.lr=1e12", "train.warmup_fraction=0",
                                          "train.max_steps=6", "pipeline.backend=ray", "pipeline.stages=2",
-                                         "pipeline.timeout_s=60", f"run.dir={tmp_path / 'r'}"])
+                                         "pipeline.timeout_s=60", "pipeline.max_restarts=0",
+                                         f"run.dir={tmp_path / 'r'}"])
     t0 = time.time()
-    with pytest.raises(PipelineError, match=r"stage \d failed: TrainingError: the loss of unit \d+ \(stage \d\) became non-finite"):
+    with pytest.raises(PipelineError, match=r"stage \d failed at step \d+: TrainingError: the loss of unit \d+ "
+                                            r"\(stage \d\) became non-finite.*no automatic restart"):
         train(cfg)
     assert time.time() - t0 < 60
     # No actor or placement group left behind: all the cluster's CPUs come back.

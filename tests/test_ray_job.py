@@ -1,10 +1,16 @@
-"""`ray job submit` against a local head started with `ray start --head` on loopback."""
+"""`ray job submit` against a local head from launch/ray_head.sh, on what a fresh machine has (no
+Ray token yet). The helpers here start and stop such a head and list its listening sockets;
+tests/test_ray_security.py uses them too."""
+import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,24 +20,24 @@ from tests.pipeline_helpers import summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 BIN = Path(sys.executable).parent
-
-
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Ray settings a developer's shell may hold; a fresh machine has none of them.
+RAY_SETTINGS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_API_SERVER_ADDRESS")
 
 
 def test_ray_job_submit_to_a_local_head(tmp_path):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_PORT": str(free_port()),
-           "DASHBOARD_PORT": str(free_port()), "PYTHON_ON_HEAD": sys.executable,
-           "RUN_DIR": str(tmp_path / "job-run")}
-    env.pop("RAY_ADDRESS", None)
-    # Its own temp dir marks every process of this head, so the test stops exactly those
-    # (`ray stop` would end every Ray on the machine, other tests' included).
-    temp_dir = tempfile.mkdtemp(prefix="ffray", dir="/tmp")
-    head = subprocess.run(["bash", "launch/ray_head.sh", "start", "--num-cpus=3", f"--temp-dir={temp_dir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert head.returncode == 0, head.stderr
+    env = fresh_machine_env(tmp_path)
+    env.update(PYTHON_ON_HEAD=sys.executable, RUN_DIR=str(tmp_path / "job-run"))
     try:
-        address = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
-        done = subprocess.run(["bash", "launch/ray_submit.sh", "--address", address,
+        start_head(env, "--num-cpus=3")
+        token = Path(env["HOME"]) / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o077 == 0, "the head's token is readable by other users"
+        api = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the Jobs API wants the token
+            urllib.request.urlopen(f"{api}/api/jobs/", timeout=10)
+        assert_loopback(listening_sockets(head_processes(env)))
+        done = subprocess.run(["bash", "launch/ray_submit.sh", "--address", api,
                                "--set", "data.name=synthetic", "--set", "train.max_steps=6",
                                "--set", "pipeline.stages=2", "--set", "train.device=cpu",
                                "--set", "run.plots=false"], cwd=REPO, env=env,
@@ -42,27 +48,147 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
         result = summary(tmp_path / "job-run")
         assert result["backend"] == "ray" and result["num_stages"] == 2 and result["completed"]
     finally:
-        _stop_processes_mentioning(temp_dir)
+        stop_head(env)
 
 
-def _stop_processes_mentioning(marker: str) -> None:
-    def pids():
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"):
-                    found.append(int(pid))
-            except OSError:
-                pass
-        return found
+def fresh_machine_env(tmp_path: Path) -> dict:
+    """The environment of a fresh machine: a new HOME (no ~/.ray), no Ray settings, and a temp
+    folder of its own. Ray's default folder is then $TMPDIR/ray, which holds what ray.init()
+    looks for (ray_current_cluster), and its path marks every process of the clusters started
+    here (`ray stop` would end every Ray on the machine, other tests' included)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in RAY_SETTINGS}
+    env.update(HOME=str(home), TMPDIR=tempfile.mkdtemp(prefix="ffray", dir="/tmp"),  # short: Ray's sockets
+               PATH=f"{BIN}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
+    return env
 
+
+def start_head(env: dict, *options: str) -> None:
+    """launch/ray_head.sh start on free ports, its files in Ray's default folder ($TMPDIR/ray)."""
+    env.update(RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()))
+    head = subprocess.run(["bash", "launch/ray_head.sh", "start", f"--temp-dir={env['TMPDIR']}/ray",
+                           f"--ray-client-server-port={free_port()}", *options],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+    assert "Token authentication is disabled" not in head.stdout + head.stderr
+
+
+def head_processes(env: dict) -> set[int]:
+    """The head's processes: those naming its folder (GCS, raylet, dashboard, monitor) or its GCS
+    address (the Ray Client server), and their children (agents and workers rename themselves)."""
+    return descendants(processes_mentioning(env["TMPDIR"], f"127.0.0.1:{env.get('RAY_PORT', '-')}"))
+
+
+def stop_head(env: dict) -> None:
+    """SIGTERM, then SIGKILL, to every process of this head only; then its folder goes."""
+    targets = head_processes(env)
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        for pid in pids():
+        for pid in targets | head_processes(env):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.time() + wait
-        while pids() and time.time() < deadline:
+        while _alive(targets | head_processes(env)) and time.time() < deadline:
             time.sleep(0.2)
-    assert not pids(), f"Ray processes of {marker} still running"
+    left = _alive(targets | head_processes(env))
+    assert not left, f"Ray processes of {env['TMPDIR']} still running: {left}"
+    shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+
+
+def processes_mentioning(*markers: str) -> set[int]:
+    """Processes whose command line holds one of the markers (never this one or its parents)."""
+    found, mine = set(), _ancestry()
+    for pid in set(_pids()) - mine:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+        except OSError:
+            continue
+        if any(m in cmdline for m in markers):
+            found.add(pid)
+    return found
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """The roots and every process below them."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        try:  # the field after the parenthesised name: state, then the parent's pid
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, Address, int]]:
+    """Every listening TCP socket of these processes: (pid, command, bound address, port), found
+    by matching their socket file descriptors to the LISTEN rows of /proc/net/tcp and tcp6."""
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                host, port = fields[1].split(":")
+                listening[fields[9]] = (_address(host), int(port, 16))
+    found = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in listening:
+                found.append((pid, command, *listening[link[8:-1]]))
+    return found
+
+
+def assert_loopback(sockets) -> None:
+    """Some listening sockets, each bound to a loopback address (127.0.0.1, ::1)."""
+    assert sockets, "no listening socket found"
+    exposed = sorted({(c, str(a), n) for _, c, a, n in sockets if not a.is_loopback})
+    assert not exposed, "listening beyond 127.0.0.1: " + "; ".join(f"{c.strip()} on {a} port {n}" for c, a, n in exposed)
+
+
+def _address(hex_host: str) -> Address:
+    """/proc/net/tcp{,6} print addresses as 32-bit words in host (little-endian) byte order;
+    an IPv4 address on an IPv6 socket (::ffff:127.0.0.1) counts as that IPv4 address."""
+    raw = b"".join(bytes.fromhex(hex_host[i:i + 8])[::-1] for i in range(0, len(hex_host), 8))
+    address = ipaddress.ip_address(raw)
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _ancestry() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return pids
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _alive(pids: set[int]) -> list[int]:
+    """Those still running (a zombie has exited: it waits for a parent that may never reap it)."""
+    alive = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+        except (OSError, IndexError):
+            pass
+    return alive

@@ -37,9 +37,10 @@ def test_torchrun_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
     run_ffpipe(common + [f"run.dir={whole}"], stages=2)
     split = tmp_path / "split"
     first = run_ffpipe(common + [f"run.dir={split}", "run.stop_after_step=5"], stages=2)
-    assert "continue with: ffpipe train --resume" in first.stdout
+    assert f"continue with: launch/torchrun.sh 2 --resume {split}" in first.stdout
     assert summary(split)["completed"] is False and summary(split)["steps"] == 5
-    run_ffpipe([], stages=2, resume=split)
+    resumed = run_ffpipe([], stages=2, resume=split)
+    assert "resuming at step 5" in resumed.stderr
     assert_same_parameters(whole, split)
     s, w = summary(split), summary(whole)
     assert s["completed"] and [h["test_accuracy"] for h in s["history"]] == [h["test_accuracy"] for h in w["history"]]

@@ -6,10 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ffpipe.checkpoint import load_stage
-from ffpipe.entry import evaluate, train
-from ffpipe.errors import FFPipeError, TrainingError
+from ffpipe.backends import train
+from ffpipe.run.evaluate import evaluate
+from ffpipe.errors import FFPipeError
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.recovery import StageFailed
 from tests.conftest import make_config
+from tests.pipeline_helpers import newest_state
 
 
 def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
@@ -30,7 +33,7 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in train_rows)
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
         "test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
-    assert load_stage(run_dir, 0)["step"] == 16 and summary["completed"]
+    assert newest_state(run_dir, 0)["step"] == 16 and summary["completed"]
     # eval reads the checkpoints back and finds the same accuracies
     result = evaluate(run_dir)
     assert result["test_accuracy"] == summary["test_accuracy"]
@@ -63,7 +66,7 @@ def test_every_algorithm_learns_the_synthetic_classes(tmp_path, algo, model, gra
 def _params(run_dir, num_stages):
     tensors = []
     for k in range(num_stages):
-        tensors += list(load_stage(run_dir, k)["learners"].values())
+        tensors += list(newest_state(run_dir, k)["learners"].values())
     return tensors
 
 
@@ -83,12 +86,12 @@ def test_stages_as_threads_give_the_parameters_of_the_sequential_trainer(tmp_pat
 def test_a_non_finite_loss_stops_the_run_naming_unit_and_step(tmp_path):
     cfg = make_config("train.lr=1e12", "train.max_steps=8", "train.warmup_fraction=0",
                       f"run.dir={tmp_path / 'r'}")
-    with pytest.raises(TrainingError, match=r"the loss of unit \d+ \(stage 0\) became non-finite at step \d+"):
+    with pytest.raises(StageFailed, match=r"stage 0 failed at step \d+: TrainingError: the loss of unit \d+ "
+                                          r"\(stage 0\) became non-finite at step \d+"):
         train(cfg)
 
 
 def test_local_run_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
-    from ffpipe.run import load_run_config
     from tests.pipeline_helpers import assert_same_parameters
 
     common = ["model.granularity=layer", "train.epochs=2", "run.checkpoint_every=3", "pipeline.stages=2",
@@ -96,17 +99,21 @@ def test_local_run_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
     whole, _ = train(make_config(*common, f"run.dir={tmp_path / 'whole'}"))
     split, first = train(make_config(*common, f"run.dir={tmp_path / 'split'}", "run.stop_after_step=7"))
     assert first["completed"] is False and first["steps"] == 7 and len(first["history"]) == 0
-    _, resumed = train(load_run_config(split), resume_dir=split)
+    _, resumed = train(RunFolder(split).resume_config([]), split)
     assert resumed["completed"] and resumed["steps"] == 16 and len(resumed["history"]) == 2
     assert_same_parameters(whole, split)
     with pytest.raises(FFPipeError, match="nothing to resume"):
-        train(load_run_config(split), resume_dir=split)
+        train(RunFolder(split).resume_config([]), split)
 
 
-def test_resume_refuses_changes_that_would_change_the_arithmetic():
+def test_resume_takes_run_and_transport_keys_and_refuses_the_arithmetic(tmp_path):
     from ffpipe.errors import ConfigError
-    from ffpipe.session import check_resume_overrides
 
-    check_resume_overrides(["run.stop_after_step=0", "pipeline.timeout_s=60"])
-    with pytest.raises(ConfigError, match="'train.lr' cannot change when a run is resumed"):
-        check_resume_overrides(["train.lr=0.3"])
+    folder = RunFolder.create(make_config(f"run.dir={tmp_path / 'r'}", "run.stop_after_step=5"))
+    cfg = folder.resume_config(["run.experiment=again", "pipeline.timeout_s=60", "run.checkpoint_every=4"])
+    assert (cfg.run.experiment, cfg.pipeline.timeout_s, cfg.run.checkpoint_every) == ("again", 60.0, 4)
+    assert cfg.run.stop_after_step == 0  # the saved stop point stopped the run once
+    assert folder.resume_config(["run.stop_after_step=9"]).run.stop_after_step == 9
+    for key in ("train.lr=0.3", "run.dir=elsewhere", "model.name=mlp"):
+        with pytest.raises(ConfigError, match=f"'{key.split('=')[0]}' cannot change when a run is resumed"):
+            folder.resume_config([key])

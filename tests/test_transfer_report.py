@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-from ffpipe.checkpoint import load_stage
-from ffpipe.entry import train
+from ffpipe.backends import train
 from ffpipe.errors import ConfigError
 from ffpipe.report import report
 from tests.conftest import make_config
+from tests.pipeline_helpers import newest_state
 
 
 def _bodies(run_dir):
-    state = load_stage(run_dir, 0)["learners"]
+    state = newest_state(run_dir, 0)["learners"]
     return {k: v for k, v in state.items() if ".body." in k}, {k: v for k, v in state.items() if ".head." in k or "classifier" in k}
 
 

@@ -1,14 +1,34 @@
 """The local backend: every stage in this process. One stage is the sequential trainer (the
 reference every backend must match); several stages run as threads joined by bounded queues,
 one GPU each where there are GPUs. Each stage runs exactly what a torchrun rank or a Ray actor
-runs (`run_one_stage`); only the channels differ."""
+runs (`run_one_stage`); only the channels differ. A local run does not restart itself: a failure
+in one process is not a lost node."""
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
-from ffpipe.session import RunStart, run_one_stage
-from ffpipe.trainer import RunSetup, stage_device, stage_report
-from ffpipe.transport.local import QueueChannel
+from ffpipe.config import Config
+from ffpipe.progress import Progress
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.setup import RunSetup, RunStart, announce, begin_run, setup_process, stage_device
+from ffpipe.run.stage_process import run_one_stage
+from ffpipe.run.summary import finish_run, stage_report
+from ffpipe.transport import open_channel
+
+STOP_GRACE_S = 10.0  # after Ctrl-C: the stages finish the step they are in and stop
+
+
+def train_local(cfg: Config, resume: Path | None) -> tuple[Path, dict]:
+    setup_process(cfg)
+    setup, start = begin_run(cfg, RunFolder.open(resume) if resume else None, stage_device(cfg, 0))
+    announce(start)
+    progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
+    t0 = time.perf_counter()
+    reports, history = run_local(setup, start, progress.update, progress.result)
+    summary = finish_run(setup, start.folder, reports, history, time.perf_counter() - t0)
+    return start.folder.path, summary
 
 
 def run_local(setup: RunSetup, start: RunStart, on_log=None, on_result=None) -> tuple[list[dict], list[dict]]:
@@ -17,8 +37,8 @@ def run_local(setup: RunSetup, start: RunStart, on_log=None, on_result=None) -> 
     cfg, num_stages = setup.cfg, setup.num_stages
     abort = threading.Event()
     # channels[k] joins stage k to stage k + 1
-    channels = [QueueChannel(cfg.pipeline.queue_depth, cfg.pipeline.timeout_s, abort,
-                             f"stage {k} -> stage {k + 1}") for k in range(num_stages - 1)]
+    channels = [open_channel("threads", cfg.pipeline, name=f"stage {k} -> stage {k + 1}", abort=abort)
+                for k in range(num_stages - 1)]
     results: list = [None] * num_stages
 
     def stage(k: int) -> None:
@@ -35,6 +55,7 @@ def run_local(setup: RunSetup, start: RunStart, on_log=None, on_result=None) -> 
 
 def _run_threads(stage, num_stages: int, abort: threading.Event) -> None:
     errors: list[BaseException] = []
+    finished = [threading.Event() for _ in range(num_stages)]
 
     def body(k: int) -> None:
         try:
@@ -43,11 +64,22 @@ def _run_threads(stage, num_stages: int, abort: threading.Event) -> None:
             if not abort.is_set():
                 errors.append(err)
             abort.set()
+        finally:
+            finished[k].set()
 
-    threads = [threading.Thread(target=body, args=(k,), name=f"ffpipe-stage-{k}") for k in range(num_stages)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for k in range(num_stages):
+        threading.Thread(target=body, args=(k,), name=f"ffpipe-stage-{k}", daemon=True).start()
+    # Waits on events, not Thread.join: a join cut short by Ctrl-C can leave CPython (3.11)
+    # believing a running thread has stopped.
+    try:
+        for done in finished:
+            while not done.wait(0.2):  # Ctrl-C reaches this thread within the wait
+                pass
+    except KeyboardInterrupt:
+        abort.set()  # every channel wait ends within its poll interval; each stage stops
+        deadline = time.monotonic() + STOP_GRACE_S
+        for done in finished:
+            done.wait(max(0.0, deadline - time.monotonic()))
+        raise
     if errors:
         raise errors[0]

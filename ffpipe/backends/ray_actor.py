@@ -14,10 +14,10 @@ import ray
 
 from ffpipe import config as config_mod
 from ffpipe.data import DataInfo
-from ffpipe.session import RunStart, run_one_stage
-from ffpipe.trainer import prepare, setup_process, stage_device, stage_report
-from ffpipe.transport.local import QueueChannel
-from ffpipe.transport.p2p import P2PChannel
+from ffpipe.run.setup import RunStart, prepare, setup_process, stage_device
+from ffpipe.run.stage_process import run_one_stage
+from ffpipe.run.summary import stage_report
+from ffpipe.transport import open_channel
 
 GROUPS = {"control": 1, "inbox": 1, "outbox": 1}
 
@@ -32,9 +32,9 @@ class StageWorker:
         self.num_stages = self.setup.num_stages
         self.device = stage_device(self.cfg, stage_id, local_rank=0)  # Ray shows each actor its GPU
         self.abort = threading.Event()
-        depth, timeout = self.cfg.pipeline.queue_depth, self.cfg.pipeline.timeout_s
-        self.inbox = QueueChannel(depth, timeout, self.abort, f"stage {stage_id} inbox")
-        self.outbox = QueueChannel(depth, timeout, self.abort, f"stage {stage_id} outbox")
+        pipeline = self.cfg.pipeline
+        self.inbox = open_channel("threads", pipeline, name=f"stage {stage_id} inbox", abort=self.abort)
+        self.outbox = open_channel("threads", pipeline, name=f"stage {stage_id} outbox", abort=self.abort)
         self.latest: tuple[int, list[dict]] = (0, [])
         self.results: list[dict] = []
         self._expected_seq = 0
@@ -43,17 +43,19 @@ class StageWorker:
     @ray.method(concurrency_group="control")
     def address(self) -> tuple[str, int]:
         """This node's address and a free port: stage 0 hosts the torch.distributed rendezvous."""
-        with socket.socket() as s:
-            s.bind(("", 0))
+        host = ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
             port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return host, port
 
     @ray.method(concurrency_group="control")
     def join(self, host: str, port: int) -> None:
-        from ffpipe.backends.torchrun import init_groups
+        from ffpipe.backends.torchrun import init_groups, rendezvous_store
 
-        self.groups = init_groups(self.device, self.cfg.pipeline.timeout_s, self.stage_id,
-                                  self.num_stages, init_method=f"tcp://{host}:{port}")
+        timeout = self.cfg.pipeline.timeout_s
+        store, self._rendezvous_socket = rendezvous_store(host, port, self.stage_id, self.num_stages, timeout)
+        self.groups = init_groups(self.device, timeout, self.stage_id, self.num_stages, store=store)
 
     # -- the stage loop -----------------------------------------------------------------------
     def run(self) -> dict:
@@ -68,8 +70,7 @@ class StageWorker:
 
     def _link(self, peer: int):
         if self.transport == "p2p":
-            depth, timeout = self.cfg.pipeline.queue_depth, self.cfg.pipeline.timeout_s
-            return P2PChannel(peer, peer, self.device, depth, timeout, *self.groups)
+            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=self.groups)
         # the Ray transport: the driver fills the inbox and drains the outbox
         return self.inbox if peer < self.stage_id else self.outbox
 

@@ -9,71 +9,76 @@ process that made the collective group pass such objects, so the driver routes t
 """
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
 from pathlib import Path
 
+from ffpipe.backends.ray_cluster import connect
 from ffpipe.config import Config
 from ffpipe.errors import PipelineError
 from ffpipe.progress import Progress
-from ffpipe.run import write_stage_metrics
-from ffpipe.session import begin_run
-from ffpipe.trainer import finish_run, setup_process, stage_device
+from ffpipe.run import recovery
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.setup import announce, begin_run, restart_point, setup_process, stage_device
+from ffpipe.run.summary import finish_run
 
 POLL_S = 0.5
+FAILURE_GRACE_S = 3.0
 
 
-# Ray on Linux replaces a loopback node address by the machine's routable one; this switch (the
-# one Ray uses on laptops) keeps a single-machine cluster's GCS, raylet and workers on 127.0.0.1.
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def connect(cfg: Config, num_stages: int) -> bool:
-    """Join the configured cluster, or start a local one on 127.0.0.1 (Ray's token authentication
-    stays on). Returns whether this process started Ray (and so must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if cfg.pipeline.address:
-        ray.init(address=cfg.pipeline.address, log_to_driver=True)
-        return False
-    os.environ.update(LOOPBACK_ONLY)
-    # CPUs are a logical resource: a small machine still gets one per stage (they share the cores).
-    cpus = max(os.cpu_count() or 1, math.ceil(num_stages * cfg.pipeline.cpus_per_stage))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
-    return True
-
-
-def train_ray(cfg: Config, resume_dir: Path | None):
-    import ray
-
+def train_ray(cfg: Config, resume: Path | None):
     setup_process(cfg)
-    setup, start = begin_run(cfg, resume_dir, stage_device(cfg, 0))
+    setup, start = begin_run(cfg, RunFolder.open(resume) if resume else None, stage_device(cfg, 0))
     started = connect(cfg, setup.num_stages)
+    import ray  # after connect(): Ray reads its environment when first imported
+
+    try:
+        t0 = time.perf_counter()
+        results, folder = _train_with_restarts(cfg, setup, start), start.folder
+        for k, result in enumerate(results):  # the driver's folder gets every stage's rows
+            folder.write_stage_metrics(k, result["rows"])
+        reports = [r["report"] for r in results]
+        summary = finish_run(setup, folder, reports, results[-1]["history"], time.perf_counter() - t0)
+        return folder.path, summary
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _train_with_restarts(cfg: Config, setup, start) -> list[dict]:
+    """Attempts of the run: after a stage fails, new actors in a new placement group (a lost
+    node's bundle lands elsewhere) go on from the newest checkpoint every stage has."""
+    while True:
+        try:
+            return _attempt(cfg, setup, start)
+        except recovery.StageFailed as failure:
+            if failure.user_error:
+                raise
+            failures = start.folder.failures()
+            verdict = recovery.restart_verdict(failures, start.attempt, cfg.pipeline.max_restarts)
+            if verdict:
+                raise PipelineError(f"{failure}; {verdict}") from None
+            print(f"ffpipe: {failure}; restarting ({start.attempt + 1} of {cfg.pipeline.max_restarts}) "
+                  "from the newest checkpoint", file=sys.stderr, flush=True)
+            start = restart_point(setup, start)
+
+
+def _attempt(cfg: Config, setup, start) -> list[dict]:
+    import ray
+
     actors, pg = [], None
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.train.device != "cpu" else 0
         pg, actors = _start_actors(cfg, setup, start, gpus)
-        print(f"ffpipe: run folder {start.run_dir}, {len(actors)} stage actors "
-              f"({'GPU' if gpus else 'CPU'}, transport {cfg.pipeline.transport})", file=sys.stderr)
+        announce(start, f"{len(actors)} stage actors ({'GPU' if gpus else 'CPU'}, transport "
+                        f"{cfg.pipeline.transport})")
         _connect_stages(cfg, actors, gpus)
-        t0 = time.perf_counter()
-        results = _watch(cfg, setup, actors, gpus)
-        for k, result in enumerate(results):  # the driver's folder gets every stage's rows
-            write_stage_metrics(start.run_dir, k, result["rows"])
-        reports = [r["report"] for r in results]
-        summary = finish_run(setup, start.run_dir, reports, results[-1]["history"], time.perf_counter() - t0)
-        return start.run_dir, summary
+        return _watch(cfg, setup, start, actors, gpus)
     finally:
         for actor in actors:
             ray.kill(actor)
         if pg is not None:
             ray.util.remove_placement_group(pg)
-        if started:
-            ray.shutdown()
 
 
 def _start_actors(cfg, setup, start, gpus: int):
@@ -137,7 +142,7 @@ def _get(refs, stage, cfg):
         raise PipelineError(f"{where} failed to start: {_cause(err)}") from None
 
 
-def _watch(cfg, setup, actors, gpus: int) -> list[dict]:
+def _watch(cfg, setup, start, actors, gpus: int) -> list[dict]:
     """Wait for every stage, routing references for the Ray transport, drawing progress, and
     stopping everything at the first failure with the failing stage named."""
     import ray
@@ -149,31 +154,55 @@ def _watch(cfg, setup, actors, gpus: int) -> list[dict]:
     if cfg.pipeline.transport == "ray":
         router = RefRouter(actors, cfg.pipeline.queue_depth, tensor_transport(cfg, gpus))
     progress = Progress(setup.plan.total_steps, len(actors), cfg.run.progress)
-    shown_results, last_poll = 0, 0.0
+    shown_results, last_poll, steps = 0, 0.0, [None] * len(actors)
     pending = list(runs)
     while pending:
         waiting = pending + (router.refs() if router else [])
         ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S)
-        for ref in ready:
-            if ref in pending:
-                _check(ref, runs)
-                pending.remove(ref)
+        if any(ref in pending and _failed(ref) for ref in ready):
+            raise _first_failure(runs, steps, start)
+        pending = [ref for ref in pending if ref not in ready]
         if router:
             router.advance()
         if time.monotonic() - last_poll > 1.0:
             last_poll = time.monotonic()
-            shown_results = _draw(actors, progress, shown_results)
-    _draw(actors, progress, shown_results)
+            shown_results = _draw(actors, progress, shown_results, steps)
+    _draw(actors, progress, shown_results, steps)
     return ray.get(runs)
 
 
-def _check(ref, runs) -> None:
+def _failed(ref) -> bool:
     import ray
 
     try:
-        ray.get(ref)
-    except ray.exceptions.RayError as err:
-        raise PipelineError(f"stage {runs.index(ref)} failed: {_cause(err)}") from None
+        ray.get(ref, timeout=0)
+        return False
+    except ray.exceptions.RayError:
+        return True
+
+
+def _first_failure(runs, steps: list, start) -> recovery.StageFailed:
+    """Every stage's failure, recorded; the root cause returned. Neighbours of a failed stage
+    fail too (they lose it): a short grace lets the failed stage's own report arrive first."""
+    import ray
+
+    ray.wait(runs, num_returns=len(runs), timeout=FAILURE_GRACE_S)
+    failures = []
+    for k, ref in enumerate(runs):
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.GetTimeoutError:
+            continue
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None)
+            if not isinstance(cause, recovery.StageFailed):  # the actor died without a report
+                logged = f" after logging step {steps[k]}" if steps[k] else ""
+                cause = recovery.StageFailed(k, None, f"the stage actor died{logged}: {_cause(err)}")
+            failures.append(cause)
+    primary = [f for f in failures if not f.secondary] or failures
+    for failure in primary[:1] + [f for f in failures if f is not primary[0]]:
+        recovery.record(start.folder, failure, start.attempt)
+    return primary[0]
 
 
 def _cause(err) -> str:
@@ -184,7 +213,7 @@ def _cause(err) -> str:
     return str(err).strip().splitlines()[-1][:500]
 
 
-def _draw(actors, progress: Progress, shown: int) -> int:
+def _draw(actors, progress: Progress, shown: int, steps: list) -> int:
     import ray
 
     try:
@@ -192,6 +221,7 @@ def _draw(actors, progress: Progress, shown: int) -> int:
     except ray.exceptions.RayError:
         return shown  # a dead actor shows up in its run() result; progress is best effort
     for k, (step, rows, _) in enumerate(states):
+        steps[k] = step  # the last step each stage logged: where a dead actor had got to
         if rows:
             progress.update(k, step, rows)
     results = states[-1][2]

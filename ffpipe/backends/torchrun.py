@@ -1,15 +1,22 @@
 """The torchrun backend: one stage per process (rank k runs stage k), joined by p2p channels.
 
-    torchrun --standalone --nproc-per-node=S -m ffpipe train --set pipeline.backend=torchrun
+    launch/torchrun.sh S [--config FILE] [--set ...]       # restarts a failed run by itself
+    torchrun --standalone --nproc-per-node=S -m ffpipe train --set pipeline.backend=torchrun ...
 
 Rank 0 reads the data, chooses the stage split and the run folder, and tells the others (which
-never load images). Every rank trains its stage with `run_stage_loop`; rank 0 then gathers the
+never load images). Every rank trains its stage with `run_one_stage`; rank 0 then gathers the
 stage reports and the last stage's results and writes the summary.
+
+A rank that fails records why in the run folder, says so in one line, aborts its communicators
+and exits at once: torchrun then stops the other ranks (a rank left waiting in NCCL teardown, or
+in a host sync behind a transfer that will never come, was how a failed run hung). A restarted
+run (torchrun's --max-restarts, or launch/torchrun.sh) resumes from the run folder's checkpoints.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,18 +25,23 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.config import Config
-from ffpipe.errors import ConfigError
+from ffpipe.errors import ConfigError, FFPipeError, PipelineError
 from ffpipe.progress import Progress
-from ffpipe.session import begin_run, run_one_stage
-from ffpipe.trainer import finish_run, prepare, setup_process, stage_device, stage_report
-from ffpipe.transport.p2p import P2PChannel
+from ffpipe.run import recovery
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
+from ffpipe.run.stage_process import run_one_stage
+from ffpipe.run.summary import finish_run, stage_report
+from ffpipe.transport import open_channel
+
+USER_ERROR_EXIT = 2  # the CLI's status for input a user can fix: launch/torchrun.sh does not restart
 
 
 def _world() -> tuple[int, int, int]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ConfigError("pipeline.backend = 'torchrun' must be started by torchrun, e.g. "
-                          "torchrun --standalone --nproc-per-node=2 -m ffpipe train "
-                          "--set pipeline.backend=torchrun (or use launch/torchrun.sh)")
+                          "launch/torchrun.sh 2, or torchrun --standalone --nproc-per-node=2 -m "
+                          "ffpipe train --set pipeline.backend=torchrun")
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -44,14 +56,32 @@ def resolve_stages(cfg: Config, world: int) -> Config:
     return cfg
 
 
-def init_groups(device: torch.device, timeout_s: float, rank: int, world: int, init_method: str | None = None):
-    """Default group (NCCL on GPU, gloo on CPU) for tensors; a gloo group for headers and acks."""
+def init_groups(device: torch.device, timeout_s: float, rank: int, world: int, store=None):
+    """Default group (NCCL on GPU, gloo on CPU) for tensors; a gloo group for headers and acks.
+    Without a `store`, torchrun's environment tells the ranks where to meet."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     control = dist.new_group(backend="gloo") if backend == "nccl" else None
     return None, control
+
+
+def rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: float):
+    """Where stage processes started by Ray meet: a TCP store hosted by rank 0 on `host` only;
+    returns (store, listening socket or None: the caller keeps it open as long as the store).
+    (Given just an address, torch's store listens on every interface; a socket bound to the
+    node's own address, 127.0.0.1 for a local cluster, keeps it there.)"""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank != 0:
+        return dist.TCPStore(host, port, world, False, timeout), None
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen()
+    store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
+                          master_listen_fd=listener.fileno())
+    return store, listener
 
 
 def share(obj, group=None):
@@ -63,22 +93,27 @@ def share(obj, group=None):
     return box[0]
 
 
-def train_torchrun(cfg: Config, resume_dir: Path | None):
+def train_torchrun(cfg: Config, resume: Path | None):
     rank, world, local_rank = _world()
-    cfg = resolve_stages(cfg, world)
-    setup_process(cfg)
-    device = stage_device(cfg, rank, local_rank)
-    data_group, control = init_groups(device, cfg.pipeline.timeout_s, rank, world)
+    attempt = recovery.Attempt.from_env(cfg.pipeline.max_restarts)
+    ctx = {"rank": rank, "folder": None, "attempt": attempt.number}
     try:
-        return _run_rank(cfg, resume_dir, rank, world, device, data_group, control)
-    finally:
-        dist.destroy_process_group()
+        cfg = resolve_stages(cfg, world)
+        setup_process(cfg)
+        device = stage_device(cfg, rank, local_rank)
+        groups = init_groups(device, cfg.pipeline.timeout_s, rank, world)
+        result = _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx)
+    except BaseException as err:  # noqa: BLE001 - every way out of a failed rank is the one below
+        _exit_failed(err, ctx)
+    dist.destroy_process_group()
+    return result
 
 
-def _run_rank(cfg, resume_dir, rank, world, device, data_group, control):
+def _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx):
+    data_group, control = groups
     if rank == 0:
         try:
-            setup, start = begin_run(cfg, resume_dir, device)
+            setup, start = _begin(cfg, resume, attempt, device)
             payload = (setup.info, start)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it, not wait for it
             payload = err
@@ -86,19 +121,71 @@ def _run_rank(cfg, resume_dir, rank, world, device, data_group, control):
     else:
         info, start = share(None, control)
         setup = prepare(cfg, info=info, starts=start.starts)
+    ctx["folder"] = start.folder
     last = world - 1
     progress = Progress(setup.plan.total_steps, world, cfg.run.progress and rank == last)
     if rank == 0:
-        print(f"ffpipe: run folder {start.run_dir}, {world} stages (torchrun)", file=sys.stderr)
-    channel = lambda peer: P2PChannel(peer, peer, device, cfg.pipeline.queue_depth,  # noqa: E731
-                                      cfg.pipeline.timeout_s, data_group, control)
+        announce(start, f"{world} stages (torchrun)")
+    channel = lambda peer: open_channel("p2p", cfg.pipeline, peer=peer, device=device,  # noqa: E731
+                                        groups=(data_group, control))
     t0 = time.perf_counter()
     logger, sink = run_one_stage(setup, start, rank, device, channel, progress.update, progress.result)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object((stage_report(logger), sink.history if sink else None), gathered, dst=0, group=control)
     if rank != 0:
-        return start.run_dir, None
+        return start.folder.path, None
     reports = [r for r, _ in gathered]
     history = gathered[last][1]
-    return start.run_dir, finish_run(setup, start.run_dir, reports, history, time.perf_counter() - t0)
+    summary = finish_run(setup, start.folder, reports, history, time.perf_counter() - t0)
+    return start.folder.path, summary
 
+
+def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device):
+    """Rank 0: a new run, a resumed one, or (a restarted attempt) this run again from its folder."""
+    if attempt.number == 0:
+        return begin_run(cfg, RunFolder.open(resume) if resume else None, device)
+    if not resume and not cfg.run.dir:
+        raise PipelineError("torchrun restarted this run, but without run.dir the restarted ranks "
+                            "cannot find its checkpoints: set run.dir (launch/torchrun.sh does)")
+    folder = RunFolder.open(resume or cfg.run.dir)
+    verdict = recovery.restart_verdict(folder.failures(), attempt.number - 1, attempt.max_restarts)
+    if verdict:  # torchrun's own restarts: a deterministic failure ends here, before training
+        cause = recovery.root_cause(folder.failures(), attempt.number - 1) or {}
+        raise PipelineError(f"stage {cause.get('stage')} failed: {cause.get('cause')}; {verdict}")
+    return begin_run(cfg, folder, None, attempt.number)
+
+
+def _exit_failed(err: BaseException, ctx: dict) -> None:
+    """Say what failed (once), record it, abort the communicators and leave now: a clean
+    teardown of NCCL with a dead peer can block forever."""
+    rank, folder = ctx["rank"], ctx["folder"]
+    interrupted = isinstance(err, KeyboardInterrupt)
+    setup_error = isinstance(err, FFPipeError) and not isinstance(err, recovery.StageFailed)
+    if isinstance(err, recovery.StageFailed) and folder is not None:
+        recovery.record(folder, err, ctx["attempt"])
+    if interrupted:
+        message = "ffpipe: interrupted" if rank == 0 else ""
+    elif setup_error:  # every rank hits the same set-up error: rank 0 says it
+        message = f"ffpipe: error: {err}" if rank == 0 else ""
+    else:
+        message = f"ffpipe: error: {err}"
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    if not isinstance(err, FFPipeError) and not interrupted and not isinstance(err, recovery.StageFailed):
+        import traceback
+        traceback.print_exception(err, file=sys.stderr)
+    _abort_groups()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    user = (setup_error and not isinstance(err, PipelineError)) or getattr(err, "user_error", False)
+    os._exit(130 if interrupted else USER_ERROR_EXIT if user else 1)
+
+
+def _abort_groups() -> None:
+    """Abort every process group without waiting for peers (NCCL: ncclCommAbort)."""
+    if not dist.is_initialized():
+        return
+    try:
+        dist.distributed_c10d._abort_process_group()
+    except Exception:  # noqa: BLE001 - gloo cannot abort and needs not: the process exits next
+        pass

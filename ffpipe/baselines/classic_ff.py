@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ffpipe.config import Config
 from ffpipe.ff.unit import UnitOutput
+from ffpipe.pipeline.messages import Phase
+from ffpipe.pipeline.source import InputTransform
 
 EPS = 1e-8
 
@@ -68,3 +71,20 @@ class FFUnit(nn.Module):
 
     def vote(self, scores_BC: torch.Tensor) -> torch.Tensor:
         return torch.softmax(scores_BC, dim=1)
+
+
+def input_transform(cfg: Config, num_classes: int) -> InputTransform | None:
+    """What stage 0 does to a batch before the first unit: classic FF overlays labels (other
+    algorithms take the batch as it is)."""
+    if cfg.algo.name != "ff":
+        return None
+    seed = cfg.train.seed
+
+    def transform(x: torch.Tensor, y: torch.Tensor, phase: Phase, step: int) -> torch.Tensor:
+        if phase is Phase.EVAL:
+            return prepare_eval(x, num_classes)
+        # One generator per step: the negatives of step s are the same on every backend and resume.
+        gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step)
+        return prepare_train(x, y, num_classes, gen)
+
+    return transform

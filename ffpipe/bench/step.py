@@ -22,7 +22,7 @@ from ffpipe.learners import build_learners
 from ffpipe.metrics import peak_memory_mib
 from ffpipe.pipeline.graphed import WARMUP_STEPS
 from ffpipe.pipeline.messages import Message, Phase
-from ffpipe.pipeline.stage import Stage
+from ffpipe.pipeline.stage import Stage, StageOptions
 
 
 
@@ -46,7 +46,7 @@ def build_stage(args, variant: str, batch: int, mode: str, device: torch.device)
     cfg = config_mod.load(None, overrides)
     torch.backends.cudnn.benchmark = True
     learners = build_learners(cfg, tuple(args.shape), args.classes)
-    stage = Stage(0, learners, cfg, total_steps=10 * (args.warmup + args.steps), device=device)
+    stage = Stage(0, learners, StageOptions.of(cfg), total_steps=10 * (args.warmup + args.steps), device=device)
     if mode == "compiled":
         stage.learners = nn.ModuleList(torch.compile(learner) for learner in stage.learners)
     return stage

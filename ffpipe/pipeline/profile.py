@@ -23,7 +23,7 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tupl
     batch = cfg.train.batch_size if device.type == "cuda" else min(cfg.train.batch_size, CPU_PROFILE_BATCH)
     bodies = [learner.body for learner in learners]
     shapes = dry_run(bodies, in_shape)
-    amp = autocast_dtype(cfg, device)
+    amp = autocast_dtype(cfg.train.precision, device)
     costs = []
     x = torch.randn(batch, *in_shape, device=device)
     skips: tuple = ()

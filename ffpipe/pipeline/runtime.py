@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Protocol
 
-from ffpipe.checkpoint import save_stage
 from ffpipe.metrics import Stopwatch, peak_memory_mib
-from ffpipe.run import write_stage_metrics
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage
 
@@ -30,8 +27,8 @@ class Outbox(Protocol):
 class LoopConfig:
     log_every: int
     checkpoint_every: int = 0          # steps; 0 = at the end of each epoch only
-    run_dir: Path | None = None        # None: no checkpoints (evaluation, tests)
-    keep_checkpoints: int = 3          # per stage; stages run a few batches apart
+    # Saves the stage and its metrics (the run folder's business, not the loop's); None: no saving.
+    save: Callable[["StageLogger", int], None] | None = None  # (logger, epoch)
     on_log: Callable[[int, int, list[dict]], None] | None = None  # (stage_id, step, rows)
 
 
@@ -71,7 +68,7 @@ class StageLogger:
             rows = self.log(epoch)
         else:
             rows = []
-            self.stage.sync()  # so the epoch's time includes its last queued kernels
+            self.stage.sync("the end of the epoch")  # so the epoch's time includes its last kernels
         if self._epoch_t0 is not None:
             self.train_seconds += time.perf_counter() - self._epoch_t0
             self._epoch_t0 = None
@@ -108,8 +105,5 @@ def _report(loop: LoopConfig, stage: Stage, rows: list[dict]) -> None:
 
 
 def _checkpoint(loop: LoopConfig, logger: StageLogger, epoch: int) -> None:
-    """Save the stage and flush its metric rows, so a crash loses neither."""
-    if loop.run_dir is not None:
-        stage = logger.stage
-        save_stage(loop.run_dir, stage.stage_id, stage.state_dict(), epoch, loop.keep_checkpoints)
-        write_stage_metrics(loop.run_dir, stage.stage_id, logger.rows)
+    if loop.save is not None:
+        loop.save(logger, epoch)

@@ -4,12 +4,15 @@ from __future__ import annotations
 from typing import Callable
 
 from ffpipe.pipeline.messages import Message, Phase
+from ffpipe.pipeline.sync import wait_for_device
 
 
 class EvalSink:
-    def __init__(self, num_units: int, on_result: Callable[[dict], None] | None = None):
+    def __init__(self, num_units: int, on_result: Callable[[dict], None] | None = None,
+                 sync_timeout_s: float = 300.0):
         self.num_units = num_units
         self.on_result = on_result
+        self.sync_timeout_s = sync_timeout_s
         self.history: list[dict] = []
         self.finished = False
         self._reset()
@@ -35,6 +38,7 @@ class EvalSink:
 
     def _report(self, msg: Message) -> None:
         count = max(1, self._count)
+        wait_for_device(self._unit_correct.device, self.sync_timeout_s, "the last stage", "its test accuracy")
         per_unit = [c / count for c in self._unit_correct.tolist()]  # a host sync, once per epoch
         result = {"epoch": msg.epoch, "step": msg.step, "test_accuracy": float(self._vote_correct) / count,
                   "test_accuracy_last": per_unit[-1], "test_accuracy_per_unit": per_unit,

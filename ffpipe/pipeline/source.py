@@ -7,15 +7,18 @@ END. The stream depends only on the config and the seed, so every backend sees t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from ffpipe.config import Config
 from ffpipe.data import DeviceLoader
 from ffpipe.errors import DataError
-from ffpipe.learners import InputTransform
 from ffpipe.pipeline.messages import Message, Phase, control
+
+# What stage 0 may do to a batch before the first unit: (x, y, phase, step) -> x
+# (classic Forward-Forward overlays labels: baselines/classic_ff.py).
+InputTransform = Callable[[torch.Tensor, torch.Tensor, Phase, int], torch.Tensor]
 
 
 @dataclass(frozen=True)

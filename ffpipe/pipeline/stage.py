@@ -10,23 +10,38 @@ Statistics stay on the device and are read (a host sync) only when asked, on log
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ffpipe.config import Config
+from ffpipe.config import Config, TrainConfig
 from ffpipe.errors import ConfigError, PipelineError, TrainingError
 from ffpipe.models import UnitShape
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from ffpipe.pipeline.graphed import GraphedStep
 from ffpipe.pipeline.messages import Message
+from ffpipe.pipeline.sync import wait_for_device
 
 
-def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    precision = cfg.train.precision
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """train.precision on this device: 'auto' is bf16 autocast on GPUs, fp32 elsewhere."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """What a stage needs of the config: the training section (optimizer, schedule, precision,
+    memory format, CUDA graphs, frozen bodies) and the gradient clip."""
+    train: TrainConfig
+    grad_clip: float = 0.0
+    sync_timeout_s: float = 300.0  # pipeline.timeout_s: the longest a host sync may wait
+
+    @classmethod
+    def of(cls, cfg: Config) -> "StageOptions":
+        return cls(cfg.train, cfg.algo.grad_clip, cfg.pipeline.timeout_s)
 
 
 def use_cuda_graphs(setting: str, device: torch.device) -> bool:
@@ -39,29 +54,31 @@ def use_cuda_graphs(setting: str, device: torch.device) -> bool:
 
 
 class Stage:
-    def __init__(self, stage_id: int, learners: list[nn.Module], cfg: Config, total_steps: int,
+    def __init__(self, stage_id: int, learners: list[nn.Module], options: StageOptions, total_steps: int,
                  device: torch.device, expect: UnitShape | None = None):
         self.stage_id = stage_id
         self.expect = expect  # per-sample shapes arriving from the previous stage (None: not checked)
         self.unit_ids = [learner.index for learner in learners]
         self.device = device
         self.learners = nn.ModuleList(learners).to(device)
-        self.channels_last = device.type == "cuda" and cfg.train.channels_last
+        train = options.train
+        self.channels_last = device.type == "cuda" and train.channels_last
         if self.channels_last:
             self.learners.to(memory_format=torch.channels_last)
-        self.train_cfg = cfg.train
-        self.grad_clip = cfg.algo.grad_clip
+        self.train_cfg = train
+        self.grad_clip = options.grad_clip
         self.total_steps = total_steps
-        self.frozen = cfg.train.freeze_bodies
+        self.sync_timeout_s = options.sync_timeout_s
+        self.frozen = train.freeze_bodies
         if self.frozen:  # a linear probe: bodies keep their weights and batch-norm statistics
             for learner in self.learners:
                 learner.body.requires_grad_(False)
-        graphs = use_cuda_graphs(cfg.train.cuda_graphs, device)
+        graphs = use_cuda_graphs(train.cuda_graphs, device)
         # One parameter group for the whole stage: one fused optimizer launch instead of one per
         # unit (every update is per parameter, so this changes no value).
         params = [p for p in self.learners.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer([{"params": params}], cfg.train, device, capturable=graphs)
-        self.amp_dtype = autocast_dtype(cfg, device)
+        self.optimizer = build_optimizer([{"params": params}], train, device, capturable=graphs)
+        self.amp_dtype = autocast_dtype(train.precision, device)
         self.step = 0
         self.lr = 0.0
         # Device-side state the step updates in place (a CUDA graph replays on fixed addresses).
@@ -176,12 +193,13 @@ class Stage:
         """Steps trained since the statistics were last read."""
         return self._steps_since_read
 
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def sync(self, what: str = "a checkpoint") -> None:
+        """Wait for the device's queued work, never longer than pipeline.timeout_s."""
+        wait_for_device(self.device, self.sync_timeout_s, f"stage {self.stage_id}", what)
 
     def read_stats(self) -> list[dict]:
         """Mean loss and training accuracy of each learner since the last read (a host sync)."""
+        self.sync("its metrics")
         first_bad = self._first_bad_step.tolist()  # note: a CPU-GPU sync point, on log steps only
         for unit, step in zip(self.unit_ids, first_bad):
             if step >= 0:

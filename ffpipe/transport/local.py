@@ -5,7 +5,7 @@ import queue
 import threading
 import time
 
-from ffpipe.errors import PipelineError
+from ffpipe.errors import NeighbourError
 from ffpipe.pipeline.messages import Message
 
 POLL_S = 0.05
@@ -25,9 +25,9 @@ class QueueChannel:
                 return op(POLL_S)
             except (queue.Full, queue.Empty):
                 if time.monotonic() > deadline:
-                    raise PipelineError(f"{self._name}: no progress for {self._timeout_s:.0f} s "
+                    raise NeighbourError(f"{self._name}: no progress for {self._timeout_s:.0f} s "
                                         "(pipeline.timeout_s); the neighbouring stage is stuck") from None
-        raise PipelineError(f"{self._name}: another stage failed; stopping")
+        raise NeighbourError(f"{self._name}: another stage failed; stopping")
 
     def send(self, msg: Message) -> None:
         self._wait(lambda t: self._queue.put(msg, timeout=t))

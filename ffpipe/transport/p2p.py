@@ -16,7 +16,7 @@ from collections import deque
 import torch
 import torch.distributed as dist
 
-from ffpipe.errors import PipelineError
+from ffpipe.errors import NeighbourError, PipelineError
 from ffpipe.pipeline.messages import Message, Phase
 
 HEADER_LEN = 64
@@ -150,10 +150,10 @@ class P2PChannel:
             if "Timed out" in cause:
                 ok = False
             else:
-                raise PipelineError(f"lost stage {self.peer_stage} (rank {self.peer}) while waiting "
+                raise NeighbourError(f"lost stage {self.peer_stage} (rank {self.peer}) while waiting "
                                     f"for {what}: {cause.splitlines()[0][:300]}") from None
         if ok is False:
-            raise PipelineError(f"stage {self.peer_stage} (rank {self.peer}) sent nothing for "
+            raise NeighbourError(f"stage {self.peer_stage} (rank {self.peer}) sent nothing for "
                                 f"{self.timeout.total_seconds():.0f} s while this stage waited for "
                                 f"{what} (pipeline.timeout_s)")
 

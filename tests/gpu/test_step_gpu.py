@@ -8,7 +8,7 @@ import torch
 from ffpipe.ff.goodness import goodness, normalize_output
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
-from ffpipe.pipeline.stage import Stage
+from ffpipe.pipeline.stage import Stage, StageOptions
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.gpu
@@ -45,7 +45,7 @@ def _stage(cuda_graphs: str, *overrides):
                       *overrides)
     torch.manual_seed(0)
     learners = build_learners(cfg, (3, 16, 16), 10)
-    return Stage(0, copy.deepcopy(learners), cfg, 40, CUDA)
+    return Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 40, CUDA)
 
 
 def _train(stage, steps=10, batch=64):

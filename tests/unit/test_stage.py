@@ -3,10 +3,9 @@ import weakref
 
 import torch
 
-from ffpipe.config import Config
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
-from ffpipe.pipeline.stage import Stage
+from ffpipe.pipeline.stage import Stage, StageOptions
 from tests.conftest import make_config
 
 
@@ -75,7 +74,7 @@ def test_a_backward_per_unit_gives_the_parameters_of_one_summed_backward_bit_for
                               "train.warmup_fraction=0.3")
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(4)]
     reference = _summed_backward_reference(cfg, copy.deepcopy(learners), batches, 10)
-    stage = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    stage = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
     trained = _train([stage], batches)
     assert len(trained) == len(reference) > 0
     for p, q in zip(trained, reference):
@@ -118,7 +117,7 @@ def test_a_stage_keeps_the_saved_activations_of_one_unit_at_a_time():
             out = learner(h, skips, y)
         per_unit.append(saved.peak)
         h, skips = out.x, out.skips
-    stage, saved = Stage(0, learners, cfg, 10, torch.device("cpu")), _SavedActivations()
+    stage, saved = Stage(0, learners, StageOptions.of(cfg), 10, torch.device("cpu")), _SavedActivations()
     with saved.hooks():
         stage.train_step(Message(Phase.TRAIN, 0, 0, x=x, y=y))
     assert saved.peak == max(per_unit) < sum(per_unit) / 2
@@ -128,8 +127,8 @@ def test_a_stage_keeps_the_saved_activations_of_one_unit_at_a_time():
 def test_one_stage_equals_units_split_over_stages_bit_for_bit():
     cfg, learners = _learners("model.granularity=layer", "train.optimizer=adamw")
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
-    whole = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
-    split = [Stage(k, copy.deepcopy(learners[a:b]), cfg, 10, torch.device("cpu"))
+    whole = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
+    split = [Stage(k, copy.deepcopy(learners[a:b]), StageOptions.of(cfg), 10, torch.device("cpu"))
              for k, (a, b) in enumerate([(0, 2), (2, 5), (5, 7)])]
     for p, q in zip(_train([whole], batches), _train(split, batches)):
         assert torch.equal(p, q)
@@ -138,12 +137,14 @@ def test_one_stage_equals_units_split_over_stages_bit_for_bit():
 
 def test_stage_reports_loss_and_accuracy_per_unit_without_syncing_every_step():
     cfg, learners = _learners()
-    stage = Stage(0, learners, cfg, 10, torch.device("cpu"))
+    stage = Stage(0, learners, StageOptions.of(cfg), 10, torch.device("cpu"))
     _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))] * 2)
     rows = stage.read_stats()
     assert [r["unit"] for r in rows] == [0, 1, 2, 3]
     assert all(r["loss"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)
-    assert isinstance(cfg, Config)
+    assert stage.pending_steps == 0  # a read starts a new window
+    _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))])
+    assert stage.pending_steps == 1 and [r["loss"] for r in stage.read_stats()] != [r["loss"] for r in rows]
 
 
 def test_a_stage_refuses_activations_shaped_for_another_model():
@@ -153,7 +154,7 @@ def test_a_stage_refuses_activations_shaped_for_another_model():
     from ffpipe.models import UnitShape
 
     cfg, learners = _learners()
-    stage = Stage(1, learners[2:], cfg, 10, torch.device("cpu"), expect=UnitShape((16, 16, 16), ()))
+    stage = Stage(1, learners[2:], StageOptions.of(cfg), 10, torch.device("cpu"), expect=UnitShape((16, 16, 16), ()))
     good = Message(Phase.TRAIN, 0, 0, x=torch.randn(2, 16, 16, 16), y=torch.tensor([0, 1]))
     stage.train_step(good)
     with pytest.raises(PipelineError, match=r"expects activations \[16, 16, 16\] .* received \[8, 16, 16\]"):
@@ -163,7 +164,7 @@ def test_a_stage_refuses_activations_shaped_for_another_model():
 def test_a_checkpoint_with_one_optimizer_group_per_unit_still_loads():
     """Stages once kept a parameter group per unit; their checkpoints resume into one group."""
     cfg, learners = _learners("train.optimizer=adamw")
-    stage = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    stage = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
     _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))])
     state = copy.deepcopy(stage.state_dict())
     sizes = [len([p for p in l.parameters()]) for l in stage.learners]
@@ -171,7 +172,7 @@ def test_a_checkpoint_with_one_optimizer_group_per_unit_still_loads():
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     state["optimizer"]["param_groups"] = [{**flat, "params": flat["params"][a:a + n]}
                                           for a, n in zip(starts, sizes)]
-    resumed = Stage(0, copy.deepcopy(learners), cfg, 10, torch.device("cpu"))
+    resumed = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
     resumed.load_state_dict(state)
     for p, q in zip(stage.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
         assert all(torch.equal(p[k], q[k]) for k in p)

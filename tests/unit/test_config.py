@@ -58,9 +58,14 @@ def test_string_values_need_no_quotes():
     assert config_mod.parse_override("run.dir=runs/a b") == ("run", "dir", "runs/a b")
 
 
-def test_describe_lists_every_key():
+def test_describe_lists_every_key_with_its_default_and_choices():
+    import dataclasses
+
     text = config_mod.describe()
-    for key in ("model.name", "model.granularity", "algo.margin", "algo.temperature", "data.root",
-                "data.train_subset", "train.max_steps", "train.seed", "train.device",
-                "pipeline.backend", "pipeline.stages", "run.dir"):
-        assert key in text
+    defaults = config_mod.Config()
+    for section in config_mod.SECTIONS:
+        for field in dataclasses.fields(getattr(defaults, section)):
+            value = config_mod._toml_value(getattr(getattr(defaults, section), field.name))
+            assert f"{section}.{field.name} = {value}" in text
+            if field.metadata["choices"]:
+                assert f"(one of: {', '.join(field.metadata['choices'])})" in text

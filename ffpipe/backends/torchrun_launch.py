@@ -1,0 +1,118 @@
+"""launch/torchrun.sh: torchrun on this node, one stage per process, with automatic restarts.
+
+    python -m ffpipe.backends.torchrun_launch NUM_STAGES [--config FILE] [--set k=v ...] [--resume RUN]
+
+Runs torchrun's agent in this process. When a stage process fails (an error, a non-finite loss,
+a SIGKILL, an out-of-memory kill), the agent stops the others; this then names the failed stage
+and its cause in one line, records it in the run folder and, up to pipeline.max_restarts times,
+starts the same command again: every rank sees FFPIPE_ATTEMPT > 0 and resumes from the newest
+checkpoint every stage has. A failure that repeats (same stage, same step, same cause) or an
+error in the input is not restarted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ffpipe import config as config_mod
+from ffpipe.errors import FFPipeError
+from ffpipe.run import recovery
+from ffpipe.run.folder import RunFolder, new_run_path
+
+USER_ERROR_EXIT = 2
+
+
+def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
+    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
+        raise FFPipeError("usage: launch/torchrun.sh NUM_STAGES [--config FILE] [--set section.key=value ...] "
+                          "[--resume RUN_DIR]")
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--resume")
+    args, rest = p.parse_known_args(argv[1:])
+    if rest:
+        raise FFPipeError(f"launch/torchrun.sh: unknown arguments {rest}; it takes --config, --set and --resume")
+    return int(argv[0]), args, argv[1:]
+
+
+def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[Path, int, list[str]]:
+    """The run folder every attempt uses (fixed here, so restarts find it) and max_restarts."""
+    if args.resume:
+        from ffpipe.run.setup import resume_config
+        folder = RunFolder.open(args.resume)
+        return folder.path, resume_config(folder, args.overrides).pipeline.max_restarts, train_args
+    cfg = config_mod.load(args.config, [*_stage_sets(n), *args.overrides])  # as the ranks will
+    if cfg.run.dir:
+        return Path(cfg.run.dir), cfg.pipeline.max_restarts, train_args
+    path = new_run_path()
+    return path, cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={path}"]
+
+
+def _stage_sets(n: int) -> list[str]:
+    return ["pipeline.backend=torchrun", f"pipeline.stages={n}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        n, args, train_args = _parse(list(sys.argv[1:] if argv is None else argv))
+        run_dir, max_restarts, train_args = _run_folder(n, args, train_args)
+    except FFPipeError as err:
+        print(f"ffpipe: error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    sets = [] if args.resume else [a for o in _stage_sets(n) for a in ("--set", o)]
+    command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
+               *sets, *train_args]
+    attempt = 0
+    while True:
+        os.environ["FFPIPE_ATTEMPT"] = str(attempt)
+        try:
+            torchrun(command)
+            return 0
+        except ChildFailedError as err:
+            verdict = _after_failure(err, run_dir, attempt, max_restarts, n)
+            if verdict is not None:
+                return verdict
+        attempt += 1
+
+
+def _culprit(err) -> tuple[int, object]:
+    """The rank that failed first: one killed by a signal other than the agent's own SIGTERM
+    (its neighbours then fail too, sometimes noticed first), else the earliest failure."""
+    killed = {r: f for r, f in err.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
+    if killed:
+        rank = min(killed, key=lambda r: killed[r].timestamp)
+        return rank, killed[rank]
+    return err.get_first_failure()
+
+
+def _after_failure(err, run_dir: Path, attempt: int, max_restarts: int, n: int) -> int | None:
+    """Name the failed stage, record it, and return the exit status, or None to restart."""
+    rank, failure = _culprit(err)
+    if failure.exitcode == USER_ERROR_EXIT or not (run_dir / "config.toml").is_file():
+        return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
+    folder = RunFolder(run_dir)
+    if not [f for f in folder.failures() if f["attempt"] == attempt and not f.get("secondary")]:
+        how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+        folder.record_failure(rank, None, f"the stage process died without a report ({how}; "
+                              "out of memory, or killed)", attempt)
+    root = recovery.root_cause(folder.failures(), attempt)
+    at = f" at step {root['step']}" if root.get("step") is not None else ""
+    what = f"ffpipe: stage {root['stage']} failed{at}: {root['cause']}"
+    verdict = recovery.restart_verdict(folder.failures(), attempt, max_restarts)
+    if verdict:
+        print(f"{what}; {verdict}. After fixing the cause, continue with: launch/torchrun.sh {n} "
+              f"--resume {folder}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{what}; restarting ({attempt + 1} of {max_restarts}) from the newest checkpoint",
+          file=sys.stderr, flush=True)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`ffpipe eval`: test accuracy of a run's newest checkpoints, every stage joined into one stage
+on one device and run through the same stage loop as training, with an evaluation-only stream."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ffpipe.errors import FFPipeError
+from ffpipe.pipeline.runtime import LoopConfig, run_stage_loop
+from ffpipe.pipeline.sink import EvalSink
+from ffpipe.pipeline.stage import Stage, StageOptions
+from ffpipe.run.checkpoints import load_stage, resume_step
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.setup import prepare, setup_process, stage_device
+from ffpipe.run.stage_process import make_source
+
+
+def evaluate(run_dir: str | Path) -> dict:
+    folder = RunFolder.open(run_dir)
+    cfg = folder.config()
+    setup_process(cfg)
+    setup = prepare(cfg, starts=folder.partition())
+    step = resume_step(folder, setup.num_stages)  # stages may have saved a few steps apart
+    if step is None:
+        raise FFPipeError(f"{folder} has no checkpoint that every stage can read; nothing to evaluate")
+    device = stage_device(cfg, 0)
+    for k in range(setup.num_stages):
+        r = setup.unit_range(k)
+        state = load_stage(folder, k, step)["learners"]
+        torch.nn.ModuleList(setup.learners[r.start:r.stop]).load_state_dict(state)
+    # Evaluation runs no training step: nothing to capture in a graph.
+    options = StageOptions(dataclasses.replace(cfg.train, cuda_graphs="off"), cfg.algo.grad_clip)
+    stage = Stage(0, setup.learners, options, setup.plan.total_steps, device)
+    sink = EvalSink(setup.plan.num_units)
+    run_stage_loop(stage, make_source(setup, device, eval_only=True), sink, LoopConfig(log_every=1))
+    result = {**sink.history[-1], "step": step}
+    folder.write_eval(result)
+    return result

@@ -1,0 +1,152 @@
+"""Setting a run up, or picking it up again: its pieces (data, learners, plan, stage split), where
+it starts (a new folder at step 0, or the newest step every stage has checkpointed), and the
+per-process numerics every stage process applies first."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ffpipe.baselines.classic_ff import input_transform
+from ffpipe.config import Config
+from ffpipe.data import DataBundle, DataInfo, load_data
+from ffpipe.errors import ConfigError, FFPipeError
+from ffpipe.learners import build_learners
+from ffpipe.pipeline.partition import stage_ranges, stage_starts
+from ffpipe.pipeline.profile import measure_learner_costs
+from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
+from ffpipe.pipeline.stage import use_cuda_graphs
+from ffpipe.run.checkpoints import load_stage, resume_step
+from ffpipe.run.folder import RunFolder
+
+@dataclass
+class RunSetup:
+    cfg: Config
+    info: DataInfo
+    data: DataBundle | None  # only where stage 0 runs: other stages never read images
+    learners: list[nn.Module]
+    plan: RunPlan
+    starts: list[int]
+    transform: InputTransform | None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.starts)
+
+    def unit_range(self, stage_id: int) -> range:
+        return stage_ranges(self.starts, len(self.learners))[stage_id]
+
+
+@dataclass
+class RunStart:
+    """Where a run begins, as every stage process needs to know it (small, picklable)."""
+    folder: RunFolder
+    start_step: int
+    starts: list[int]
+    attempt: int = 0  # 0, then 1, 2, ... for each automatic restart
+
+
+def setup_process(cfg: Config) -> None:
+    """Per-process numerics: deterministic kernels on request, TF32 matmuls on GPU otherwise."""
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def stage_device(cfg: Config, stage_id: int, local_rank: int | None = None) -> torch.device:
+    """cpu, or one GPU per stage (wrapping around when there are fewer GPUs than stages)."""
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = stage_id if local_rank is None else local_rank
+    return torch.device("cuda", index % torch.cuda.device_count())
+
+
+def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None = None,
+            profile_device: torch.device | None = None) -> RunSetup:
+    """The run's pieces. With `info` (from the process that reads the data) no images are loaded.
+    The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
+    of each learner measured on `profile_device` (equal costs without one)."""
+    use_cuda_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0))  # 'on' without a GPU: say so now
+    data = None
+    if info is None:
+        data = load_data(cfg.data, cfg.train.seed)
+        info = data.info
+    learners = build_learners(cfg, info.in_shape, info.num_classes)
+    if cfg.train.init_from:
+        load_bodies(learners, cfg)
+    plan = make_plan(cfg, info.num_train, len(learners), info.num_classes)
+    if starts is None:
+        starts = choose_starts(cfg, learners, info, profile_device)
+    return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes))
+
+
+def choose_starts(cfg: Config, learners: list[nn.Module], info: DataInfo,
+                  profile_device: torch.device | None) -> list[int]:
+    stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries or None
+    costs = None
+    if stages > 1 and not boundaries and profile_device is not None and len(learners) > stages:
+        stage_starts(len(learners), stages)  # too many stages: say so before profiling
+        costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, profile_device)
+    return stage_starts(len(learners), stages, boundaries, costs)
+
+
+def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
+              attempt: int = 0) -> tuple[RunSetup, RunStart]:
+    """Coordinator side: load the data, choose (or read back) the stage split, make the folder
+    (a new run) or find the step to go on from (a resumed or restarted one)."""
+    if resume is None:
+        setup = prepare(cfg, profile_device=profile_device)  # before the folder: bad data leaves nothing
+        folder = RunFolder.create(cfg)
+        folder.write_partition(setup.starts)
+        return setup, RunStart(folder, 0, setup.starts, attempt)
+    starts = resume.partition()
+    setup = prepare(cfg, starts=starts)
+    step = resume_step(resume, setup.num_stages) or 0
+    if step >= setup.plan.total_steps:
+        raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")
+    return setup, RunStart(resume, step, starts, attempt)
+
+
+def restart_point(setup: RunSetup, start: RunStart) -> RunStart:
+    """The next attempt of a failed run: from the newest step every stage has checkpointed."""
+    return RunStart(start.folder, resume_step(start.folder, setup.num_stages) or 0, start.starts,
+                    start.attempt + 1)
+
+
+def announce(start: RunStart, detail: str = "") -> None:
+    """The one line every backend prints when a run starts, resumes or restarts."""
+    where = f"ffpipe: run folder {start.folder}" + (f", {detail}" if detail else "")
+    if start.start_step:
+        where += f"; resuming at step {start.start_step}"
+    elif start.attempt:
+        where += "; restarting from the beginning (no checkpoint yet)"
+    print(where, file=sys.stderr, flush=True)
+
+
+def load_bodies(learners: list[nn.Module], cfg: Config) -> None:
+    """Transfer: the unit bodies of the run in `train.init_from` (its newest checkpoints); heads
+    and the BP classifier keep their fresh initialisation, for the new task."""
+    source = RunFolder.open(cfg.train.init_from, "a run folder (train.init_from)")
+    theirs = source.config()
+    for key in ("name", "granularity", "width", "depth"):
+        if getattr(theirs.model, key) != getattr(cfg.model, key):
+            raise ConfigError(f"train.init_from: that run's model.{key} is {getattr(theirs.model, key)!r}, "
+                              f"this run's {getattr(cfg.model, key)!r}; they must be the same model")
+    if (theirs.algo.name == "bp") != (cfg.algo.name == "bp"):
+        raise ConfigError("train.init_from: BP bodies transfer to BP runs and unit bodies to SFF/FF runs")
+    num_stages = len(source.partition())
+    step = resume_step(source, num_stages)
+    if step is None:
+        raise ConfigError(f"train.init_from = {source} has no checkpoint that every stage can read")
+    for k in range(num_stages):
+        state = load_stage(source, k, step)
+        for i, unit in enumerate(state["unit_ids"]):
+            prefix = f"{i}.body."
+            body = {n[len(prefix):]: t for n, t in state["learners"].items() if n.startswith(prefix)}
+            learners[unit].body.load_state_dict(body)

@@ -1,0 +1,120 @@
+"""One stage process: what a torchrun rank, a Ray actor or a local stage thread does.
+
+Open the stage (its learners on its device, at the run's start step), its inbox (the data source
+for stage 0, else a channel from the previous stage) and its outbox (the evaluation sink for the
+last stage, else a channel to the next), run the stage loop to the end of the stream, close both.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import torch
+
+from ffpipe.data import DeviceLoader, check_model_input
+from ffpipe.errors import FFPipeError
+from ffpipe.models import UnitShape, dry_run
+from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
+from ffpipe.pipeline.sink import EvalSink
+from ffpipe.pipeline.source import DataSource
+from ffpipe.pipeline.stage import Stage, StageOptions
+from ffpipe.run.checkpoints import load_stage, save_stage
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.recovery import StageFailed
+from ffpipe.run.setup import RunSetup, RunStart
+
+
+def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
+    """Per-sample shapes of what stage `stage_id` receives from the stage before it."""
+    first = setup.unit_range(stage_id).start
+    if first == 0:
+        return None
+    bodies = [learner.body for learner in setup.learners[:first]]
+    return dry_run(bodies, setup.info.in_shape)[-1]
+
+
+def build_stage(setup: RunSetup, stage_id: int, device: torch.device) -> Stage:
+    r = setup.unit_range(stage_id)
+    return Stage(stage_id, setup.learners[r.start:r.stop], StageOptions.of(setup.cfg),
+                 setup.plan.total_steps, device, expect=stage_input_shape(setup, stage_id))
+
+
+def open_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device) -> tuple[Stage, StageLogger]:
+    """Stage `stage_id` on `device`, at the run's start step (its checkpoint when resuming)."""
+    stage = build_stage(setup, stage_id, device)
+    logger = StageLogger(stage)
+    if start.start_step:
+        state = load_stage(start.folder, stage_id, start.start_step, map_location=device)
+        if state["unit_ids"] != stage.unit_ids:
+            raise FFPipeError(f"checkpoint of stage {stage_id} holds units {state['unit_ids']}, "
+                              f"the stage now has {stage.unit_ids}: the stage split changed")
+        stage.load_state_dict(state)
+        logger.rows = start.folder.read_stage_metrics(stage_id, start.start_step)
+    return stage, logger
+
+
+def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
+                eval_only: bool = False) -> DataSource:
+    if setup.data is None:
+        raise RuntimeError("make_source needs the data: call it where stage 0 runs")
+    cfg, data = setup.cfg, setup.data
+    for split, images in (("training", data.train), ("test", data.test)):
+        check_model_input(images, setup.info.in_shape, split)
+    limit = cfg.data.on_device_max_mib
+    train = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
+                         seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip,
+                         max_device_mib=limit)
+    test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
+                        max_device_mib=limit)
+    return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
+                      cfg.run.stop_after_step, cfg.train.eval_every)
+
+
+def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None) -> EvalSink:
+    def record(result: dict) -> None:
+        start.folder.append_history(result)
+        if on_result is not None:
+            on_result(result)
+
+    sink = EvalSink(num_units, record, timeout_s)
+    sink.history = start.folder.history(start.start_step)
+    return sink
+
+
+def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopConfig:
+    """How often the loop logs and saves; `folder` None: nothing is saved (evaluation)."""
+    cfg = setup.cfg
+    every = cfg.run.checkpoint_every
+    # Stage 0 can be ahead of the last stage by about stages * (queue_depth + 1) batches: keep
+    # enough checkpoints that the slowest stage's newest one is still there in every stage.
+    ahead = setup.num_stages * (cfg.pipeline.queue_depth + 1)
+    keep = 2 + (-(-ahead // every) if every else 1)
+
+    def save(logger: StageLogger, epoch: int) -> None:
+        """The stage and its metric rows, so that a crash loses neither."""
+        stage = logger.stage
+        stage.sync("a checkpoint")
+        save_stage(folder, stage.stage_id, stage.state_dict(), epoch, keep)
+        folder.write_stage_metrics(stage.stage_id, logger.rows)
+
+    return LoopConfig(cfg.train.log_every, every, save if folder is not None else None, on_log)
+
+
+def run_one_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device, link,
+                  on_log=None, on_result=None) -> tuple[StageLogger, EvalSink | None]:
+    """Stage 0 reads the data, the last stage evaluates into a sink, `link(peer)` is the channel to
+    a neighbour; the loop runs to the end of the stream and both channels are closed."""
+    last, timeout = setup.num_stages - 1, setup.cfg.pipeline.timeout_s
+    stage, logger = open_stage(setup, start, stage_id, device)
+    try:
+        inbox = make_source(setup, device, start.start_step) if stage_id == 0 else link(stage_id - 1)
+        sink = open_sink(start, setup.plan.num_units, timeout, on_result) if stage_id == last else None
+        outbox = sink if stage_id == last else link(stage_id + 1)
+        run_stage_loop(stage, inbox, outbox, loop_config(setup, start.folder, on_log), logger)
+        for box in (outbox, inbox):
+            box.close()
+    except Exception as err:  # name the stage and its step; the traceback of a bug stays visible
+        if not isinstance(err, FFPipeError):
+            traceback.print_exc(file=sys.stderr)
+        raise StageFailed.of(stage_id, stage.step, err) from err
+    return logger, sink

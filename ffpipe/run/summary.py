@@ -1,0 +1,104 @@
+"""The end of a run: each stage's report, the run's summary.json and plots."""
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ffpipe.pipeline.runtime import StageLogger
+from ffpipe.plots import plot_run
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.setup import RunSetup
+
+
+def stage_report(logger: StageLogger) -> dict:
+    """What a stage hands the coordinator at the end (its rows are in its own metrics file)."""
+    stage = logger.stage
+    return {"stage": stage.stage_id, "units": stage.unit_ids, "device": str(stage.device), "step": stage.step,
+            "train_images": logger.train_images, "train_seconds": logger.train_seconds,
+            **steady_profile(logger.rows),
+            "images_per_second": logger.train_images / max(logger.train_seconds, 1e-9),
+            "wait_recv_s": logger.wait_recv.total, "wait_send_s": logger.wait_send.total,
+            "peak_memory_mib": max([r["peak_memory_mib"] for r in logger.rows], default=0.0)}
+
+
+def steady_profile(rows: list[dict], skip_fraction: float = 0.25) -> dict:
+    """A stage in steady state: medians over its logged windows after the first quarter of the
+    steps (warm-up: cuDNN autotuning, allocator growth, pipeline fill) of images/s and of the
+    share of each window spent waiting on the previous stage, on the next one, and working."""
+    by_step = {r["step"]: r for r in rows if r["phase"] == "train"}  # one row per unit: same values
+    steps = sorted(by_step)
+    windows = []
+    for a, b in zip(steps, steps[1:]):
+        span = by_step[b]["wall_s"] - by_step[a]["wall_s"]
+        if b > steps[-1] * skip_fraction and span > 0:
+            recv = (by_step[b]["wait_recv_s"] - by_step[a]["wait_recv_s"]) / span
+            send = (by_step[b]["wait_send_s"] - by_step[a]["wait_send_s"]) / span
+            windows.append((by_step[b]["images_per_s"], recv, send))
+    if not windows:
+        return {"images_per_second_steady": None, "share_waiting_recv": None,
+                "share_waiting_send": None, "share_busy": None}
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    recv, send = median([w[1] for w in windows]), median([w[2] for w in windows])
+    return {"images_per_second_steady": median([w[0] for w in windows]), "share_waiting_recv": recv,
+            "share_waiting_send": send, "share_busy": max(0.0, 1.0 - recv - send)}
+
+
+def test_rows(history: list[dict]) -> list[dict]:
+    """Evaluation results as metric rows: one per unit and one (unit = -1) for the vote."""
+    rows = []
+    for h in history:
+        base = {"phase": "test", "epoch": h["epoch"], "step": h.get("step", 0), "stage": -1}
+        rows.append({**base, "unit": -1, "accuracy": h["test_accuracy"]})
+        rows += [{**base, "unit": u, "accuracy": a} for u, a in enumerate(h["test_accuracy_per_unit"])]
+    return rows
+
+
+def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history: list[dict],
+               wall_seconds: float) -> dict:
+    cfg = setup.cfg
+    rows = folder.merge_metrics(setup.num_stages, test_rows(history))
+    final = history[-1] if history else {}
+    last = reports[-1]
+    steps_done = min(r["step"] for r in reports)
+    summary = {
+        "completed": steps_done >= setup.plan.total_steps,
+        "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy_last": final.get("test_accuracy_last"),
+        "test_accuracy_per_unit": final.get("test_accuracy_per_unit", []),
+        "test_accuracy_best_unit": max(final.get("test_accuracy_per_unit", [0.0])),
+        # The pipeline's pace is its last stage's: training images through it per training second.
+        "images_per_second": last["images_per_second"],
+        "images_per_second_steady": last["images_per_second_steady"],
+        "peak_memory_mib": max(r["peak_memory_mib"] for r in reports),
+        "wall_seconds": wall_seconds,
+        "steps": steps_done, "total_steps": setup.plan.total_steps, "epochs": setup.plan.epochs,
+        "algo": cfg.algo.name, "model": cfg.model.name, "granularity": cfg.model.granularity,
+        "dataset": cfg.data.name, "train_images": setup.info.num_train,
+        "backend": cfg.pipeline.backend, "num_stages": setup.num_stages, "stages": reports,
+        "restarts": folder.failures(),
+        "device": _device_name(reports[0]["device"]), "torch": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
+        "history": history,
+    }
+    folder.write_summary(summary)
+    if cfg.run.plots:
+        plot_run(rows, folder.plots_dir)
+    return summary
+
+
+def command_line() -> str:
+    """How this run was started, as a user would type it."""
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if sys.argv[0].endswith(("ffpipe/__main__.py", "/ffpipe", "ffpipe")):
+        return f"ffpipe {args}"
+    return f"{Path(sys.argv[0]).name} {args}"
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"

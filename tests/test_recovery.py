@@ -1,0 +1,119 @@
+"""A run that loses a stage process goes on by itself and ends where an uninterrupted run ends,
+bit for bit (torchrun through launch/torchrun.sh, and Ray actors); a failure that repeats is
+not restarted; a user error under torchrun is said once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+
+pytestmark = pytest.mark.slow
+
+# Long enough (240 steps) to be killed in the middle, checkpointed every 4 steps.
+LONG = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=40",
+                "train.eval_every=100", "run.checkpoint_every=4"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
+
+
+def _launch(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _processes(*needles: str, env_needle: str | None = None) -> list[int]:
+    """Pids whose command line holds every needle (and whose environment holds env_needle)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            if all(n in cmdline for n in needles) and (
+                    env_needle is None or env_needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):
+    folder = run_dir / "checkpoints" / f"stage-{stage_id}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if folder.is_dir() and any(int(p.stem.split("-")[1]) >= step for p in folder.glob("step-*.pt")):
+            return
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint of stage {stage_id} at step {step} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "sequential"
+    run_ffpipe(LONG + [f"run.dir={out}"], timeout=600)
+    return out
+
+
+def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tmp_path):
+    run_dir = tmp_path / "torchrun"
+    sets = [a for o in LONG + [f"run.dir={run_dir}"] for a in ("--set", o)]
+    proc = _launch(["bash", "launch/torchrun.sh", "2", *sets])
+    _wait_for_checkpoint(run_dir, 1, 40, proc)
+    victims = _processes("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1")
+    assert len(victims) == 1, victims
+    killed_at = time.time()
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    assert "ffpipe: stage 1 failed" in err and "killed by SIGKILL" in err and "restarting (1 of 3)" in err
+    assert "Traceback" not in err
+    assert_same_parameters(reference, run_dir)
+    result = summary(run_dir)
+    primary = [(r["stage"], r["attempt"]) for r in result["restarts"] if not r["secondary"]]
+    assert result["completed"] and primary == [(1, 0)]
+    print(f"torchrun: SIGKILL to the end of the run {time.time() - killed_at:.1f} s")
+
+
+def test_ray_recovers_from_a_killed_stage_actor_bit_for_bit(reference, tmp_path):
+    run_dir = tmp_path / "ray"
+    sets = [a for o in LONG + [f"run.dir={run_dir}", "pipeline.backend=ray", "pipeline.stages=2"]
+            for a in ("--set", o)]
+    proc = _launch([sys.executable, "-m", "ffpipe", "train", *sets])
+    _wait_for_checkpoint(run_dir, 1, 40, proc, timeout=180)
+    victims = _processes("StageWorker")
+    assert len(victims) == 2, victims
+    os.kill(max(victims), signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    assert "the stage actor died" in err and "restarting (1 of 3)" in err
+    assert_same_parameters(reference, run_dir)
+    restarts = summary(run_dir)["restarts"]
+    assert len([r for r in restarts if not r["secondary"]]) == 1 and restarts[0]["attempt"] == 0
+
+
+def test_a_failure_that_repeats_is_restarted_once_then_named(tmp_path):
+    run_dir = tmp_path / "r"
+    sets = [a for o in EXACT + ["model.name=small_cnn", "train.lr=1e12", "train.warmup_fraction=0",
+                                "train.max_steps=6", f"run.dir={run_dir}", "pipeline.boundaries=[2]"]
+            for a in ("--set", o)]
+    done = subprocess.run(["bash", "launch/torchrun.sh", "2", *sets], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "restarting (1 of 3)" in done.stderr
+    assert "for the same reason as in the attempt before" in done.stderr
+    assert "became non-finite" in done.stderr and "launch/torchrun.sh 2 --resume" in done.stderr
+    primary = [f for f in (run_dir / "failures.jsonl").read_text().splitlines() if '"secondary": false' in f]
+    assert len(primary) == 2
+
+
+def test_a_user_error_under_torchrun_is_said_once_without_a_traceback(tmp_path):
+    done = subprocess.run(["bash", "launch/torchrun.sh", "2", "--set", "train.batch_size=0"], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("config key 'train.batch_size' must be >= 1") == 1
+    assert "Traceback" not in done.stderr

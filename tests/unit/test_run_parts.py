@@ -1,0 +1,105 @@
+"""Small parts of a run, each on its own: the learning-rate schedule, the channel factory's
+bound, checkpoint pruning and fallback, and the restart policy."""
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+import time
+
+import pytest
+import torch
+
+from ffpipe.config import PipelineConfig, TrainConfig
+from ffpipe.errors import FFPipeError, NeighbourError
+from ffpipe.ff.optim import lr_at
+from ffpipe.pipeline.messages import control, Phase
+from ffpipe.run.checkpoints import checkpoint_path, load_stage, resume_step, save_stage, saved_steps
+from ffpipe.run.folder import RunFolder
+from ffpipe.run.recovery import StageFailed, restart_verdict, root_cause
+from ffpipe.transport import open_channel
+from tests.conftest import make_config
+
+
+def test_lr_warms_up_linearly_then_follows_a_cosine_to_zero():
+    cfg = TrainConfig(lr=1.0, warmup_fraction=0.1, schedule="cosine")
+    assert [lr_at(s, 100, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_at(10, 100, cfg) == 1.0
+    assert math.isclose(lr_at(55, 100, cfg), 0.5, abs_tol=1e-12)
+    assert lr_at(100, 100, cfg) == 0.0
+    assert lr_at(50, 100, TrainConfig(lr=0.3, warmup_fraction=0.0, schedule="constant")) == 0.3
+
+
+def test_a_thread_channel_holds_queue_depth_messages_then_waits_until_the_deadline():
+    channel = open_channel("threads", PipelineConfig(queue_depth=2, timeout_s=0.3), name="a -> b")
+    for step in range(2):
+        channel.send(control(Phase.TRAIN, 0, step))
+    t0 = time.monotonic()
+    with pytest.raises(NeighbourError, match=r"a -> b: no progress for 0 s"):
+        channel.send(control(Phase.TRAIN, 0, 2))
+    assert 0.25 < time.monotonic() - t0 < 2
+    assert [channel.recv().step for _ in range(2)] == [0, 1]
+
+
+def test_a_thread_channel_stops_waiting_when_another_stage_failed():
+    abort = threading.Event()
+    channel = open_channel("threads", PipelineConfig(timeout_s=30), name="x", abort=abort)
+    threading.Timer(0.1, abort.set).start()
+    with pytest.raises(NeighbourError, match="another stage failed"):
+        channel.recv()
+
+
+def _folder(tmp_path) -> RunFolder:
+    return RunFolder.create(make_config(f"run.dir={tmp_path / 'run'}"))
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "learners": {"w": torch.full((2,), float(step))}, "unit_ids": [0]}
+
+
+def test_checkpoints_keep_the_newest_few_and_load_only_tensors_and_plain_values(tmp_path):
+    folder = _folder(tmp_path)
+    for step in (2, 4, 6, 8):
+        save_stage(folder, 0, _state(step), epoch=0, keep=3)
+    assert saved_steps(folder, 0) == [4, 6, 8]
+    assert not list(checkpoint_path(folder, 0, 8).parent.glob("*.tmp"))
+    assert load_stage(folder, 0, 8)["learners"]["w"].tolist() == [8.0, 8.0]
+    with open(checkpoint_path(folder, 0, 10), "wb") as f:  # a "checkpoint" that would run code
+        pickle.dump({"step": 10, "hook": print}, f)
+    with pytest.raises(FFPipeError, match=r"step-000000010.pt cannot be read"):
+        load_stage(folder, 0, 10)
+
+
+def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+    folder = _folder(tmp_path)
+    for stage_id in (0, 1):
+        for step in (4, 8):
+            save_stage(folder, stage_id, _state(step), epoch=0)
+    path = checkpoint_path(folder, 1, 8)
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
+    assert resume_step(folder, 2) == 4
+    assert f"checkpoint {path} cannot be read; resuming from the step before" in capsys.readouterr().err
+    assert resume_step(folder, 3) is None  # stage 2 has none
+
+
+def _failure(attempt, stage=1, step=30, cause="TrainingError: non-finite", secondary=False):
+    return {"attempt": attempt, "stage": stage, "step": step, "cause": cause, "secondary": secondary}
+
+
+def test_restarts_stop_at_the_limit_and_at_a_failure_that_repeats():
+    assert restart_verdict([_failure(0)], 0, 3) is None
+    assert "max_restarts = 0" in restart_verdict([_failure(0)], 0, 0)
+    assert "3 restart(s) used" in restart_verdict([_failure(a, step=a) for a in range(4)], 3, 3)
+    repeated = [_failure(0), _failure(1)]
+    assert "for the same reason as in the attempt before" in restart_verdict(repeated, 1, 3)
+    assert restart_verdict([_failure(0), _failure(1, step=31)], 1, 3) is None
+    killed = [_failure(0, step=None, cause="died"), _failure(1, step=None, cause="died")]
+    assert restart_verdict(killed, 1, 3) is None  # a kill has no step: not known to repeat
+
+
+def test_the_root_cause_is_the_stage_that_failed_not_the_neighbours_that_lost_it():
+    failures = [_failure(0, stage=0, cause="lost stage 1", secondary=True), _failure(0, stage=1)]
+    assert root_cause(failures, 0)["stage"] == 1
+    failed = pickle.loads(pickle.dumps(StageFailed.of(1, 30, NeighbourError("lost stage 2"))))
+    assert (failed.stage_id, failed.step, failed.secondary) == (1, 30, True)
+    assert str(failed) == "stage 1 failed at step 30: NeighbourError: lost stage 2"
