@@ -17,7 +17,18 @@ if [ "$RAY_AUTH_MODE" = token ] && ! ray get-auth-token >/dev/null 2>&1; then
 fi
 run_dir=${RUN_DIR:-$PWD/runs/ray-$(date +%Y%m%d-%H%M%S)}
 excludes='{"excludes": [".venv", "runs", ".git", ".whl", ".devdata", "__pycache__", "*.egg-info"]}'
-ray job submit --address "$address" --working-dir . --runtime-env-json "$excludes" -- \
-  "${PYTHON_ON_HEAD:-python}" -m ffpipe train --set pipeline.backend=ray --set pipeline.address=auto \
-  --set run.dir="$run_dir" "$@"
+# A head that has just started answers "No available agent to submit job" until its job agent
+# has registered (seconds; longer on a busy machine). No job was made then: try again, a minute at most.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for attempt in $(seq 12); do
+  status=0
+  ray job submit --address "$address" --working-dir . --runtime-env-json "$excludes" -- \
+    "${PYTHON_ON_HEAD:-python}" -m ffpipe train --set pipeline.backend=ray --set pipeline.address=auto \
+    --set run.dir="$run_dir" "$@" 2>&1 | tee "$log" || status=$?
+  grep -q "No available agent to submit job" "$log" || break
+  echo "ray_submit.sh: the head's job agent is not up yet; trying again in 5 s" >&2
+  sleep 5
+done
+[ "$status" -eq 0 ] || exit "$status"
 echo "run folder: $run_dir"
