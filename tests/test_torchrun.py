@@ -1,7 +1,12 @@
 """The torchrun backend on CPU (gloo): bit-identical to the sequential trainer, resumable, and a
 failing stage ends the run with its name."""
+import os
+import subprocess
+import sys
+
 import pytest
 
+from tests.conftest import REPO
 from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
 
 pytestmark = pytest.mark.slow
@@ -39,7 +44,11 @@ def test_torchrun_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
     first = run_ffpipe(common + [f"run.dir={split}", "run.stop_after_step=5"], stages=2)
     assert f"continue with: launch/torchrun.sh 2 --resume {split}" in first.stdout
     assert summary(split)["completed"] is False and summary(split)["steps"] == 5
-    resumed = run_ffpipe([], stages=2, resume=split)
+    # the command the stopped run suggested, as a user types it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
+    resumed = subprocess.run(["bash", "launch/torchrun.sh", "2", "--resume", str(split)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at step 5" in resumed.stderr
     assert_same_parameters(whole, split)
     s, w = summary(split), summary(whole)

@@ -41,9 +41,8 @@ def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
 def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[Path, int, list[str]]:
     """The run folder every attempt uses (fixed here, so restarts find it) and max_restarts."""
     if args.resume:
-        from ffpipe.run.setup import resume_config
         folder = RunFolder.open(args.resume)
-        return folder.path, resume_config(folder, args.overrides).pipeline.max_restarts, train_args
+        return folder.path, folder.resume_config(args.overrides).pipeline.max_restarts, train_args
     cfg = config_mod.load(args.config, [*_stage_sets(n), *args.overrides])  # as the ranks will
     if cfg.run.dir:
         return Path(cfg.run.dir), cfg.pipeline.max_restarts, train_args
