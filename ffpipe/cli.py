@@ -6,7 +6,7 @@ import sys
 
 from ffpipe import config as config_mod
 from ffpipe.bench import add_parser as add_step_parser
-from ffpipe.errors import FFPipeError
+from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(args)
     except FFPipeError as err:
         print(f"ffpipe: error: {err}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("ffpipe: interrupted; a run goes on from its newest checkpoints with "
               "ffpipe train --resume RUN_DIR", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Errors meant for users: each names what is wrong and how to fix it.
 
-The CLI prints these as one line and exits with status 2; anything else is a bug and keeps its
-traceback.
+The CLI prints these as one line and exits with status 2 (USER_ERROR_EXIT); anything else is a
+bug and keeps its traceback.
 """
+
+USER_ERROR_EXIT = 2  # the exit status of input a user can fix: launch/torchrun.sh does not restart it
 
 
 class FFPipeError(ValueError):

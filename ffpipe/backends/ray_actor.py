@@ -7,7 +7,6 @@ messages keep their order.
 """
 from __future__ import annotations
 
-import socket
 import threading
 
 import ray
@@ -43,8 +42,10 @@ class StageWorker:
     @ray.method(concurrency_group="control")
     def address(self) -> tuple[str, int]:
         """This node's address and a free port: stage 0 hosts the torch.distributed rendezvous."""
+        from ffpipe.backends.torchrun import socket_for
+
         host = ray.util.get_node_ip_address()
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        with socket_for(host) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
         return host, port

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.config import Config
-from ffpipe.errors import ConfigError, FFPipeError, PipelineError
+from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineError
 from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
@@ -33,9 +33,6 @@ from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import finish_run, stage_report
 from ffpipe.transport import open_channel
-
-USER_ERROR_EXIT = 2  # the CLI's status for input a user can fix: launch/torchrun.sh does not restart
-
 
 def _world() -> tuple[int, int, int]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -67,6 +64,11 @@ def init_groups(device: torch.device, timeout_s: float, rank: int, world: int, s
     return None, control
 
 
+def socket_for(host: str) -> socket.socket:
+    """A TCP socket of the family of `host` (an IPv6 address has colons)."""
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: float):
     """Where stage processes started by Ray meet: a TCP store hosted by rank 0 on `host` only;
     returns (store, listening socket or None: the caller keeps it open as long as the store).
@@ -75,7 +77,7 @@ def rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: flo
     timeout = datetime.timedelta(seconds=timeout_s)
     if rank != 0:
         return dist.TCPStore(host, port, world, False, timeout), None
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener = socket_for(host)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
     listener.listen()

@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 
 from ffpipe import config as config_mod
-from ffpipe.errors import FFPipeError
+from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_path
-
-USER_ERROR_EXIT = 2
 
 
 def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:

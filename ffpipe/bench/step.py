@@ -23,12 +23,7 @@ from ffpipe.metrics import peak_memory_mib
 from ffpipe.pipeline.graphed import WARMUP_STEPS
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions
-
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # note: a CPU-GPU sync point, to time the queued work
+from ffpipe.pipeline.sync import synchronize
 
 
 def _reset_memory(device: torch.device) -> None:
@@ -62,11 +57,11 @@ def measure(args, variant: str, batch: int, mode: str, device: torch.device) -> 
     compile_start = time.perf_counter()
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
-            _sync(device)
+            synchronize(device)
             warm_s, start = time.perf_counter() - compile_start, time.perf_counter()
         x, y = batches[i % 2]
         stage.train_step(Message(Phase.TRAIN, 0, i, x=x, y=y))
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     stage.read_stats()  # raises if a loss went non-finite: a broken step is not a fast one
     if args.profile:
@@ -87,7 +82,7 @@ def _profile(stage: Stage, batches, title: str, path: str, steps: int = 3) -> No
         for i in range(steps):
             x, y = batches[i % 2]
             stage.train_step(Message(Phase.TRAIN, 0, i, x=x, y=y))
-        _sync(stage.device)
+        synchronize(stage.device)
     key = "self_device_time_total" if stage.device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=25)
     with open(path, "a") as f:

@@ -17,15 +17,11 @@ from ffpipe.config import DataConfig, from_dict, merge
 from ffpipe.data import DataBundle, DeviceLoader, load_data
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.errors import DataError, FFPipeError
+from ffpipe.pipeline.sync import synchronize
 
 DEFAULT_DATASETS = ("synthetic", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette")
 # CIFAR-10-sized synthetic data, so that the synthetic row is comparable to the real ones.
 SYNTHETIC = {"synthetic_train": 50_000, "synthetic_test": 10_000, "synthetic_shape": [3, 32, 32]}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # note: a CPU-GPU sync point, to time the queued work
 
 
 def loader_rate(data: DataBundle, device: torch.device, batch_size: int, seconds: float,
@@ -36,7 +32,7 @@ def loader_rate(data: DataBundle, device: torch.device, batch_size: int, seconds
     if len(loader) == 0:
         raise DataError(f"--batch-size {batch_size} is larger than the training set ({len(data.train)})")
     next(iter(loader.batches(0)))
-    _sync(device)
+    synchronize(device)
     images, epoch, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _, y in loader.batches(epoch):
@@ -44,7 +40,7 @@ def loader_rate(data: DataBundle, device: torch.device, batch_size: int, seconds
             if time.perf_counter() - start >= seconds:
                 break
         epoch += 1
-    _sync(device)
+    synchronize(device)
     return images / (time.perf_counter() - start), loader
 
 

@@ -76,12 +76,8 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Every group's lr; a device tensor is filled in place (queued on the stream, no sync)."""
-    filled = set()
     for group in optimizer.param_groups:
-        current = group["lr"]
-        if isinstance(current, torch.Tensor):
-            if id(current) not in filled:
-                current.fill_(lr)
-                filled.add(id(current))
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
         else:
             group["lr"] = lr

@@ -13,6 +13,7 @@ from torch import nn
 from ffpipe.config import Config
 from ffpipe.models import dry_run
 from ffpipe.pipeline.stage import autocast_dtype
+from ffpipe.pipeline.sync import synchronize
 
 CPU_PROFILE_BATCH = 16  # on CPU the cost is linear in the batch: a small one keeps start-up short
 
@@ -44,14 +45,9 @@ def _time_steps(learner: nn.Module, x, skips, y, amp, steps: int) -> float:
         out.loss.backward()
 
     step()  # warm-up: first-call allocation and kernel selection stay out of the timing
-    _sync(x.device)
+    synchronize(x.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(x.device)
+    synchronize(x.device)
     return (time.perf_counter() - t0) / steps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

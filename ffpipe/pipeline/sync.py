@@ -1,4 +1,4 @@
-"""Host syncs with a deadline.
+"""Host syncs: with a deadline (training), and plain (timing).
 
 A GPU stage queues its work and waits for the device only on log, checkpoint and evaluation
 steps. Behind that queue there may be a receive from a neighbour (NCCL) that will never arrive
@@ -14,6 +14,12 @@ import torch
 from ffpipe.errors import NeighbourError
 
 POLL_S = 0.0005
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for everything queued on `device` (to time it; benchmarks and profiles only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # note: a CPU-GPU sync point
 
 
 def wait_for_device(device: torch.device, timeout_s: float, who: str, what: str) -> None:

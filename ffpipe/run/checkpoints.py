@@ -56,13 +56,14 @@ def save_stage(folder: RunFolder, stage_id: int, state: dict, epoch: int, keep: 
     return path
 
 
-def load_stage(folder: RunFolder, stage_id: int, step: int, map_location="cpu") -> dict:
+def load_stage(folder: RunFolder, stage_id: int, step: int, map_location="cpu", mmap: bool = False) -> dict:
+    """Stage `stage_id` after `step` steps; with `mmap` the tensors stay on disk until used."""
     path = checkpoint_path(folder, stage_id, step)
     if not path.is_file():
         raise FFPipeError(f"no checkpoint of stage {stage_id} at step {step} in {folder.checkpoints_dir}; "
                           "the run folder is incomplete (was the run stopped before its first checkpoint?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged file or one holding code: name it, no pickle traceback
         raise FFPipeError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); "
                           "delete it to fall back to the one before") from None
@@ -87,8 +88,10 @@ def resume_step(folder: RunFolder, num_stages: int) -> int | None:
 
 
 def _readable(folder: RunFolder, stage_id: int, step: int) -> bool:
+    """Whole and safe to load: its index and every record it names parse (without reading the
+    tensors in: each stage process loads its own checkpoint afterwards)."""
     try:
-        load_stage(folder, stage_id, step)
+        load_stage(folder, stage_id, step, mmap=True)
         return True
     except FFPipeError:
         return False
