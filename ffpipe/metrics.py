@@ -1,6 +1,7 @@
 """Per-stage metrics: rows kept in memory and written with pyarrow; peak memory; timing."""
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -28,8 +29,12 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
+    """Written to a temporary name and renamed: a process killed while writing leaves the
+    previous file whole, never an empty one that a resumed run could not read."""
     columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
-    pq.write_table(pa.table(columns, schema=SCHEMA), path)
+    tmp = Path(path).with_suffix(".tmp")
+    pq.write_table(pa.table(columns, schema=SCHEMA), tmp)
+    os.replace(tmp, path)
 
 
 def read_rows(paths: list[Path]) -> list[dict]:

@@ -105,8 +105,9 @@ def run_one_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch
     """Stage 0 reads the data, the last stage evaluates into a sink, `link(peer)` is the channel to
     a neighbour; the loop runs to the end of the stream and both channels are closed."""
     last, timeout = setup.num_stages - 1, setup.cfg.pipeline.timeout_s
-    stage, logger = open_stage(setup, start, stage_id, device)
+    stage = None
     try:
+        stage, logger = open_stage(setup, start, stage_id, device)
         inbox = make_source(setup, device, start.start_step) if stage_id == 0 else link(stage_id - 1)
         sink = open_sink(start, setup.plan.num_units, timeout, on_result) if stage_id == last else None
         outbox = sink if stage_id == last else link(stage_id + 1)
@@ -116,5 +117,5 @@ def run_one_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch
     except Exception as err:  # name the stage and its step; the traceback of a bug stays visible
         if not isinstance(err, FFPipeError):
             traceback.print_exc(file=sys.stderr)
-        raise StageFailed.of(stage_id, stage.step, err) from err
+        raise StageFailed.of(stage_id, stage.step if stage else start.start_step, err) from err
     return logger, sink

@@ -103,3 +103,19 @@ def test_the_root_cause_is_the_stage_that_failed_not_the_neighbours_that_lost_it
     failed = pickle.loads(pickle.dumps(StageFailed.of(1, 30, NeighbourError("lost stage 2"))))
     assert (failed.stage_id, failed.step, failed.secondary) == (1, 30, True)
     assert str(failed) == "stage 1 failed at step 30: NeighbourError: lost stage 2"
+
+
+def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
+    from ffpipe.metrics import read_rows, write_rows
+
+    path = tmp_path / "stage-0.parquet"
+    write_rows([{"phase": "train", "step": 1, "loss": 1.0}], path)
+
+    def killed_while_writing(table, where):
+        open(where, "wb").close()  # an empty file, as a SIGKILL mid-write leaves one
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ffpipe.metrics.pq.write_table", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        write_rows([{"phase": "train", "step": 2, "loss": 0.5}], path)
+    assert [r["step"] for r in read_rows([path])] == [1]
