@@ -31,6 +31,9 @@ def connect(cfg: Config, num_stages: int) -> bool:
         return False
     address = cfg.pipeline.address
     _prepare_environment(address)
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if target:  # before importing ray (a second or more): a wrong address is answered at once
+        _probe(address, target, cfg.pipeline.timeout_s)
     import ray
 
     if address:
@@ -105,9 +108,6 @@ def _join(ray, address: str, timeout: float) -> None:
     as a Ray head for many minutes, so it connects in a helper thread that the driver leaves
     behind (a daemon: it does not hold the process) when the deadline passes."""
     deadline = time.monotonic() + timeout
-    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
-    if target:
-        _probe(address, target, timeout)
     errors: list[Exception] = []
 
     def init():
