@@ -160,6 +160,9 @@ class PipelineConfig:
     stages: int = _f(1, "number of pipeline stages (consecutive units each)")
     boundaries: list = _f(list, "explicit first unit of every stage after the first "
                           "(e.g. [3, 6]); empty = balance by measured cost")
+    replicas: list = _f(list, "copies of each stage, each on its own GPU/process with a shard of "
+                        "every batch (e.g. [2, 1, 1, 1]); 'auto' = fill the processes "
+                        "(torchrun) or GPUs (Ray) by measured cost; [] = one each", also=("auto",))
     queue_depth: int = _f(2, "batches in flight between two stages")
     transport: str = _f("p2p", "between stages: torch.distributed point-to-point or Ray",
                         ("p2p", "ray"))
@@ -184,6 +187,19 @@ class PipelineConfig:
         _require(self.timeout_s > 0, "pipeline.timeout_s", "must be > 0")
         _require(self.cpus_per_stage > 0, "pipeline.cpus_per_stage", "must be > 0")
         _require(self.max_restarts >= 0, "pipeline.max_restarts", "must be >= 0 (0 = never restart)")
+        r = self.replicas
+        if isinstance(r, list) and r and self.stages == 1:
+            self.stages = len(r)  # pipeline.stages left at 1: as many stages as replica counts
+        if r != "auto":
+            _require(all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r),
+                     "pipeline.replicas", f"must be 'auto' or a list of counts >= 1, got {r!r}")
+            _require(not r or len(r) == self.stages, "pipeline.replicas",
+                     f"needs one count per stage (pipeline.stages = {self.stages}), got {len(r)}")
+        if self.replicas == "auto" or any(v > 1 for v in r):
+            _require(self.backend != "local", "pipeline.replicas",
+                     "needs several processes: use pipeline.backend = 'torchrun' or 'ray'")
+            _require(not (self.backend == "ray" and self.transport == "ray"), "pipeline.replicas",
+                     "needs pipeline.transport = 'p2p' on Ray (replicas exchange shards directly)")
         b = self.boundaries
         _require(all(isinstance(v, int) and v > 0 for v in b) and b == sorted(set(b)),
                  "pipeline.boundaries", "must be increasing unit indices > 0")
@@ -222,6 +238,9 @@ class Config:
                  "'ff' (classic Forward-Forward) needs model.name = 'mlp'; use 'sff' for CNNs")
         _require(not (self.algo.name == "ff" and self.train.freeze_bodies), "train.freeze_bodies",
                  "classic FF units have no separate head to probe with; use algo.name = 'sff' or 'bp'")
+        most = max(self.pipeline.replicas) if isinstance(self.pipeline.replicas, list) and self.pipeline.replicas else 1
+        _require(self.train.batch_size >= most, "train.batch_size",
+                 f"must be at least the largest pipeline.replicas ({most}): every replica needs rows")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -236,8 +255,10 @@ def _require(ok: bool, key: str, what: str) -> None:
         raise ConfigError(f"config key '{key}' {what}")
 
 
-def _coerce(key: str, value: Any, typ: type, choices: tuple) -> Any:
+def _coerce(key: str, value: Any, typ: type, choices: tuple, also: tuple = ()) -> Any:
     """Check one value against its declared type and choices; ints are accepted for floats."""
+    if isinstance(value, str) and value in also:  # a word a list field also takes (e.g. 'auto')
+        return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
@@ -260,8 +281,8 @@ def _build_section(name: str, cls: type, values: dict) -> Any:
         if key not in fields:
             raise ConfigError(f"unknown config key '{name}.{key}'; "
                               f"keys of [{name}]: {', '.join(fields)}")
-        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key],
-                              fields[key].metadata.get("choices", ()))
+        meta = fields[key].metadata
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], meta.get("choices", ()), meta.get("also", ()))
     return cls(**kwargs)
 
 
@@ -297,6 +318,11 @@ def from_dict(tree: dict) -> Config:
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the TOML file (if any), then each override in order."""
+    return from_dict(load_tree(path, overrides))
+
+
+def load_tree(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """The TOML file (if any) with each override applied, not yet checked."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -307,7 +333,7 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
             tree = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
-    return from_dict(merge(tree, list(overrides)))
+    return merge(tree, list(overrides))
 
 
 def to_toml(config: Config) -> str:

@@ -22,22 +22,27 @@ EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=
          "train.log_every=2"]
 
 
-def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None) -> list[str]:
-    """`ffpipe train` as a command; with `stages`, under torchrun as launch/torchrun.sh runs it."""
-    if stages and not resume:
+def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None,
+               replicas: list[int] | None = None) -> list[str]:
+    """`ffpipe train` as a command; with `stages` (or `replicas` per stage), under torchrun as
+    launch/torchrun.sh runs it, one process per stage (replica)."""
+    processes = sum(replicas) if replicas else stages
+    if replicas and not resume:
+        overrides = [*overrides, "pipeline.backend=torchrun", f"pipeline.replicas={replicas}"]
+    elif stages and not resume:
         overrides = [*overrides, "pipeline.backend=torchrun", f"pipeline.stages={stages}"]
     sets = [a for o in overrides for a in ("--set", o)]
     args = ["train", *(["--resume", str(resume)] if resume else []), *sets]
-    if stages:
+    if processes:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={stages}", "-m", "ffpipe", *args]
+                f"--nproc-per-node={processes}", "-m", "ffpipe", *args]
     return [sys.executable, "-m", "ffpipe", *args]
 
 
 def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None,
-               check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+               check: bool = True, timeout: int = 300, replicas: list[int] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(ffpipe_cmd(overrides, stages, resume), capture_output=True, text=True,
+    done = subprocess.run(ffpipe_cmd(overrides, stages, resume, replicas), capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"ffpipe failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -61,11 +66,14 @@ def newest_state(run_dir: Path, stage_id: int) -> dict:
     return load_stage(folder, stage_id, saved_steps(folder, stage_id)[-1])
 
 
-def assert_same_parameters(a: Path, b: Path) -> None:
+def assert_same_parameters(a: Path, b: Path, atol: float = 0.0) -> None:
+    """Every tensor equal (bit for bit, or within `atol`)."""
     pa, pb = final_parameters(a), final_parameters(b)
     assert len(pa) == len(pb) and len(pa) > 0
     for i, (x, y) in enumerate(zip(pa, pb)):
-        assert torch.equal(x, y), f"tensor {i} differs: max |diff| {(x.float() - y.float()).abs().max()}"
+        diff = (x.float() - y.float()).abs().max().item() if x.numel() else 0.0
+        ok = torch.equal(x, y) if atol == 0 else diff <= atol
+        assert ok, f"tensor {i} differs: max |diff| {diff}"
 
 
 def summary(run_dir: Path) -> dict:

@@ -42,7 +42,7 @@ def run_local(setup: RunSetup, start: RunStart, on_log=None, on_result=None) -> 
     results: list = [None] * num_stages
 
     def stage(k: int) -> None:
-        results[k] = run_one_stage(setup, start, k, stage_device(cfg, k),
+        results[k] = run_one_stage(setup, start, start.topology.place(k), stage_device(cfg, k),
                                    lambda peer: channels[min(k, peer)], on_log, on_result)
 
     if num_stages == 1:

@@ -22,14 +22,17 @@ GROUPS = {"control": 1, "inbox": 1, "outbox": 1}
 
 
 class StageWorker:
-    def __init__(self, cfg_tree: dict, stage_id: int, start: RunStart, info: DataInfo, transport: str):
+    def __init__(self, cfg_tree: dict, rank: int, start: RunStart, info: DataInfo, transport: str):
         self.cfg = config_mod.from_dict(cfg_tree)
         setup_process(self.cfg)
-        self.stage_id, self.start, self.transport = stage_id, start, transport
+        self.rank, self.start, self.transport = rank, start, transport
+        self.topology = start.topology
+        self.place = self.topology.place(rank)  # its stage and replica
+        stage_id = self.stage_id = self.place.stage
         # Only stage 0 reads images (on its own node); the others build from the shared summary.
         self.setup = prepare(self.cfg, info=None if stage_id == 0 else info, starts=start.starts)
-        self.num_stages = self.setup.num_stages
-        self.device = stage_device(self.cfg, stage_id, local_rank=0)  # Ray shows each actor its GPU
+        self.device = stage_device(self.cfg, rank, local_rank=0)  # Ray shows each actor its GPU
+        self.group = None
         self.abort = threading.Event()
         pipeline = self.cfg.pipeline
         self.inbox = open_channel("threads", pipeline, name=f"stage {stage_id} inbox", abort=self.abort)
@@ -52,17 +55,18 @@ class StageWorker:
 
     @ray.method(concurrency_group="control")
     def join(self, host: str, port: int) -> None:
-        from ffpipe.backends.torchrun import init_groups, rendezvous_store
+        from ffpipe.backends.torchrun import init_groups, rendezvous_store, replica_group
 
-        timeout = self.cfg.pipeline.timeout_s
-        store, self._rendezvous_socket = rendezvous_store(host, port, self.stage_id, self.num_stages, timeout)
-        self.groups = init_groups(self.device, timeout, self.stage_id, self.num_stages, store=store)
+        timeout, world = self.cfg.pipeline.timeout_s, self.topology.world
+        store, self._rendezvous_socket = rendezvous_store(host, port, self.rank, world, timeout)
+        self.groups = init_groups(self.device, timeout, self.rank, world, store=store)
+        self.group = replica_group(self.topology, self.place)
 
     # -- the stage loop -----------------------------------------------------------------------
     def run(self) -> dict:
         try:
-            logger, sink = run_one_stage(self.setup, self.start, self.stage_id, self.device, self._link,
-                                         self._note, self.results.append)
+            logger, sink = run_one_stage(self.setup, self.start, self.place, self.device, self._link,
+                                         self._note, self.results.append, self.group)
         except BaseException:
             self.abort.set()  # unblocks deliver/collect calls waiting on this stage
             raise
@@ -70,10 +74,12 @@ class StageWorker:
         return {"report": report, "rows": logger.rows, "history": sink.history if sink else None}
 
     def _link(self, peer: int):
+        """The channel to the actor of rank `peer`."""
         if self.transport == "p2p":
-            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=self.groups)
-        # the Ray transport: the driver fills the inbox and drains the outbox
-        return self.inbox if peer < self.stage_id else self.outbox
+            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=self.groups,
+                                peer_stage=self.topology.place(peer).stage)
+        # the Ray transport (unreplicated): the driver fills the inbox and drains the outbox
+        return self.inbox if peer < self.rank else self.outbox
 
     def _note(self, stage_id: int, step: int, rows: list[dict]) -> None:
         self.latest = (step, rows)

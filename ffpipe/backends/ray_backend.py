@@ -20,7 +20,8 @@ from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import announce, begin_run, restart_point, setup_process, stage_device
-from ffpipe.run.summary import finish_run
+from ffpipe.pipeline.topology import describe_topology
+from ffpipe.run.summary import finish_run, stage_reports
 
 POLL_S = 0.5
 FAILURE_GRACE_S = 3.0
@@ -28,21 +29,38 @@ FAILURE_GRACE_S = 3.0
 
 def train_ray(cfg: Config, resume: Path | None):
     setup_process(cfg)
-    setup, start = begin_run(cfg, RunFolder.open(resume) if resume else None, stage_device(cfg, 0))
-    started = connect(cfg, setup.num_stages)
+    folder = RunFolder.open(resume) if resume else None
+    auto = cfg.pipeline.replicas == "auto"  # needs the cluster's size: set up after joining it
+    if not auto:  # before starting Ray: bad data or config end the run at once
+        setup, start = begin_run(cfg, folder, stage_device(cfg, 0))
+    started = connect(cfg, start.topology.world if not auto else 0)
     import ray  # after connect(): Ray reads its environment when first imported
 
     try:
+        if auto:
+            setup, start = begin_run(cfg, folder, stage_device(cfg, 0), processes=_cluster_processes(cfg))
         t0 = time.perf_counter()
-        results, folder = _train_with_restarts(cfg, setup, start), start.folder
-        for k, result in enumerate(results):  # the driver's folder gets every stage's rows
-            folder.write_stage_metrics(k, result["rows"])
-        reports = [r["report"] for r in results]
-        summary = finish_run(setup, folder, reports, results[-1]["history"], time.perf_counter() - t0)
-        return folder.path, summary
+        results, topology = _train_with_restarts(cfg, setup, start), start.topology
+        leads = [results[topology.rank(k)] for k in range(setup.num_stages)]
+        for k, result in enumerate(leads):  # the driver's folder gets every stage's rows
+            start.folder.write_stage_metrics(k, result["rows"])
+        reports = stage_reports([r["report"] for r in results], topology)
+        summary = finish_run(setup, start.folder, reports, leads[-1]["history"], time.perf_counter() - t0)
+        return start.folder.path, summary
     finally:
         if started:
             ray.shutdown()
+
+
+def _cluster_processes(cfg: Config) -> int:
+    """pipeline.replicas = 'auto' on Ray: one process per GPU of the cluster, or per
+    pipeline.cpus_per_stage CPUs on a cluster without GPUs (or train.device = 'cpu')."""
+    import ray
+
+    have = ray.cluster_resources()
+    if have.get("GPU", 0) >= 1 and cfg.train.device != "cpu":
+        return int(have["GPU"])
+    return int(have.get("CPU", 1) // cfg.pipeline.cpus_per_stage)
 
 
 def _train_with_restarts(cfg: Config, setup, start) -> list[dict]:
@@ -70,8 +88,8 @@ def _attempt(cfg: Config, setup, start) -> list[dict]:
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.train.device != "cpu" else 0
         pg, actors = _start_actors(cfg, setup, start, gpus)
-        announce(start, f"{len(actors)} stage actors ({'GPU' if gpus else 'CPU'}, transport "
-                        f"{cfg.pipeline.transport})")
+        announce(start, describe_topology(start.topology, f"Ray actors, {'GPU' if gpus else 'CPU'}, "
+                                                          f"transport {cfg.pipeline.transport}"))
         _connect_stages(cfg, actors, gpus)
         return _watch(cfg, setup, start, actors, gpus)
     finally:
@@ -87,14 +105,15 @@ def _start_actors(cfg, setup, start, gpus: int):
 
     from ffpipe.backends.ray_actor import GROUPS, StageWorker
 
-    n = setup.num_stages
+    n = start.topology.world  # one actor per stage replica
     bundle = {"CPU": cfg.pipeline.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
     have = ray.cluster_resources()
     short = [r for r, v in bundle.items() if have.get(r, 0) < n * v]
     if short:
         raise PipelineError(f"the cluster has {', '.join(f'{have.get(r, 0):g} {r}' for r in short)} "
-                            f"but {n} stages need {', '.join(f'{n * bundle[r]:g} {r}' for r in short)}; "
-                            "use fewer stages (pipeline.stages), less pipeline.cpus_per_stage, or a larger cluster")
+                            f"but {n} stage actors need {', '.join(f'{n * bundle[r]:g} {r}' for r in short)}; "
+                            "use fewer stages (pipeline.stages) or replicas (pipeline.replicas), less "
+                            "pipeline.cpus_per_stage, or a larger cluster")
     pg = ray.util.placement_group([dict(bundle) for _ in range(n)], strategy=cfg.pipeline.placement)
     if not pg.wait(timeout_seconds=cfg.pipeline.timeout_s):
         ray.util.remove_placement_group(pg)
@@ -153,7 +172,7 @@ def _watch(cfg, setup, start, actors, gpus: int) -> list[dict]:
     router = None
     if cfg.pipeline.transport == "ray":
         router = RefRouter(actors, cfg.pipeline.queue_depth, tensor_transport(cfg, gpus))
-    progress = Progress(setup.plan.total_steps, len(actors), cfg.run.progress)
+    progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
     shown_results, last_poll, steps = 0, 0.0, [None] * len(actors)
     pending = list(runs)
     while pending:
@@ -166,8 +185,8 @@ def _watch(cfg, setup, start, actors, gpus: int) -> list[dict]:
             router.advance()
         if time.monotonic() - last_poll > 1.0:
             last_poll = time.monotonic()
-            shown_results = _draw(actors, progress, shown_results, steps)
-    _draw(actors, progress, shown_results, steps)
+            shown_results = _draw(actors, progress, shown_results, steps, start.topology)
+    _draw(actors, progress, shown_results, steps, start.topology)
     return ray.get(runs)
 
 
@@ -197,7 +216,8 @@ def _first_failure(runs, steps: list, start) -> recovery.StageFailed:
             cause = getattr(err, "cause", None)
             if not isinstance(cause, recovery.StageFailed):  # the actor died without a report
                 logged = f" after logging step {steps[k]}" if steps[k] else ""
-                cause = recovery.StageFailed(k, None, f"the stage actor died{logged}: {_cause(err)}")
+                cause = recovery.StageFailed(start.topology.place(k).stage, None,
+                                             f"the stage actor died{logged} (rank {k}): {_cause(err)}")
             failures.append(cause)
     primary = [f for f in failures if not f.secondary] or failures
     for failure in primary[:1] + [f for f in failures if f is not primary[0]]:
@@ -213,7 +233,7 @@ def _cause(err) -> str:
     return str(err).strip().splitlines()[-1][:500]
 
 
-def _draw(actors, progress: Progress, shown: int, steps: list) -> int:
+def _draw(actors, progress: Progress, shown: int, steps: list, topology) -> int:
     import ray
 
     try:
@@ -221,10 +241,10 @@ def _draw(actors, progress: Progress, shown: int, steps: list) -> int:
     except ray.exceptions.RayError:
         return shown  # a dead actor shows up in its run() result; progress is best effort
     for k, (step, rows, _) in enumerate(states):
-        steps[k] = step  # the last step each stage logged: where a dead actor had got to
-        if rows:
-            progress.update(k, step, rows)
-    results = states[-1][2]
+        steps[k] = step  # the last step each actor logged: where a dead actor had got to
+        if rows:  # only a stage's replica 0 logs
+            progress.update(topology.place(k).stage, step, rows)
+    results = states[topology.rank(topology.num_stages - 1)][2]
     for result in results[shown:]:
         progress.result(result)
     return len(results)

@@ -24,7 +24,7 @@ LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 AUTH_MODE = "RAY_AUTH_MODE"
 
 
-def connect(cfg: Config, num_stages: int) -> bool:
+def connect(cfg: Config, processes: int) -> bool:
     """Join the configured cluster, or start a new local one on 127.0.0.1 with Ray's token
     authentication on. Returns whether this process started Ray (and so must stop it)."""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -39,8 +39,8 @@ def connect(cfg: Config, num_stages: int) -> bool:
     if address:
         _join(ray, address, cfg.pipeline.timeout_s)
         return False
-    # CPUs are a logical resource: a small machine still gets one per stage (they share the cores).
-    cpus = max(os.cpu_count() or 1, math.ceil(num_stages * cfg.pipeline.cpus_per_stage))
+    # CPUs are a logical resource: a small machine still gets one per stage process (they share the cores).
+    cpus = max(os.cpu_count() or 1, math.ceil(processes * cfg.pipeline.cpus_per_stage))
     # "local": always a new cluster of our own. Without it ray.init() joins any head, live or
     # stale, that it finds on this machine (and then refuses num_cpus).
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)

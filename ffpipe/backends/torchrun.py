@@ -31,7 +31,9 @@ from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
-from ffpipe.run.summary import finish_run, stage_report
+from ffpipe.pipeline.profile import measure_link
+from ffpipe.pipeline.topology import Place, Topology, describe_topology
+from ffpipe.run.summary import finish_run, stage_report, stage_reports
 from ffpipe.transport import open_channel
 
 def _world() -> tuple[int, int, int]:
@@ -43,7 +45,19 @@ def _world() -> tuple[int, int, int]:
 
 
 def resolve_stages(cfg: Config, world: int) -> Config:
-    """One stage per process: pipeline.stages left at 1 means 'as many as torchrun started'."""
+    """One stage per process: pipeline.stages left at 1 means 'as many as torchrun started';
+    with pipeline.replicas, one process per replica."""
+    replicas = cfg.pipeline.replicas
+    if replicas == "auto":
+        if cfg.pipeline.stages > world:
+            raise ConfigError(f"pipeline.stages = {cfg.pipeline.stages} but torchrun started {world} "
+                              "processes; pipeline.replicas = 'auto' needs at least one per stage")
+        return cfg
+    if replicas:
+        if sum(replicas) != world:
+            raise ConfigError(f"pipeline.replicas = {replicas} needs {sum(replicas)} processes but "
+                              f"torchrun started {world}; use --nproc-per-node={sum(replicas)}")
+        return cfg
     if cfg.pipeline.stages not in (1, world):
         raise ConfigError(f"pipeline.stages = {cfg.pipeline.stages} but torchrun started {world} "
                           f"processes; use --nproc-per-node={cfg.pipeline.stages} or leave "
@@ -86,6 +100,17 @@ def rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: flo
     return store, listener
 
 
+def replica_group(topology: Topology, place: Place):
+    """The process group of this rank's stage replicas (None when its stage has one). Every rank
+    creates every group, in the same order: new_group is collective."""
+    mine = None
+    for stage in range(topology.num_stages):
+        if topology.replicas[stage] > 1:
+            group = dist.new_group(topology.stage_ranks(stage))
+            mine = group if stage == place.stage else mine
+    return mine
+
+
 def share(obj, group=None):
     """Rank 0's `obj` on every rank (an exception from rank 0 is raised on every rank)."""
     box = [obj]
@@ -113,39 +138,53 @@ def train_torchrun(cfg: Config, resume: Path | None):
 
 def _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx):
     data_group, control = groups
+    link = _measure_link(cfg, resume, attempt, device)
     if rank == 0:
         try:
-            setup, start = _begin(cfg, resume, attempt, device)
+            setup, start = _begin(cfg, resume, attempt, device, world, link)
             payload = (setup.info, start)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it, not wait for it
             payload = err
         info, start = share(payload, control)
     else:
         info, start = share(None, control)
-        setup = prepare(cfg, info=info, starts=start.starts)
+    topology = start.topology
+    place = topology.place(rank)
+    if rank != 0:  # stage 0's replicas read the data too (each keeps its rows of every batch)
+        setup = prepare(cfg, info=None if place.stage == 0 else info, starts=start.starts)
     ctx["folder"] = start.folder
-    last = world - 1
-    progress = Progress(setup.plan.total_steps, world, cfg.run.progress and rank == last)
+    last = topology.rank(setup.num_stages - 1)
+    progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress and rank == last)
     if rank == 0:
-        announce(start, f"{world} stages (torchrun)")
+        announce(start, describe_topology(topology, "torchrun"))
     channel = lambda peer: open_channel("p2p", cfg.pipeline, peer=peer, device=device,  # noqa: E731
-                                        groups=(data_group, control))
+                                        peer_stage=topology.place(peer).stage, groups=(data_group, control))
+    group = replica_group(topology, place)
     t0 = time.perf_counter()
-    logger, sink = run_one_stage(setup, start, rank, device, channel, progress.update, progress.result)
+    logger, sink = run_one_stage(setup, start, place, device, channel, progress.update, progress.result, group)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object((stage_report(logger), sink.history if sink else None), gathered, dst=0, group=control)
     if rank != 0:
         return start.folder.path, None
-    reports = [r for r, _ in gathered]
-    history = gathered[last][1]
-    summary = finish_run(setup, start.folder, reports, history, time.perf_counter() - t0)
+    reports = stage_reports([r for r, _ in gathered], topology)
+    summary = finish_run(setup, start.folder, reports, gathered[last][1], time.perf_counter() - t0)
     return start.folder.path, summary
 
 
-def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device):
+def _measure_link(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device) -> float | None:
+    """Seconds per byte between ranks 0 and 1, where a new run balances its split by measured
+    costs (every rank decides alike and joins the measurement)."""
+    balanced = cfg.pipeline.stages > 1 and not cfg.pipeline.boundaries
+    if resume or attempt.number or not (balanced or cfg.pipeline.replicas == "auto"):
+        return None
+    return measure_link(device)
+
+
+def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device, world: int,
+           link: float | None = None):
     """Rank 0: a new run, a resumed one, or (a restarted attempt) this run again from its folder."""
     if attempt.number == 0:
-        return begin_run(cfg, RunFolder.open(resume) if resume else None, device)
+        return begin_run(cfg, RunFolder.open(resume) if resume else None, device, processes=world, link=link)
     if not resume and not cfg.run.dir:
         raise PipelineError("torchrun restarted this run, but without run.dir the restarted ranks "
                             "cannot find its checkpoints: set run.dir (launch/torchrun.sh does)")
@@ -154,7 +193,7 @@ def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device):
     if verdict:  # torchrun's own restarts: a deterministic failure ends here, before training
         cause = recovery.root_cause(folder.failures(), attempt.number - 1) or {}
         raise PipelineError(f"stage {cause.get('stage')} failed: {cause.get('cause')}; {verdict}")
-    return begin_run(cfg, folder, None, attempt.number)
+    return begin_run(cfg, folder, None, attempt.number, processes=world)
 
 
 def _exit_failed(err: BaseException, ctx: dict) -> None:

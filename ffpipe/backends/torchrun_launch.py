@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
+from ffpipe.pipeline.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_path
 
@@ -41,15 +42,25 @@ def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tupl
     if args.resume:
         folder = RunFolder.open(args.resume)
         return folder.path, folder.resume_config(args.overrides).pipeline.max_restarts, train_args
-    cfg = config_mod.load(args.config, [*_stage_sets(n), *args.overrides])  # as the ranks will
+    cfg = config_mod.load(args.config, [*_stage_sets(n, args), *args.overrides])  # as the ranks will
     if cfg.run.dir:
         return Path(cfg.run.dir), cfg.pipeline.max_restarts, train_args
     path = new_run_path()
     return path, cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={path}"]
 
 
-def _stage_sets(n: int) -> list[str]:
-    return ["pipeline.backend=torchrun", f"pipeline.stages={n}"]
+def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:
+    """N processes are N stages, unless the config gives replicas (then they say how many)."""
+    replicas = config_mod.load_tree(args.config, args.overrides).get("pipeline", {}).get("replicas")
+    return ["pipeline.backend=torchrun"] + ([] if replicas else [f"pipeline.stages={n}"])
+
+
+def _stage_of(rank: int, run_dir: Path) -> int:
+    """The stage a rank ran (ranks are replicas of stages, stage by stage)."""
+    replicas = RunFolder(run_dir).config().pipeline.replicas
+    if isinstance(replicas, list) and replicas and sum(replicas) > rank:
+        return Topology.of(replicas).place(rank).stage
+    return rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    sets = [] if args.resume else [a for o in _stage_sets(n) for a in ("--set", o)]
+    sets = [] if args.resume else [a for o in _stage_sets(n, args) for a in ("--set", o)]
     command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
                *sets, *train_args]
     attempt = 0
@@ -96,7 +107,7 @@ def _after_failure(err, run_dir: Path, attempt: int, max_restarts: int, n: int) 
     folder = RunFolder(run_dir)
     if not [f for f in folder.failures() if f["attempt"] == attempt and not f.get("secondary")]:
         how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        folder.record_failure(rank, None, f"the stage process died without a report ({how}; "
+        folder.record_failure(_stage_of(rank, run_dir), None, f"the stage process (rank {rank}) died without a report ({how}; "
                               "out of memory, or killed)", attempt)
     root = recovery.root_cause(folder.failures(), attempt)
     at = f" at step {root['step']}" if root.get("step") is not None else ""

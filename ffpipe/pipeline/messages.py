@@ -32,6 +32,10 @@ class Message:
     y: torch.Tensor | None = None
     votes: torch.Tensor | None = None          # EVAL: sum over units so far of vote probabilities, B x C
     unit_correct: torch.Tensor | None = None   # EVAL: correct predictions of each unit so far, U
+    # A shard of a batch (stage replicas): its first row in the whole batch and the batch's size;
+    # total 0: the message is the whole batch.
+    offset: int = 0
+    total: int = 0
 
     @property
     def is_control(self) -> bool:
@@ -39,6 +43,11 @@ class Message:
 
     def replace(self, **changes) -> "Message":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows of the whole batch this message is (a shard of)."""
+        return self.total or (0 if self.y is None else len(self.y))
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the message carries, in a fixed order (what a transport must move)."""

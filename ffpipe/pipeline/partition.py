@@ -7,36 +7,40 @@ from __future__ import annotations
 from ffpipe.errors import ConfigError
 
 
-def balanced_starts(costs: list[float], num_stages: int) -> list[int]:
+def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] | None = None) -> list[int]:
     """Contiguous stages that minimise the cost of the slowest stage (exact dynamic programme).
+    `cut_costs[i]`: what a cut before unit i adds to both stages beside it (moving the tensors
+    that cross it); none by default.
 
     Among equally good splits the one with the earliest boundaries wins, so the result is stable.
     """
     n = len(costs)
     _check_count(n, num_stages)
+    cut = cut_costs or [0.0] * (n + 1)
+    edge = lambda j, i: (cut[j] if j > 0 else 0.0) + (cut[i] if i < n else 0.0)  # noqa: E731
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
     inf = float("inf")
-    # best[s][i]: smallest max-stage cost splitting units [0, i) into s stages; cut[s][i]: last start.
+    # best[s][i]: smallest max-stage cost splitting units [0, i) into s stages; last[s][i]: last start.
     best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(num_stages + 1)]
+    last = [[0] * (n + 1) for _ in range(num_stages + 1)]
     best[0][0] = 0.0
     for s in range(1, num_stages + 1):
         for i in range(s, n + 1):
             for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j])
+                value = max(best[s - 1][j], prefix[i] - prefix[j] + edge(j, i))
                 if value < best[s][i] - 1e-12:
-                    best[s][i], cut[s][i] = value, j
+                    best[s][i], last[s][i] = value, j
     starts, i = [], n
     for s in range(num_stages, 0, -1):
-        i = cut[s][i]
+        i = last[s][i]
         starts.append(i)
     return starts[::-1]
 
 
 def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None = None,
-                 costs: list[float] | None = None) -> list[int]:
+                 costs: list[float] | None = None, cut_costs: list[float] | None = None) -> list[int]:
     """First unit of every stage: explicit `boundaries` (first units of stages 1..S-1) if given,
     else balanced by `costs` (equal costs when none are known)."""
     _check_count(num_units, num_stages)
@@ -46,7 +50,7 @@ def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None =
                               f"each of stages 1..{num_stages - 1}, each below {num_units} "
                               f"(the model has {num_units} units)")
         return [0, *boundaries]
-    return balanced_starts(costs or [1.0] * num_units, num_stages)
+    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None)
 
 
 def stage_ranges(starts: list[int], num_units: int) -> list[range]:

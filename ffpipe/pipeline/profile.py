@@ -1,53 +1,112 @@
-"""Measured cost of each learner: a few timed training steps on a batch of the right shape.
+"""Measured cost of each learner and of each possible stage boundary, for the stage split.
 
-The partition balances these costs; only their ratios matter, so a few steps are enough.
+A learner's cost is the seconds of the stage's real training step run on it alone (forward,
+local loss, backward, optimizer step; replayed as a CUDA graph where the stage would graph it)
+at the run's batch size. A boundary's cost is the time to move what crosses it (the unit's
+output and skip tensors, the labels) at the bandwidth measured between two of the run's
+processes (torchrun: ranks 0 and 1, the link the stages will use); both stages beside a
+boundary spend it. Only ratios matter to the split, so a few steps are enough.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ffpipe.config import Config
 from ffpipe.models import dry_run
-from ffpipe.pipeline.stage import autocast_dtype
+from ffpipe.pipeline.graphed import WARMUP_STEPS
+from ffpipe.pipeline.messages import Message, Phase
+from ffpipe.pipeline.stage import Stage, StageOptions, autocast_dtype
 from ffpipe.pipeline.sync import synchronize
 
 CPU_PROFILE_BATCH = 16  # on CPU the cost is linear in the batch: a small one keeps start-up short
+LINK_BYTES = {"cuda": 64 << 20, "cpu": 4 << 20}
+
+
+def profile_batch(cfg: Config, device: torch.device) -> int:
+    return cfg.train.batch_size if device.type == "cuda" else min(cfg.train.batch_size, CPU_PROFILE_BATCH)
 
 
 def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tuple[int, ...],
                           num_classes: int, device: torch.device, steps: int = 3) -> list[float]:
-    """Seconds per training step (forward, local loss, backward) of every learner, on `device`."""
-    batch = cfg.train.batch_size if device.type == "cuda" else min(cfg.train.batch_size, CPU_PROFILE_BATCH)
-    bodies = [learner.body for learner in learners]
-    shapes = dry_run(bodies, in_shape)
+    """Seconds per training step of every learner, each on its own in a stage on `device`, at
+    the run's batch size (on CPU: measured on a small batch and scaled, the cost being linear)."""
+    batch = profile_batch(cfg, device)
+    shapes = dry_run([learner.body for learner in learners], in_shape)
     amp = autocast_dtype(cfg.train.precision, device)
-    costs = []
+    options = StageOptions.of(cfg)
     x = torch.randn(batch, *in_shape, device=device)
     skips: tuple = ()
     y = torch.randint(0, num_classes, (batch,), device=device)
+    costs = []
     for learner, shape in zip(learners, shapes):
-        learner = copy.deepcopy(learner).to(device)
-        costs.append(_time_steps(learner, x, skips, y, amp, steps))
+        stage = Stage(0, [copy.deepcopy(learner)], options, total_steps=1000, device=device)
+        costs.append(_time_steps(stage, Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y), steps))
+        del stage
         x = torch.randn(batch, *shape.out, device=device, dtype=amp or torch.float32)
-        skips = tuple(torch.randn(batch, *s, device=device) for s in shape.skips)
-        del learner
-    return costs
+        skips = tuple(torch.randn(batch, *s, device=device, dtype=amp or torch.float32) for s in shape.skips)
+    return [c * cfg.train.batch_size / batch for c in costs]
 
 
-def _time_steps(learner: nn.Module, x, skips, y, amp, steps: int) -> float:
-    def step():
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            out = learner(x, skips, y, amp)
-        out.loss.backward()
-
-    step()  # warm-up: first-call allocation and kernel selection stay out of the timing
-    synchronize(x.device)
+def _time_steps(stage: Stage, msg: Message, steps: int) -> float:
+    # Warm-up: allocation, kernel selection and (graphed) the eager steps and the capture.
+    for _ in range(WARMUP_STEPS + 2 if stage.graphed is not None else 1):
+        stage.train_step(msg)
+    synchronize(stage.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
-    synchronize(x.device)
+        stage.train_step(msg)
+    synchronize(stage.device)
     return (time.perf_counter() - t0) / steps
+
+
+def boundary_bytes(cfg: Config, learners: list[nn.Module], in_shape: tuple[int, ...],
+                   device: torch.device) -> list[int]:
+    """Bytes that cross a cut after each unit (its output, its skips, the labels) per batch."""
+    amp = autocast_dtype(cfg.train.precision, device)
+    size = 2 if amp is not None else 4
+    batch = cfg.train.batch_size
+    shapes = dry_run([learner.body for learner in learners], in_shape)
+    return [batch * (size * (math.prod(s.out) + sum(math.prod(k) for k in s.skips)) + 8) for s in shapes]
+
+
+def measure_link(device: torch.device, rounds: int = 4) -> float | None:
+    """Seconds per byte from rank 0 to rank 1 and back, halved (collective: every rank calls it;
+    ranks other than 0 get None, as does a run with one process)."""
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    rank = dist.get_rank()
+    if rank > 1:
+        return None
+    nbytes = LINK_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    buf = torch.zeros(nbytes // 4, dtype=torch.float32, device=device)
+    peer = 1 - rank
+    for i in range(rounds + 1):
+        if i == 1:  # the first exchange sets the link up: not timed
+            synchronize(device)
+            t0 = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+    synchronize(device)
+    return (time.perf_counter() - t0) / (2 * rounds * nbytes) if rank == 0 else None
+
+
+def stage_seconds(costs: list[float], cut_costs: list[float], starts: list[int],
+                  replicas: tuple[int, ...] | None = None) -> list[float]:
+    """Predicted seconds per step of every stage (per replica: its share of the batch)."""
+    n = len(costs)
+    ends = [*starts[1:], n]
+    out = []
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        seconds = sum(costs[a:b]) + (cut_costs[a] if a > 0 else 0.0) + (cut_costs[b] if b < n else 0.0)
+        out.append(seconds / (replicas[k] if replicas else 1))
+    return out

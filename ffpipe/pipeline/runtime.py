@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 from ffpipe.metrics import Stopwatch, peak_memory_mib
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage
+from ffpipe.pipeline.trace import StageTrace
 
 
 class Inbox(Protocol):
@@ -78,12 +79,15 @@ class StageLogger:
 def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
                    logger: StageLogger | None = None) -> StageLogger:
     logger = logger or StageLogger(stage)
+    trace = StageTrace.from_env(stage.stage_id)  # FFPIPE_TRACE_DIR: profile a few steps
     while True:
+        if trace is not None:
+            trace.at_step(stage.step)
         with logger.wait_recv:
             msg = inbox.recv()
         if msg.phase is Phase.TRAIN:
             msg = stage.train_step(msg)
-            logger.trained(len(msg.y))
+            logger.trained(msg.batch_size)
             if stage.step % loop.log_every == 0:
                 _report(loop, stage, logger.log(msg.epoch))
             if loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:

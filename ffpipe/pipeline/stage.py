@@ -21,6 +21,7 @@ from ffpipe.models import UnitShape
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from ffpipe.pipeline.graphed import GraphedStep
 from ffpipe.pipeline.messages import Message
+from ffpipe.pipeline.replicas import GradientSum, share_of, sync_batchnorm
 from ffpipe.pipeline.sync import wait_for_device
 
 
@@ -44,23 +45,33 @@ class StageOptions:
         return cls(cfg.train, cfg.algo.grad_clip, cfg.pipeline.timeout_s)
 
 
-def use_cuda_graphs(setting: str, device: torch.device) -> bool:
+def use_cuda_graphs(setting: str, device: torch.device, replicated: bool = False) -> bool:
     """train.cuda_graphs: 'auto' graphs every CUDA stage (training shapes are static: every
-    training batch is full), 'on' insists on it, 'off' keeps the eager step."""
+    training batch is full) that is not replicated, 'on' insists on it, 'off' keeps the eager
+    step. A replicated stage runs eagerly: its collectives (synced batch norm, gradient sum) are
+    not captured."""
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
                           f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
-    return setting != "off" and device.type == "cuda"
+    if setting == "on" and replicated:
+        raise ConfigError("train.cuda_graphs = 'on' but this stage is replicated (pipeline.replicas), "
+                          "and a replicated stage runs eagerly; use 'auto' or 'off'")
+    return setting != "off" and device.type == "cuda" and not replicated
 
 
 class Stage:
     def __init__(self, stage_id: int, learners: list[nn.Module], options: StageOptions, total_steps: int,
-                 device: torch.device, expect: UnitShape | None = None):
+                 device: torch.device, expect: UnitShape | None = None, replica_group=None):
         self.stage_id = stage_id
         self.expect = expect  # per-sample shapes arriving from the previous stage (None: not checked)
         self.unit_ids = [learner.index for learner in learners]
         self.device = device
         self.learners = nn.ModuleList(learners).to(device)
+        # Replicas of this stage (pipeline/replicas.py): whole-batch batch norm, summed gradients.
+        self.replica_group = replica_group
+        self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
+        if replica_group is not None:
+            self.learners = sync_batchnorm(self.learners, replica_group, device)
         train = options.train
         self.channels_last = device.type == "cuda" and train.channels_last
         if self.channels_last:
@@ -73,7 +84,7 @@ class Stage:
         if self.frozen:  # a linear probe: bodies keep their weights and batch-norm statistics
             for learner in self.learners:
                 learner.body.requires_grad_(False)
-        graphs = use_cuda_graphs(train.cuda_graphs, device)
+        graphs = use_cuda_graphs(train.cuda_graphs, device, replica_group is not None)
         # One parameter group for the whole stage: one fused optimizer launch instead of one per
         # unit (every update is per parameter, so this changes no value).
         params = [p for p in self.learners.parameters() if p.requires_grad]
@@ -127,15 +138,17 @@ class Stage:
         if self.graphed is not None:
             x, skips = self.graphed(x, msg.skips, msg.y)
         else:
-            x, skips = self._learn(x, msg.skips, msg.y)
+            x, skips = self._learn(x, msg.skips, msg.y, share_of(len(msg.y), msg.batch_size))
             self._reset_grads(True)
-        self._images += len(msg.y)
+        self._images += msg.batch_size
         self._steps_since_read += 1
         self.step += 1
         return msg.replace(x=x, skips=skips)
 
-    def _learn(self, x: torch.Tensor, skips: tuple, y: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        """One training step of every learner on a batch (no host sync: a graph can replay it)."""
+    def _learn(self, x: torch.Tensor, skips: tuple, y: torch.Tensor,
+               share: float = 1.0) -> tuple[torch.Tensor, tuple]:
+        """One training step of every learner on a batch (no host sync: a graph can replay it).
+        `share`: this replica's rows over the batch's (1 unreplicated)."""
         losses, correct = [], []
         for learner in self.learners:
             with self._autocast():
@@ -143,10 +156,15 @@ class Stage:
             # A backward per learner, right after its forward: its input is detached, so this
             # reaches only its own parameters, and its activations are freed before the next
             # learner runs. (Bit-identical to one backward over the sum of the losses.)
-            out.loss.backward()
+            loss = out.loss if self.gradient_sum is None else out.loss * share
+            loss.backward()
+            if self.gradient_sum is not None:  # summed over the replicas while the next learner runs
+                self.gradient_sum.start(list(learner.parameters()))
             x, skips = out.x, out.skips
-            losses.append(out.loss.detach().float())
+            losses.append(loss.detach().float())
             correct.append(out.correct)
+        if self.gradient_sum is not None:
+            self.gradient_sum.finish()
         if self.grad_clip > 0:
             for learner in self.learners:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), self.grad_clip, foreach=True)
@@ -200,6 +218,9 @@ class Stage:
     def read_stats(self) -> list[dict]:
         """Mean loss and training accuracy of each learner since the last read (a host sync)."""
         self.sync("its metrics")
+        if self.replica_group is not None:  # the whole batch's: weighted losses and counts summed
+            for total in (self._loss_sum, self._correct_sum):
+                torch.distributed.all_reduce(total, group=self.replica_group)
         first_bad = self._first_bad_step.tolist()  # note: a CPU-GPU sync point, on log steps only
         for unit, step in zip(self.unit_ids, first_bad):
             if step >= 0:

@@ -25,7 +25,8 @@ from ffpipe.errors import ConfigError, FFPipeError
 RESUMABLE_SECTIONS = ("run.",)
 RESUMABLE_KEYS = {"pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backend", "pipeline.transport",
                   "pipeline.ray_tensor_transport", "pipeline.address", "pipeline.placement",
-                  "pipeline.cpus_per_stage", "pipeline.max_restarts", "train.log_every"}
+                  "pipeline.cpus_per_stage", "pipeline.max_restarts", "pipeline.replicas",
+                  "train.log_every"}
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from ffpipe.data import DataBundle, DataInfo, load_data
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
-from ffpipe.pipeline.profile import measure_learner_costs
+from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
 from ffpipe.pipeline.stage import use_cuda_graphs
+from ffpipe.pipeline.topology import Topology, auto_replicas
 from ffpipe.run.checkpoints import load_stage, resume_step
 from ffpipe.run.folder import RunFolder
 
@@ -30,6 +31,8 @@ class RunSetup:
     plan: RunPlan
     starts: list[int]
     transform: InputTransform | None
+    costs: list[float] | None = None  # measured seconds per step of each learner (None: not measured)
+    cut_costs: list[float] | None = None  # seconds a cut before unit i adds to each stage beside it
 
     @property
     def num_stages(self) -> int:
@@ -46,6 +49,11 @@ class RunStart:
     start_step: int
     starts: list[int]
     attempt: int = 0  # 0, then 1, 2, ... for each automatic restart
+    replicas: tuple[int, ...] = ()  # per stage ((): one each)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology.of(self.replicas or [1] * len(self.starts))
 
 
 def setup_process(cfg: Config) -> None:
@@ -68,10 +76,11 @@ def stage_device(cfg: Config, stage_id: int, local_rank: int | None = None) -> t
 
 
 def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None = None,
-            profile_device: torch.device | None = None) -> RunSetup:
+            profile_device: torch.device | None = None, link: float | None = None) -> RunSetup:
     """The run's pieces. With `info` (from the process that reads the data) no images are loaded.
     The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
-    of each learner measured on `profile_device` (equal costs without one)."""
+    of each learner measured on `profile_device` (equal costs without one) and of each cut at
+    the measured `link` (seconds per byte between two stage processes; None: cuts cost nothing)."""
     use_cuda_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0))  # 'on' without a GPU: say so now
     data = None
     if info is None:
@@ -81,42 +90,70 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     if cfg.train.init_from:
         load_bodies(learners, cfg)
     plan = make_plan(cfg, info.num_train, len(learners), info.num_classes)
+    costs = cut_costs = None
     if starts is None:
-        starts = choose_starts(cfg, learners, info, profile_device)
-    return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes))
+        costs, cut_costs = measure_costs(cfg, learners, info, profile_device, link)
+        starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None,
+                              costs, cut_costs)
+    return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes),
+                    costs, cut_costs)
 
 
-def choose_starts(cfg: Config, learners: list[nn.Module], info: DataInfo,
-                  profile_device: torch.device | None) -> list[int]:
-    stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries or None
-    costs = None
-    if stages > 1 and not boundaries and profile_device is not None and len(learners) > stages:
+def measure_costs(cfg: Config, learners: list[nn.Module], info: DataInfo, device: torch.device | None,
+                  link: float | None) -> tuple[list[float] | None, list[float] | None]:
+    """Measured seconds per step of every learner and of every possible cut, where the split or
+    the replicas are to be balanced by them (None, None otherwise)."""
+    stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries
+    auto = cfg.pipeline.replicas == "auto"
+    if stages > 1 or auto:
         stage_starts(len(learners), stages)  # too many stages: say so before profiling
-        costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, profile_device)
-    return stage_starts(len(learners), stages, boundaries, costs)
+    if device is None or not (auto or (stages > 1 and len(learners) > stages and not boundaries)):
+        return None, None
+    costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, device)
+    crossing = boundary_bytes(cfg, learners, info.in_shape, device)
+    cut_costs = [0.0, *((link or 0.0) * b for b in crossing[:-1]), 0.0]
+    return costs, cut_costs
+
+
+def choose_replicas(cfg: Config, setup: "RunSetup", processes: int | None) -> tuple[int, ...]:
+    """Replicas per stage: the config's list, or for 'auto' the `processes` shared out by the
+    measured cost of each stage (equal costs where none were measured)."""
+    wanted = cfg.pipeline.replicas
+    if wanted != "auto":
+        return tuple(wanted) or (1,) * setup.num_stages
+    if processes is None or processes < setup.num_stages:
+        raise ConfigError(f"pipeline.replicas = 'auto' needs at least as many processes (GPUs) as "
+                          f"stages ({setup.num_stages}), got {processes}; use fewer pipeline.stages")
+    costs = setup.costs or [1.0] * len(setup.learners)
+    per_stage = [sum(costs[u] for u in setup.unit_range(k)) for k in range(setup.num_stages)]
+    return tuple(auto_replicas(per_stage, processes))
 
 
 def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
-              attempt: int = 0) -> tuple[RunSetup, RunStart]:
-    """Coordinator side: load the data, choose (or read back) the stage split, make the folder
-    (a new run) or find the step to go on from (a resumed or restarted one)."""
+              attempt: int = 0, processes: int | None = None, link: float | None = None) -> tuple[RunSetup, RunStart]:
+    """Coordinator side: load the data, choose (or read back) the stage split and the replicas
+    (over `processes` for 'auto'), make the folder (a new run) or find the step to go on from
+    (a resumed or restarted one)."""
     if resume is None:
-        setup = prepare(cfg, profile_device=profile_device)  # before the folder: bad data leaves nothing
+        setup = prepare(cfg, profile_device=profile_device, link=link)  # before the folder: bad data leaves nothing
+        replicas = choose_replicas(cfg, setup, processes)
         folder = RunFolder.create(cfg)
         folder.write_partition(setup.starts)
-        return setup, RunStart(folder, 0, setup.starts, attempt)
+        return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
     starts = resume.partition()
     setup = prepare(cfg, starts=starts)
+    # Replicas learn as their unreplicated stage does, so a run may resume with other counts.
+    replicas = choose_replicas(cfg, setup, processes)
     step = resume_step(resume, setup.num_stages) or 0
     if step >= setup.plan.total_steps:
         raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")
-    return setup, RunStart(resume, step, starts, attempt)
+    return setup, RunStart(resume, step, starts, attempt, replicas)
 
 
 def restart_point(setup: RunSetup, start: RunStart) -> RunStart:
     """The next attempt of a failed run: from the newest step every stage has checkpointed."""
     return RunStart(start.folder, resume_step(start.folder, setup.num_stages) or 0, start.starts,
-                    start.attempt + 1)
+                    start.attempt + 1, start.replicas)
 
 
 def announce(start: RunStart, detail: str = "") -> None:

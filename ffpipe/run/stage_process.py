@@ -15,13 +15,16 @@ from ffpipe.data import DeviceLoader, check_model_input
 from ffpipe.errors import FFPipeError
 from ffpipe.models import UnitShape, dry_run
 from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
+from ffpipe.pipeline.shards import ShardedSource
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.source import DataSource
 from ffpipe.pipeline.stage import Stage, StageOptions
+from ffpipe.pipeline.topology import Place
 from ffpipe.run.checkpoints import load_stage, save_stage
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
 from ffpipe.run.setup import RunSetup, RunStart
+from ffpipe.transport.fan import FanIn, FanOut, GatheringSink, ShardToLead
 
 
 def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
@@ -33,15 +36,18 @@ def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
     return dry_run(bodies, setup.info.in_shape)[-1]
 
 
-def build_stage(setup: RunSetup, stage_id: int, device: torch.device) -> Stage:
+def build_stage(setup: RunSetup, stage_id: int, device: torch.device, replica_group=None) -> Stage:
     r = setup.unit_range(stage_id)
     return Stage(stage_id, setup.learners[r.start:r.stop], StageOptions.of(setup.cfg),
-                 setup.plan.total_steps, device, expect=stage_input_shape(setup, stage_id))
+                 setup.plan.total_steps, device, expect=stage_input_shape(setup, stage_id),
+                 replica_group=replica_group)
 
 
-def open_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device) -> tuple[Stage, StageLogger]:
-    """Stage `stage_id` on `device`, at the run's start step (its checkpoint when resuming)."""
-    stage = build_stage(setup, stage_id, device)
+def open_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device,
+               replica_group=None) -> tuple[Stage, StageLogger]:
+    """Stage `stage_id` on `device`, at the run's start step (its checkpoint when resuming);
+    `replica_group`: the process group of its replicas, if it has several."""
+    stage = build_stage(setup, stage_id, device, replica_group)
     logger = StageLogger(stage)
     if start.start_step:
         state = load_stage(start.folder, stage_id, start.start_step, map_location=device)
@@ -100,22 +106,52 @@ def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopC
     return LoopConfig(cfg.train.log_every, every, save if folder is not None else None, on_log)
 
 
-def run_one_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.device, link,
-                  on_log=None, on_result=None) -> tuple[StageLogger, EvalSink | None]:
-    """Stage 0 reads the data, the last stage evaluates into a sink, `link(peer)` is the channel to
-    a neighbour; the loop runs to the end of the stream and both channels are closed."""
-    last, timeout = setup.num_stages - 1, setup.cfg.pipeline.timeout_s
+def open_inbox(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link):
+    """Stage 0: the data (its own rows of every batch, for a replica); else the channel(s) from
+    the previous stage's replicas whose rows this replica takes."""
+    topology = start.topology
+    if place.stage == 0:
+        source = make_source(setup, device, start.start_step)
+        return ShardedSource(source, place.replicas, place.replica) if place.replicas > 1 else source
+    channels = [link(rank) for rank in topology.senders(place)]
+    return FanIn(channels) if topology.replicated else channels[0]
+
+
+def open_outbox(setup: RunSetup, start: RunStart, place: Place, link, on_result=None):
+    """The channel(s) to the next stage's replicas; the last stage's replica 0 holds the
+    evaluation sink (gathering the other replicas' shards), its other replicas send it theirs.
+    Returns (outbox, sink or None)."""
+    topology, last = start.topology, setup.num_stages - 1
+    if place.stage < last:
+        receivers = topology.receivers(place)
+        channels = [link(rank) for rank in receivers]
+        if not topology.replicated:
+            return channels[0], None
+        return FanOut(channels, topology.replicas[place.stage + 1],
+                      [topology.place(rank).replica for rank in receivers]), None
+    if not place.lead:
+        return ShardToLead(link(topology.rank(last, 0))), None
+    sink = open_sink(start, setup.plan.num_units, setup.cfg.pipeline.timeout_s, on_result)
+    others = topology.stage_ranks(last)[1:]
+    return (GatheringSink(sink, [link(rank) for rank in others]) if others else sink), sink
+
+
+def run_one_stage(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link,
+                  on_log=None, on_result=None, replica_group=None) -> tuple[StageLogger, EvalSink | None]:
+    """Stage 0 reads the data, the last stage evaluates into a sink, `link(rank)` is the channel to
+    a neighbouring process; the loop runs to the end of the stream and both channels are closed.
+    Only replica 0 of a stage saves, logs and evaluates; its other replicas train beside it."""
     stage = None
     try:
-        stage, logger = open_stage(setup, start, stage_id, device)
-        inbox = make_source(setup, device, start.start_step) if stage_id == 0 else link(stage_id - 1)
-        sink = open_sink(start, setup.plan.num_units, timeout, on_result) if stage_id == last else None
-        outbox = sink if stage_id == last else link(stage_id + 1)
-        run_stage_loop(stage, inbox, outbox, loop_config(setup, start.folder, on_log), logger)
+        stage, logger = open_stage(setup, start, place.stage, device, replica_group)
+        inbox = open_inbox(setup, start, place, device, link)
+        outbox, sink = open_outbox(setup, start, place, link, on_result)
+        loop = loop_config(setup, start.folder, on_log) if place.lead else loop_config(setup, None)
+        run_stage_loop(stage, inbox, outbox, loop, logger)
         for box in (outbox, inbox):
             box.close()
     except Exception as err:  # name the stage and its step; the traceback of a bug stays visible
         if not isinstance(err, FFPipeError):
             traceback.print_exc(file=sys.stderr)
-        raise StageFailed.of(stage_id, stage.step if stage else start.start_step, err) from err
+        raise StageFailed.of(place.stage, stage.step if stage else start.start_step, err) from err
     return logger, sink

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ffpipe.pipeline.profile import stage_seconds
 from ffpipe.pipeline.runtime import StageLogger
+from ffpipe.pipeline.topology import Topology
 from ffpipe.plots import plot_run
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import RunSetup
@@ -23,6 +25,22 @@ def stage_report(logger: StageLogger) -> dict:
             "images_per_second": logger.train_images / max(logger.train_seconds, 1e-9),
             "wait_recv_s": logger.wait_recv.total, "wait_send_s": logger.wait_send.total,
             "peak_memory_mib": max([r["peak_memory_mib"] for r in logger.rows], default=0.0)}
+
+
+def stage_reports(reports: list[dict], topology: Topology) -> list[dict]:
+    """One report per stage from one per process: replica 0's, with every replica's own figures
+    under "replicas" and the largest peak memory of them."""
+    out = []
+    for stage in range(topology.num_stages):
+        mine = [reports[rank] for rank in topology.stage_ranks(stage)]
+        report = dict(mine[0])
+        if len(mine) > 1:
+            keys = ("device", "images_per_second_steady", "share_busy", "share_waiting_recv",
+                    "share_waiting_send", "peak_memory_mib")
+            report["replicas"] = [{k: r[k] for k in keys} for r in mine]
+            report["peak_memory_mib"] = max(r["peak_memory_mib"] for r in mine)
+        out.append(report)
+    return out
 
 
 def steady_profile(rows: list[dict], skip_fraction: float = 0.25) -> dict:
@@ -57,9 +75,24 @@ def test_rows(history: list[dict]) -> list[dict]:
     return rows
 
 
+def add_balance(setup: RunSetup, reports: list[dict]) -> None:
+    """Each stage's predicted seconds per step (from the measured costs the split was balanced
+    on; per replica) beside its measured busy seconds per step in steady state."""
+    batch = setup.cfg.train.batch_size
+    predicted = [None] * len(reports)
+    if setup.costs is not None:
+        replicas = tuple(len(r.get("replicas") or [r]) for r in reports)
+        predicted = stage_seconds(setup.costs, setup.cut_costs, setup.starts, replicas)
+    for report, seconds in zip(reports, predicted):
+        rate, busy = report.get("images_per_second_steady"), report.get("share_busy")
+        report["predicted_step_s"] = seconds
+        report["busy_step_s"] = busy * batch / rate if rate and busy is not None else None
+
+
 def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history: list[dict],
                wall_seconds: float) -> dict:
     cfg = setup.cfg
+    add_balance(setup, reports)
     rows = folder.merge_metrics(setup.num_stages, test_rows(history))
     final = history[-1] if history else {}
     last = reports[-1]
@@ -78,7 +111,8 @@ def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history:
         "steps": steps_done, "total_steps": setup.plan.total_steps, "epochs": setup.plan.epochs,
         "algo": cfg.algo.name, "model": cfg.model.name, "granularity": cfg.model.granularity,
         "dataset": cfg.data.name, "train_images": setup.info.num_train,
-        "backend": cfg.pipeline.backend, "num_stages": setup.num_stages, "stages": reports,
+        "backend": cfg.pipeline.backend, "num_stages": setup.num_stages,
+        "replicas": [len(r.get("replicas") or [r]) for r in reports], "stages": reports,
         "restarts": folder.failures(),
         "device": _device_name(reports[0]["device"]), "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),

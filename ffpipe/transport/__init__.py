@@ -17,17 +17,18 @@ from ffpipe.transport.base import Channel
 
 
 def open_channel(kind: str, pipeline: PipelineConfig, *, name: str = "", abort: threading.Event | None = None,
-                 peer: int | None = None, device=None, groups: tuple = (None, None)) -> Channel:
+                 peer: int | None = None, device=None, groups: tuple = (None, None),
+                 peer_stage: int | None = None) -> Channel:
     """`threads` (and a Ray actor's own inbox/outbox): an in-process queue named `name`, ended
-    early by `abort`; `p2p`: torch.distributed point-to-point with rank `peer` over `groups`
-    (tensors, headers/acknowledgements)."""
+    early by `abort`; `p2p`: torch.distributed point-to-point with rank `peer` (of stage
+    `peer_stage`; default: the rank) over `groups` (tensors, headers/acknowledgements)."""
     depth, timeout = pipeline.queue_depth, pipeline.timeout_s
     if kind == "threads":
         from ffpipe.transport.local import QueueChannel
         return QueueChannel(depth, timeout, abort or threading.Event(), name)
     if kind == "p2p":
         from ffpipe.transport.p2p import P2PChannel
-        return P2PChannel(peer, peer, device, depth, timeout, *groups)
+        return P2PChannel(peer, peer if peer_stage is None else peer_stage, device, depth, timeout, *groups)
     raise ValueError(f"unknown channel kind {kind!r}")
 
 

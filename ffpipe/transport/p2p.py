@@ -20,6 +20,7 @@ from ffpipe.errors import NeighbourError, PipelineError
 from ffpipe.pipeline.messages import Message, Phase
 
 HEADER_LEN = 64
+_FIXED = 11  # phase, epoch, step, offset, total, tensor count, skip count, 4 presence flags
 _FIELDS = 8  # per tensor: dtype, layout, ndim, then up to 5 dims
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool, torch.uint8, torch.int32]
 _TRACE = os.environ.get("FFPIPE_TRACE_P2P") == "1"
@@ -31,9 +32,10 @@ def _channels_last(t: torch.Tensor) -> bool:
 
 
 def encode_header(msg: Message) -> torch.Tensor:
-    """phase, epoch, step, which optional fields are present, then each tensor's dtype and shape."""
+    """phase, epoch, step, shard offset and total, which optional fields are present, then each
+    tensor's dtype and shape."""
     tensors = msg.tensors()
-    head = [int(msg.phase), msg.epoch, msg.step, len(tensors), len(msg.skips),
+    head = [int(msg.phase), msg.epoch, msg.step, msg.offset, msg.total, len(tensors), len(msg.skips),
             msg.x is not None, msg.y is not None, msg.votes is not None, msg.unit_correct is not None]
     for t in tensors:
         head += [_DTYPES.index(t.dtype), int(_channels_last(t)), t.dim(), *t.shape, *[0] * (5 - t.dim())]
@@ -44,13 +46,13 @@ def encode_header(msg: Message) -> torch.Tensor:
 
 def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple]]:
     h = header.tolist()
-    phase, epoch, step, n, n_skips, has_x, has_y, has_votes, has_correct = h[:9]
+    phase, epoch, step, offset, total, n, n_skips, has_x, has_y, has_votes, has_correct = h[:_FIXED]
     specs = []
     for i in range(n):
-        dtype, channels_last, ndim, *dims = h[9 + i * _FIELDS: 9 + (i + 1) * _FIELDS]
+        dtype, channels_last, ndim, *dims = h[_FIXED + i * _FIELDS: _FIXED + (i + 1) * _FIELDS]
         specs.append((_DTYPES[dtype], bool(channels_last), tuple(dims[:ndim])))
     layout = (has_x, n_skips, has_y, has_votes, has_correct)
-    return Message(Phase(phase), epoch, step), [layout, *specs]
+    return Message(Phase(phase), epoch, step, offset=offset, total=total), [layout, *specs]
 
 
 def _wire(t: torch.Tensor) -> torch.Tensor:
@@ -103,7 +105,8 @@ class P2PChannel:
             self._wait_for_credit()
         header = encode_header(msg)
         works = [dist.isend(header, self.peer, group=self.control_group)]
-        works += [dist.isend(_wire(t), self.peer, group=self.data_group) for t in msg.tensors()]
+        # An empty shard's tensors are announced by the header alone (nothing to move).
+        works += [dist.isend(_wire(t), self.peer, group=self.data_group) for t in msg.tensors() if t.numel()]
         self._in_flight.append((works, msg))  # keeps the tensors alive until they are acknowledged
         self._trace("send", msg)
 
@@ -119,6 +122,8 @@ class P2PChannel:
         base, (layout, *specs) = decode_header(header)
         pairs = [_empty(spec, self.device) for spec in specs]
         for buf, _ in pairs:
+            if not buf.numel():
+                continue
             if self.device.type == "cuda":
                 # Only queues the copy on the GPU: the stage's kernels queue behind it, no host wait.
                 dist.irecv(buf, self.peer, group=self.data_group).wait()

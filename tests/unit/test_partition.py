@@ -24,3 +24,16 @@ def test_one_stage_per_unit_and_too_many_stages():
         stage_starts(3, 4)
     with pytest.raises(ConfigError, match="each below 5"):
         stage_starts(5, 2, boundaries=[5])
+
+
+def test_a_cut_that_moves_a_large_tensor_costs_both_stages_beside_it():
+    from ffpipe.pipeline.partition import balanced_starts
+    from ffpipe.pipeline.profile import stage_seconds
+
+    costs = [1.0, 1.0, 1.0, 1.0]
+    assert balanced_starts(costs, 2) == [0, 2]
+    # cutting before unit 2 moves a big tensor; before unit 1 or 3 a small one
+    cuts = [0.0, 0.1, 5.0, 0.1, 0.0]
+    assert balanced_starts(costs, 2, cuts) == [0, 1]
+    assert stage_seconds(costs, cuts, [0, 1]) == [1.1, 3.1]
+    assert stage_seconds(costs, cuts, [0, 1], replicas=(1, 2)) == [1.1, 1.55]

@@ -1,0 +1,145 @@
+"""What keeps the replicas of a stage one learner: batch norm over the whole batch, one gradient.
+
+Each replica runs the stage's units on its shard of every batch. For the learning to be that of
+the unreplicated stage:
+  - batch norm normalises with the statistics of the whole batch (SyncedBatchNorm: one
+    all-gather of each replica's mean, variance and count per layer in the forward, one
+    all-reduce of two per-channel sums in the backward);
+  - each replica's loss is weighted by its share of the batch (rows / batch), so the sum over
+    replicas is the whole batch's mean loss, and the gradients are summed over the replicas
+    (one all-reduce per unit, started as soon as that unit's backward is done, so it overlaps
+    the next unit's compute) before the clip and the optimizer step.
+Every replica starts from the same weights (same seed) and applies the same update, so they stay
+equal. torch's SyncBatchNorm runs only on GPUs (and is used there); SyncedBatchNorm below is the
+same computation for gloo (CPU).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import Function
+
+
+class _SyncedNorm(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, group, eps):
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        rows = xf.numel() // xf.shape[1]  # per channel; from the shape, so no host sync
+        count = torch.full((1,), float(rows), device=x.device)
+        if rows > 0:
+            var, mean = torch.var_mean(xf, dim=dims, unbiased=False)
+        else:
+            var = mean = torch.zeros(x.shape[1], device=x.device)
+        mine = torch.cat([mean, var, count])
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, mine, group=group)
+        stats = torch.stack(every)  # replicas x (2C + 1)
+        c = x.shape[1]
+        means, variances, counts = stats[:, :c], stats[:, c:2 * c], stats[:, 2 * c:]
+        total = counts.sum()
+        # Chan's combination of per-replica moments: exact, no sum of squares to lose digits.
+        mean = (counts * means).sum(0) / total
+        var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
+        invstd = torch.rsqrt(var + eps)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        xhat = (xf - mean.view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.group, ctx.total = group, total
+        ctx.mark_non_differentiable(mean, var, total)
+        out = xhat * weight.view(shape) + bias.view(shape) if weight is not None else xhat
+        return out.to(x.dtype), mean, var, total
+
+    @staticmethod
+    def backward(ctx, grad_out, _mean, _var, _total):
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        g = grad_out.float()
+        xhat = (x.float() - mean.view(shape)) * invstd.view(shape)
+        local = torch.cat([g.sum(dims), (g * xhat).sum(dims)])
+        sums = local.clone()
+        dist.all_reduce(sums, group=ctx.group)
+        sum_g, sum_gx = sums.chunk(2)
+        scale = invstd if weight is None else invstd * weight.float()
+        grad_x = (g - (sum_g / ctx.total).view(shape) - xhat * (sum_gx / ctx.total).view(shape)) * scale.view(shape)
+        grad_w = grad_b = None
+        if weight is not None:  # this replica's share: the gradient all-reduce adds the others'
+            grad_b, grad_w = local.chunk(2)
+        return grad_x.to(x.dtype), grad_w, grad_b, None, None
+
+
+class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the rows of every replica of a stage (training); running statistics as
+    usual (evaluation)."""
+
+    def __init__(self, source: nn.modules.batchnorm._BatchNorm, group):
+        device = next(iter([*source.parameters(), *source.buffers()])).device
+        super().__init__(source.num_features, source.eps, source.momentum, source.affine,
+                         source.track_running_stats, device=device)
+        self.load_state_dict(source.state_dict())
+        self.group = group
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        out, mean, var, total = _SyncedNorm.apply(x, self.weight, self.bias, self.group, self.eps)
+        if self.track_running_stats:
+            self._track(mean.detach(), var.detach(), total)
+        return out
+
+    @torch.no_grad()
+    def _track(self, mean, var, total) -> None:
+        self.num_batches_tracked += 1
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        unbiased = var * total / (total - 1).clamp(min=1)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def sync_batchnorm(module: nn.Module, group, device: torch.device) -> nn.Module:
+    """Every batch norm under `module` replaced by its synced copy (same parameters and buffers):
+    torch's SyncBatchNorm on GPUs (its fused kernels, the same two collectives), this module's
+    elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=group)
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, SyncedBatchNorm(child, group))
+        else:
+            sync_batchnorm(child, group, device)
+    return module
+
+
+class GradientSum:
+    """Each unit's gradients summed over the replicas: start() after the unit's backward, finish()
+    before the optimizer step."""
+
+    def __init__(self, group):
+        self.group = group
+        self._pending: list[tuple] = []
+
+    def start(self, params: list[nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self._pending.append((dist.all_reduce(flat, group=self.group, async_op=True), flat, grads))
+
+    def finish(self) -> None:
+        for work, flat, grads in self._pending:
+            work.wait()
+            parts = flat.split([g.numel() for g in grads])
+            torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(parts, grads)])
+        self._pending.clear()
+
+
+def share_of(rows: int, batch: int) -> float:
+    """A replica's weight: its rows over the batch's."""
+    return rows / batch
