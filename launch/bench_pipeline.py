@@ -159,7 +159,9 @@ def ffpipe_cells(s: dict) -> list[str]:
     """The columns of an ffpipe run, from its summary.json."""
     stages = s["stages"]
     per_stage = " / ".join(f"{st['images_per_second_steady'] or 0:,.0f}" for st in stages)
-    busy = " / ".join(f"{(st['share_busy'] or 0) * 100:.0f}%" for st in stages)
+    # GPU busy (CUDA events around every step) where measured, else the host's working share
+    share = lambda st: st.get("share_busy_gpu") if st.get("share_busy_gpu") is not None else st["share_busy"]  # noqa: E731
+    busy = " / ".join(f"{(share(st) or 0) * 100:.0f}%" for st in stages)
     recv = " / ".join(f"{(st['share_waiting_recv'] or 0) * 100:.0f}%" for st in stages)
     memory = " / ".join(f"{st['peak_memory_mib'] / 1024:.1f}" for st in stages)
     ms = lambda v: "?" if v is None else f"{v * 1000:.1f}"  # noqa: E731

@@ -29,7 +29,7 @@ from torch import nn
 from ffpipe import config as config_mod
 from ffpipe.bench.pipelining import SCHEDULES, StageModule, build_schedule, pipelined_forward_backward, split_units
 from ffpipe.config import Config
-from ffpipe.data import DataBundle, DeviceLoader, load_data
+from ffpipe.data import DataBundle, load_data, training_loader
 from ffpipe.errors import ConfigError
 from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
 from ffpipe.learners import build_learners
@@ -69,9 +69,7 @@ def rank_device(cfg: Config) -> torch.device:
 def train_batches(cfg: Config, data: DataBundle, device: torch.device) -> Iterator:
     """Endless (x, y) global batches on `device` as ffpipe's training source draws them (same
     seed, order and augmentation)."""
-    loader = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
-                          seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip,
-                          max_device_mib=cfg.data.on_device_max_mib)
+    loader = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device)
     epoch = 0
     while True:
         yield from loader.batches(epoch)

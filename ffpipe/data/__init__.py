@@ -62,6 +62,12 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(train, source.test, mean, std, wants_flip(cfg, source.dataset), val)
 
 
+def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device) -> DeviceLoader:
+    """The training batches as stage 0 draws them (seeded order, crops and flips on the device)."""
+    return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
+                        augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib)
+
+
 def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> None:
     """The images a loader is about to feed must have the shape the model was built for."""
     if tuple(data.shape) != tuple(in_shape):
@@ -70,4 +76,5 @@ def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> 
                         "model was trained on, or train a new model for these images")
 
 
-__all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "check_model_input", "load_data"]
+__all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "check_model_input", "load_data",
+           "training_loader"]

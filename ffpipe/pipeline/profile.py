@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ffpipe.config import Config
+from ffpipe.data import training_loader
 from ffpipe.models import dry_run
 from ffpipe.pipeline.graphed import WARMUP_STEPS
 from ffpipe.pipeline.messages import Message, Phase
@@ -51,6 +52,19 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tupl
         x = torch.randn(batch, *shape.out, device=device, dtype=amp or torch.float32)
         skips = tuple(torch.randn(batch, *s, device=device, dtype=amp or torch.float32) for s in shape.skips)
     return [c * cfg.train.batch_size / batch for c in costs]
+
+
+def measure_loader_cost(cfg: Config, data, device: torch.device, batches: int = 4) -> float:
+    """Seconds per training batch of stage 0's loader (gather, copy, crop, flip, normalise): work
+    stage 0 does besides its units, at the run's batch size (scaled on CPU, as the units)."""
+    batch = profile_batch(cfg, device)
+    stream = training_loader(data, cfg.data, batch, cfg.train.seed, device).batches(0)
+    next(stream)  # warm-up
+    synchronize(device)
+    t0 = time.perf_counter()
+    taken = sum(1 for _, _ in zip(range(batches), stream))
+    synchronize(device)
+    return (time.perf_counter() - t0) / max(taken, 1) * cfg.train.batch_size / batch
 
 
 def _time_steps(stage: Stage, msg: Message, steps: int) -> float:

@@ -10,8 +10,7 @@ the unreplicated stage:
     (one all-reduce per unit, started as soon as that unit's backward is done, so it overlaps
     the next unit's compute) before the clip and the optimizer step.
 Every replica starts from the same weights (same seed) and applies the same update, so they stay
-equal. torch's SyncBatchNorm runs only on GPUs (and is used there); SyncedBatchNorm below is the
-same computation for gloo (CPU).
+equal. SyncedBatchNorm below runs on gloo (CPU) and, with torch's fused kernels, on GPUs.
 """
 from __future__ import annotations
 
@@ -71,6 +70,44 @@ class _SyncedNorm(Function):
         return grad_x.to(x.dtype), grad_w, grad_b, None, None
 
 
+class _SyncedNormCUDA(Function):
+    """The same on GPUs with torch's fused batch-norm kernels (those of nn.SyncBatchNorm, which
+    reads its gathered counts back to the host in every forward: a sync per layer that stalls a
+    stage's queue of kernels; here every replica has rows, so nothing is read back)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group):
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous()
+        c = x.shape[1]
+        mean, invstd = torch.batch_norm_stats(x, eps)
+        count = torch.full((1,), x.numel() // c, dtype=mean.dtype, device=x.device)
+        mine = torch.cat([mean, invstd, count])
+        every = torch.empty(dist.get_world_size(group), mine.numel(), dtype=mine.dtype, device=x.device)
+        dist.all_gather_into_tensor(every, mine, group=group)
+        means, invstds, counts = torch.split(every, c, dim=1)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            x, means, invstds, running_mean, running_var, momentum, eps, counts.view(-1).to(running_mean.dtype)
+            if running_mean is not None else counts.view(-1))
+        ctx.save_for_backward(x, weight, mean, invstd, counts.view(-1).to(torch.int32))
+        ctx.group = group
+        return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not grad_out.is_contiguous(memory_format=torch.channels_last):
+            grad_out = grad_out.contiguous()
+        x, weight, mean, invstd, counts = ctx.saved_tensors
+        sum_dy, sum_dy_xmu, grad_w, grad_b = torch.batch_norm_backward_reduce(
+            grad_out, x, mean, invstd, weight, True, weight is not None, weight is not None)
+        both = torch.cat([sum_dy, sum_dy_xmu])
+        dist.all_reduce(both, group=ctx.group)
+        sum_dy, sum_dy_xmu = both.chunk(2)
+        w = weight.to(mean.dtype) if weight is not None else None
+        grad_x = torch.batch_norm_backward_elemt(grad_out, x, mean, invstd, w, sum_dy, sum_dy_xmu, counts)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over the rows of every replica of a stage (training); running statistics as
     usual (evaluation)."""
@@ -89,6 +126,12 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
+        if x.is_cuda:
+            if self.track_running_stats:
+                self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+            return _SyncedNormCUDA.apply(x, self.weight, self.bias, *running, momentum, self.eps, self.group)
         out, mean, var, total = _SyncedNorm.apply(x, self.weight, self.bias, self.group, self.eps)
         if self.track_running_stats:
             self._track(mean.detach(), var.detach(), total)
@@ -103,17 +146,13 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
 
-def sync_batchnorm(module: nn.Module, group, device: torch.device) -> nn.Module:
-    """Every batch norm under `module` replaced by its synced copy (same parameters and buffers):
-    torch's SyncBatchNorm on GPUs (its fused kernels, the same two collectives), this module's
-    elsewhere."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=group)
+def sync_batchnorm(module: nn.Module, group) -> nn.Module:
+    """Every batch norm under `module` replaced by its synced copy (same parameters and buffers)."""
     for name, child in module.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             setattr(module, name, SyncedBatchNorm(child, group))
         else:
-            sync_batchnorm(child, group, device)
+            sync_batchnorm(child, group)
     return module
 
 

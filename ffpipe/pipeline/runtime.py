@@ -13,7 +13,6 @@ from typing import Callable, Protocol
 from ffpipe.metrics import Stopwatch, peak_memory_mib
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage
-from ffpipe.pipeline.trace import StageTrace
 
 
 class Inbox(Protocol):
@@ -58,7 +57,8 @@ class StageLogger:
         common = {"phase": "train", "epoch": epoch, "step": self.stage.step, "stage": self.stage.stage_id,
                   "lr": self.stage.lr, "images_per_s": self._window_images / max(now - self._window_t0, 1e-9),
                   "wait_recv_s": self.wait_recv.total, "wait_send_s": self.wait_send.total,
-                  "peak_memory_mib": peak_memory_mib(self.stage.device), "wall_s": now}
+                  "peak_memory_mib": peak_memory_mib(self.stage.device), "gpu_busy_s": self.stage.gpu_busy_s,
+                  "wall_s": now}
         rows = [{**common, **s} for s in stats]
         self.rows += rows
         self._window_t0, self._window_images = now, 0
@@ -79,10 +79,7 @@ class StageLogger:
 def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
                    logger: StageLogger | None = None) -> StageLogger:
     logger = logger or StageLogger(stage)
-    trace = StageTrace.from_env(stage.stage_id)  # FFPIPE_TRACE_DIR: profile a few steps
     while True:
-        if trace is not None:
-            trace.at_step(stage.step)
         with logger.wait_recv:
             msg = inbox.recv()
         if msg.phase is Phase.TRAIN:

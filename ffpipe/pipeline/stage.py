@@ -71,7 +71,7 @@ class Stage:
         self.replica_group = replica_group
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
         if replica_group is not None:
-            self.learners = sync_batchnorm(self.learners, replica_group, device)
+            sync_batchnorm(self.learners, replica_group)
         train = options.train
         self.channels_last = device.type == "cuda" and train.channels_last
         if self.channels_last:
@@ -98,6 +98,10 @@ class Stage:
         self._first_bad_step = torch.full((n,), -1, dtype=torch.long, device=device)
         self._loss_sum = torch.zeros(n, device=device)
         self._correct_sum = torch.zeros(n, dtype=torch.long, device=device)
+        # GPU time of the training steps (CUDA events around each): how busy the device really
+        # is, which the host's waits cannot tell once the host runs ahead of it.
+        self.gpu_busy_s = 0.0 if device.type == "cuda" else None
+        self._step_events: list[tuple] = []
         self._reset_stats()
         self.graphed = GraphedStep(self._learn, self._reset_grads, device) if graphs else None
 
@@ -134,12 +138,18 @@ class Stage:
                 learner.body.eval()
         self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
         set_lr(self.optimizer, self.lr)
+        timed = self.gpu_busy_s is not None
+        if timed:
+            self._step_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self._step_events[-1][0].record(torch.cuda.current_stream(self.device))
         x = self._prepare(msg.x)
         if self.graphed is not None:
             x, skips = self.graphed(x, msg.skips, msg.y)
         else:
             x, skips = self._learn(x, msg.skips, msg.y, share_of(len(msg.y), msg.batch_size))
             self._reset_grads(True)
+        if timed:
+            self._step_events[-1][1].record(torch.cuda.current_stream(self.device))
         self._images += msg.batch_size
         self._steps_since_read += 1
         self.step += 1
@@ -221,6 +231,9 @@ class Stage:
         if self.replica_group is not None:  # the whole batch's: weighted losses and counts summed
             for total in (self._loss_sum, self._correct_sum):
                 torch.distributed.all_reduce(total, group=self.replica_group)
+        if self._step_events:  # the device is idle now: every event has happened
+            self.gpu_busy_s += sum(a.elapsed_time(b) for a, b in self._step_events) / 1000
+            self._step_events.clear()
         first_bad = self._first_bad_step.tolist()  # note: a CPU-GPU sync point, on log steps only
         for unit, step in zip(self.unit_ids, first_bad):
             if step >= 0:

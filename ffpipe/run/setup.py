@@ -15,7 +15,7 @@ from ffpipe.data import DataBundle, DataInfo, load_data
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
-from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs
+from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
 from ffpipe.pipeline.stage import use_cuda_graphs
 from ffpipe.pipeline.topology import Topology, auto_replicas
@@ -92,17 +92,18 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     plan = make_plan(cfg, info.num_train, len(learners), info.num_classes)
     costs = cut_costs = None
     if starts is None:
-        costs, cut_costs = measure_costs(cfg, learners, info, profile_device, link)
+        costs, cut_costs = measure_costs(cfg, learners, data, info, profile_device, link)
         starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None,
                               costs, cut_costs)
     return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes),
                     costs, cut_costs)
 
 
-def measure_costs(cfg: Config, learners: list[nn.Module], info: DataInfo, device: torch.device | None,
-                  link: float | None) -> tuple[list[float] | None, list[float] | None]:
-    """Measured seconds per step of every learner and of every possible cut, where the split or
-    the replicas are to be balanced by them (None, None otherwise)."""
+def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | None, info: DataInfo,
+                  device: torch.device | None, link: float | None) -> tuple[list[float] | None, list[float] | None]:
+    """Measured seconds per step of every learner (the first one with stage 0's loader, which
+    always runs beside it) and of every possible cut, where the split or the replicas are to be
+    balanced by them (None, None otherwise)."""
     stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries
     auto = cfg.pipeline.replicas == "auto"
     if stages > 1 or auto:
@@ -110,6 +111,8 @@ def measure_costs(cfg: Config, learners: list[nn.Module], info: DataInfo, device
     if device is None or not (auto or (stages > 1 and len(learners) > stages and not boundaries)):
         return None, None
     costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, device)
+    if data is not None:
+        costs[0] += measure_loader_cost(cfg, data, device)
     crossing = boundary_bytes(cfg, learners, info.in_shape, device)
     cut_costs = [0.0, *((link or 0.0) * b for b in crossing[:-1]), 0.0]
     return costs, cut_costs

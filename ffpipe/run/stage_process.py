@@ -11,7 +11,7 @@ import traceback
 
 import torch
 
-from ffpipe.data import DeviceLoader, check_model_input
+from ffpipe.data import DeviceLoader, check_model_input, training_loader
 from ffpipe.errors import FFPipeError
 from ffpipe.models import UnitShape, dry_run
 from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
@@ -67,9 +67,7 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
     for split, images in (("training", data.train), ("test", data.test)):
         check_model_input(images, setup.info.in_shape, split)
     limit = cfg.data.on_device_max_mib
-    train = DeviceLoader(data.train, cfg.train.batch_size, device, data.mean, data.std, train=True,
-                         seed=cfg.train.seed, augment=cfg.data.augment, flip=data.flip,
-                         max_device_mib=limit)
+    train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device)
     test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
                         max_device_mib=limit)
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,

@@ -35,8 +35,8 @@ def stage_reports(reports: list[dict], topology: Topology) -> list[dict]:
         mine = [reports[rank] for rank in topology.stage_ranks(stage)]
         report = dict(mine[0])
         if len(mine) > 1:
-            keys = ("device", "images_per_second_steady", "share_busy", "share_waiting_recv",
-                    "share_waiting_send", "peak_memory_mib")
+            keys = ("device", "images_per_second_steady", "share_busy", "share_busy_gpu",
+                    "share_waiting_recv", "share_waiting_send", "peak_memory_mib")
             report["replicas"] = [{k: r[k] for k in keys} for r in mine]
             report["peak_memory_mib"] = max(r["peak_memory_mib"] for r in mine)
         out.append(report)
@@ -45,24 +45,31 @@ def stage_reports(reports: list[dict], topology: Topology) -> list[dict]:
 
 def steady_profile(rows: list[dict], skip_fraction: float = 0.25) -> dict:
     """A stage in steady state: medians over its logged windows after the first quarter of the
-    steps (warm-up: cuDNN autotuning, allocator growth, pipeline fill) of images/s and of the
-    share of each window spent waiting on the previous stage, on the next one, and working."""
+    steps (warm-up: cuDNN autotuning, allocator growth, pipeline fill) of images/s, of the share
+    of each window the host spent waiting on the previous stage, on the next one, and working,
+    and (on a GPU) the share its device spent on training steps."""
     by_step = {r["step"]: r for r in rows if r["phase"] == "train"}  # one row per unit: same values
     steps = sorted(by_step)
     windows = []
     for a, b in zip(steps, steps[1:]):
-        span = by_step[b]["wall_s"] - by_step[a]["wall_s"]
+        ra, rb = by_step[a], by_step[b]
+        span = rb["wall_s"] - ra["wall_s"]
         if b > steps[-1] * skip_fraction and span > 0:
-            recv = (by_step[b]["wait_recv_s"] - by_step[a]["wait_recv_s"]) / span
-            send = (by_step[b]["wait_send_s"] - by_step[a]["wait_send_s"]) / span
-            windows.append((by_step[b]["images_per_s"], recv, send))
+            recv = (rb["wait_recv_s"] - ra["wait_recv_s"]) / span
+            send = (rb["wait_send_s"] - ra["wait_send_s"]) / span
+            gpu = None
+            if rb.get("gpu_busy_s") is not None and ra.get("gpu_busy_s") is not None:
+                gpu = (rb["gpu_busy_s"] - ra["gpu_busy_s"]) / span
+            windows.append((rb["images_per_s"], recv, send, gpu))
     if not windows:
         return {"images_per_second_steady": None, "share_waiting_recv": None,
-                "share_waiting_send": None, "share_busy": None}
+                "share_waiting_send": None, "share_busy": None, "share_busy_gpu": None}
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     recv, send = median([w[1] for w in windows]), median([w[2] for w in windows])
+    gpu = [w[3] for w in windows if w[3] is not None]
     return {"images_per_second_steady": median([w[0] for w in windows]), "share_waiting_recv": recv,
-            "share_waiting_send": send, "share_busy": max(0.0, 1.0 - recv - send)}
+            "share_waiting_send": send, "share_busy": max(0.0, 1.0 - recv - send),
+            "share_busy_gpu": median(gpu) if gpu else None}
 
 
 def test_rows(history: list[dict]) -> list[dict]:
@@ -84,7 +91,8 @@ def add_balance(setup: RunSetup, reports: list[dict]) -> None:
         replicas = tuple(len(r.get("replicas") or [r]) for r in reports)
         predicted = stage_seconds(setup.costs, setup.cut_costs, setup.starts, replicas)
     for report, seconds in zip(reports, predicted):
-        rate, busy = report.get("images_per_second_steady"), report.get("share_busy")
+        rate = report.get("images_per_second_steady")
+        busy = report.get("share_busy_gpu") if report.get("share_busy_gpu") is not None else report.get("share_busy")
         report["predicted_step_s"] = seconds
         report["busy_step_s"] = busy * batch / rate if rate and busy is not None else None
 

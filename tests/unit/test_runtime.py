@@ -12,7 +12,7 @@ from ffpipe.pipeline.source import DataSource, RunPlan
 
 class StubStage:
     """What run_stage_loop needs of a Stage, counting what it is asked to do."""
-    stage_id, device, lr = 0, torch.device("cpu"), 0.1
+    stage_id, device, lr, gpu_busy_s = 0, torch.device("cpu"), 0.1, None
 
     def __init__(self):
         self.step, self.trained, self.evaluated, self.reads = 0, [], [], 0
