@@ -1,4 +1,4 @@
-"""Command line: ffpipe train | eval | data prepare | bench data | bench step. User errors end with one line and exit status 2."""
+"""Command line: ffpipe train | eval | data prepare | bench data | bench step | bench memory. User errors end with one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "step":
             from ffpipe.bench.step import run_bench_step
             return run_bench_step(args)
+        if args.command == "bench" and args.bench_command == "memory":
+            from ffpipe.bench.memory import bench_memory
+            bench_memory(args)
+            return 0
         if args.command == "bench":
             from ffpipe.data.bench import run_bench
             return run_bench(args)

@@ -14,7 +14,8 @@ from typing import Any, get_type_hints
 
 from ffpipe.errors import ConfigError
 
-MODELS = ("resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn", "mlp")
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+          "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn", "mlp")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
 
@@ -55,6 +56,10 @@ class AlgoConfig:
                        "'log_mean_square' (its log) or 'normalized_mean_square' (divided by its "
                        "mean over classes); both are unchanged when a unit scales its output",
                        ("mean_square", "log_mean_square", "normalized_mean_square"))
+    head: str = _f("conv1x1", "sff: goodness head: 'conv1x1' (paper: the projection at full resolution) "
+                   "or 'pooled' (average-pooled to head_pool x head_pool first: cheaper with many "
+                   "classes or large maps)", ("conv1x1", "pooled"))
+    head_pool: int = _f(4, "sff, head = 'pooled': side of the pooled map")
     grad_clip: float = _f(0.0, "clip each unit's gradient norm to this (0 = off)")
     ff_threshold: float = _f(2.0, "ff: goodness threshold of the logistic loss")
 
@@ -62,6 +67,7 @@ class AlgoConfig:
         _require(self.margin >= 0, "algo.margin", "must be >= 0")
         _require(self.temperature > 0, "algo.temperature", "must be > 0")
         _require(self.grad_clip >= 0, "algo.grad_clip", "must be >= 0 (0 turns clipping off)")
+        _require(self.head_pool >= 1, "algo.head_pool", "must be >= 1 (the pooled map's side)")
 
 
 @dataclass

@@ -23,10 +23,13 @@ EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=
 
 
 def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None,
-               replicas: list[int] | None = None) -> list[str]:
+               replicas: list[int] | None = None, processes: int = 0) -> list[str]:
     """`ffpipe train` as a command; with `stages` (or `replicas` per stage), under torchrun as
-    launch/torchrun.sh runs it, one process per stage (replica)."""
-    processes = sum(replicas) if replicas else stages
+    launch/torchrun.sh runs it, one process per stage (replica); `processes`: that many, with the
+    backend and split left to `overrides`."""
+    if processes:
+        overrides = [*overrides, "pipeline.backend=torchrun"]
+    processes = processes or (sum(replicas) if replicas else stages)
     if replicas and not resume:
         overrides = [*overrides, "pipeline.backend=torchrun", f"pipeline.replicas={replicas}"]
     elif stages and not resume:
@@ -39,10 +42,10 @@ def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None
     return [sys.executable, "-m", "ffpipe", *args]
 
 
-def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None,
-               check: bool = True, timeout: int = 300, replicas: list[int] | None = None) -> subprocess.CompletedProcess:
+def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None, check: bool = True,
+               timeout: int = 300, replicas: list[int] | None = None, processes: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(ffpipe_cmd(overrides, stages, resume, replicas), capture_output=True, text=True,
+    done = subprocess.run(ffpipe_cmd(overrides, stages, resume, replicas, processes), capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"ffpipe failed ({done.returncode}):\n{done.stderr[-4000:]}")

@@ -67,3 +67,14 @@ def test_ray_replicas_match_the_unreplicated_run(tmp_path):
     assert_same_parameters(ref, run_dir, atol=1e-5)
     assert result["replicas"] == [2, 1] and result["completed"]
     assert result["test_accuracy_per_unit"] == summary(ref)["test_accuracy_per_unit"]
+
+
+def test_torchrun_auto_replicas_fill_the_processes_and_still_match(tmp_path):
+    ref = _sequential(tmp_path, SGD)
+    rep = tmp_path / "auto"
+    run_ffpipe(COMMON + SPLIT + SGD + [f"run.dir={rep}", "pipeline.stages=2", "pipeline.replicas=auto"],
+               processes=3)  # the run shares the three out by measured cost
+    assert_same_parameters(ref, rep, atol=1e-5)
+    s = summary(rep)
+    assert sorted(s["replicas"]) == [1, 2]
+    assert all(st["predicted_step_s"] > 0 for st in s["stages"])  # the costs it balanced on

@@ -32,3 +32,25 @@ def add_parser(bench_sub) -> None:
     s.add_argument("--profile", metavar="FILE", help="append each row's top kernels (torch.profiler, "
                    "3 steps after the timed ones) to this text file")
     s.add_argument("--json", help="also write the results to this JSON file")
+    _add_memory_parser(bench_sub)
+
+
+def _add_memory_parser(bench_sub) -> None:
+    m = bench_sub.add_parser("memory", help="largest batch on one device: BP, sequential SFF, each of S stages")
+    m.add_argument("--model", default="resnet50", choices=config_mod.MODELS)
+    m.add_argument("--shape", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W"))
+    m.add_argument("--classes", type=int, default=1000)
+    m.add_argument("--granularity", default="block", choices=("block", "layer"))
+    m.add_argument("--stages", type=int, default=4, help="also size each of this many SFF stages")
+    m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    m.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    m.add_argument("--start-batch", type=int, default=32, help="first batch tried (doubled from there)")
+    m.add_argument("--max-batch", type=int, default=1 << 16, help="the search stops here")
+    m.add_argument("--resolution", type=float, default=0.05, help="bisect until the gap is below this share")
+    m.add_argument("--steps", type=int, default=5, help="timed steps at each largest batch")
+    m.add_argument("--models", nargs="*", default=[], choices=config_mod.MODELS,
+                   help="also: can BP and the stages train each of these at --batch?")
+    m.add_argument("--batch", type=int, default=256, help="the batch of --models")
+    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    m.add_argument("--json", help="also write the results to this JSON file")

@@ -19,11 +19,17 @@ TENSOR_CORE_CHANNELS = 8
 
 
 class GoodnessHead(nn.Module):
-    """Auxiliary conv (or linear, for flat features) mapping a unit's output to class goodness."""
+    """Auxiliary conv (or linear, for flat features) mapping a unit's output to class goodness.
 
-    def __init__(self, in_channels: int, num_classes: int, kernel_size: int = 1, flat: bool = False):
+    `pool` > 0 (algo.head = 'pooled'): the output is average-pooled to at most pool x pool first,
+    so the projection's cost no longer grows with the map's area (with 1,000 classes the
+    full-resolution projection of a 56 x 56 map costs as much as a layer of the network)."""
+
+    def __init__(self, in_channels: int, num_classes: int, kernel_size: int = 1, flat: bool = False,
+                 pool: int = 0):
         super().__init__()
         self.flat = flat
+        self.pool = pool
         self.num_classes = num_classes
         if flat:
             self.proj = nn.Linear(in_channels, num_classes)
@@ -31,6 +37,8 @@ class GoodnessHead(nn.Module):
             self.proj = nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2)
 
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
+        if self.pool and not self.flat and (z.shape[-2] > self.pool or z.shape[-1] > self.pool):
+            z = F.adaptive_avg_pool2d(z, (min(self.pool, z.shape[-2]), min(self.pool, z.shape[-1])))
         return goodness(self._project(z), kind, self.num_classes)
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,8 @@ class LocalUnit(nn.Module):
         super().__init__()
         self.index = index
         self.body = body
-        self.head = GoodnessHead(out_channels, num_classes, head_kernel, flat)
+        pool = algo.head_pool if algo.head == "pooled" else 0
+        self.head = GoodnessHead(out_channels, num_classes, head_kernel, flat, pool)
         self.goodness_kind = algo.goodness
         self.margin = algo.margin
         self.temperature = algo.temperature

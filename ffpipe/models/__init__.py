@@ -7,11 +7,11 @@ from ffpipe.config import ModelConfig
 from ffpipe.errors import ConfigError
 from ffpipe.models.mlp import mlp_units
 from ffpipe.models.mobilenet import mobilenet_v3_units
-from ffpipe.models.resnet import resnet18_units, small_cnn_units
+from ffpipe.models.resnet import RESNETS, resnet_units, small_cnn_units
 from ffpipe.models.units import SkipUnit, UnitShape, dry_run
 
 GRANULARITIES = {
-    "resnet18": ("layer", "block"),
+    **{name: ("layer", "block") for name in RESNETS},
     "mobilenet_v3_small": ("layer", "block"),
     "mobilenet_v3_large": ("layer", "block"),
     "small_cnn": ("layer", "block"),
@@ -29,8 +29,8 @@ def build_units(cfg: ModelConfig, in_shape: tuple[int, ...]) -> list[nn.Module]:
         return mlp_units(in_shape, cfg.width, cfg.depth)
     if len(in_shape) != 3:
         raise ConfigError(f"model '{cfg.name}' needs images shaped [C, H, W], got {list(in_shape)}")
-    if cfg.name == "resnet18":
-        return resnet18_units(in_shape, cfg.granularity)
+    if cfg.name in RESNETS:
+        return resnet_units(cfg.name, in_shape, cfg.granularity)
     if cfg.name == "small_cnn":
         return small_cnn_units(in_shape, cfg.granularity, cfg.width)
     return mobilenet_v3_units(in_shape, cfg.granularity, cfg.name.rsplit("_", 1)[1])

@@ -47,7 +47,7 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tupl
     costs = []
     for learner, shape in zip(learners, shapes):
         stage = Stage(0, [copy.deepcopy(learner)], options, total_steps=1000, device=device)
-        costs.append(_time_steps(stage, Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y), steps))
+        costs.append(time_steps(stage, Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y), steps))
         del stage
         x = torch.randn(batch, *shape.out, device=device, dtype=amp or torch.float32)
         skips = tuple(torch.randn(batch, *s, device=device, dtype=amp or torch.float32) for s in shape.skips)
@@ -67,7 +67,8 @@ def measure_loader_cost(cfg: Config, data, device: torch.device, batches: int = 
     return (time.perf_counter() - t0) / max(taken, 1) * cfg.train.batch_size / batch
 
 
-def _time_steps(stage: Stage, msg: Message, steps: int) -> float:
+def time_steps(stage: Stage, msg: Message, steps: int) -> float:
+    """Seconds per training step of `stage` on `msg`, after its warm-up."""
     # Warm-up: allocation, kernel selection and (graphed) the eager steps and the capture.
     for _ in range(WARMUP_STEPS + 2 if stage.graphed is not None else 1):
         stage.train_step(msg)

@@ -30,7 +30,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("train.lrr=0.1", "unknown config key 'train.lrr'; keys of \\[train\\]: epochs"),
     ("trian.lr=0.1", "unknown config section '\\[trian\\]'"),
     ("train.batch_size=0", "'train.batch_size' must be >= 1"),
-    ("model.name=resnet50", "choose one of: resnet18, mobilenet_v3_small"),
+    ("model.name=resnet51", "choose one of: resnet18, resnet34"),
     ("model.granularity=blocks", "choose one of: layer, block"),
     ("algo.temperature=0", "'algo.temperature' must be > 0"),
     ("train.deterministic=1", "'train.deterministic' must be of type bool"),

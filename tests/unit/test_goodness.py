@@ -104,3 +104,21 @@ def test_sff_loss_equals_the_one_hot_formula_bit_for_bit():
     g, y = torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
     logits = g + 0.7 * (1.0 - torch.nn.functional.one_hot(y, 10).to(g.dtype))
     assert torch.equal(sff_loss(g, y, 0.7, 1.3), torch.nn.functional.cross_entropy(logits / 1.3, y))
+
+
+def test_the_pooled_head_projects_a_small_map_and_still_learns():
+    from ffpipe.ff.goodness import GoodnessHead
+
+    torch.manual_seed(0)
+    full, pooled = GoodnessHead(16, 1000), GoodnessHead(16, 1000, pool=4)
+    pooled.load_state_dict(full.state_dict())
+    z = torch.randn(2, 16, 56, 56, requires_grad=True)
+    seen = []
+    pooled.proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    g = pooled(z)
+    assert g.shape == (2, 1000) and seen == [(2, 16, 4, 4)]
+    g.sum().backward()
+    assert z.grad is not None and pooled.proj.weight.grad.abs().sum() > 0
+    # a map already at most 4 x 4 is not pooled: the same goodness as the full head
+    small = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(pooled(small), full(small))
