@@ -70,7 +70,7 @@ class StageWorker:
         except BaseException:
             self.abort.set()  # unblocks deliver/collect calls waiting on this stage
             raise
-        report = stage_report(logger)
+        report = {**stage_report(logger), "node": ray.get_runtime_context().get_node_id()}
         return {"report": report, "rows": logger.rows, "history": sink.history if sink else None}
 
     def _link(self, peer: int):
