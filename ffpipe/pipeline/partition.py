@@ -17,7 +17,6 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
     n = len(costs)
     _check_count(n, num_stages)
     cut = cut_costs or [0.0] * (n + 1)
-    edge = lambda j, i: (cut[j] if j > 0 else 0.0) + (cut[i] if i < n else 0.0)  # noqa: E731
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
@@ -29,7 +28,7 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
     for s in range(1, num_stages + 1):
         for i in range(s, n + 1):
             for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j] + edge(j, i))
+                value = max(best[s - 1][j], prefix[i] - prefix[j] + _cuts_of(cut, j, i, n))
                 if value < best[s][i] - 1e-12:
                     best[s][i], last[s][i] = value, j
     starts, i = [], n
@@ -37,6 +36,19 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
         i = last[s][i]
         starts.append(i)
     return starts[::-1]
+
+
+def _cuts_of(cut_costs: list[float], first: int, end: int, num_units: int) -> float:
+    """What the cuts around units [first, end) cost that stage (none at the pipeline's ends)."""
+    return (cut_costs[first] if first > 0 else 0.0) + (cut_costs[end] if end < num_units else 0.0)
+
+
+def stage_seconds(costs: list[float], cut_costs: list[float], starts: list[int],
+                  replicas: tuple[int, ...] | None = None) -> list[float]:
+    """Predicted seconds per step of every stage (per replica: its share of the batch)."""
+    n = len(costs)
+    seconds = [sum(costs[r.start:r.stop]) + _cuts_of(cut_costs, r.start, r.stop, n) for r in stage_ranges(starts, n)]
+    return [s / r for s, r in zip(seconds, replicas or [1] * len(seconds))]
 
 
 def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None = None,

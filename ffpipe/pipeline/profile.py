@@ -19,7 +19,7 @@ from torch import nn
 
 from ffpipe.config import Config
 from ffpipe.data import training_loader
-from ffpipe.models import dry_run
+from ffpipe.models import UnitShape
 from ffpipe.pipeline.graphed import WARMUP_STEPS
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions, autocast_dtype
@@ -33,12 +33,13 @@ def profile_batch(cfg: Config, device: torch.device) -> int:
     return cfg.train.batch_size if device.type == "cuda" else min(cfg.train.batch_size, CPU_PROFILE_BATCH)
 
 
-def measure_learner_costs(cfg: Config, learners: list[nn.Module], in_shape: tuple[int, ...],
-                          num_classes: int, device: torch.device, steps: int = 3) -> list[float]:
-    """Seconds per training step of every learner, each on its own in a stage on `device`, at
-    the run's batch size (on CPU: measured on a small batch and scaled, the cost being linear)."""
+def measure_learner_costs(cfg: Config, learners: list[nn.Module], shapes: list[UnitShape],
+                          in_shape: tuple[int, ...], num_classes: int, device: torch.device,
+                          steps: int = 3) -> list[float]:
+    """Seconds per training step of every learner (output `shapes` from models.dry_run), each
+    on its own in a stage on `device`, at the run's batch size (on CPU: measured on a small
+    batch and scaled, the cost being linear)."""
     batch = profile_batch(cfg, device)
-    shapes = dry_run([learner.body for learner in learners], in_shape)
     amp = autocast_dtype(cfg.train.precision, device)
     options = StageOptions.of(cfg)
     x = torch.randn(batch, *in_shape, device=device)
@@ -80,13 +81,11 @@ def time_steps(stage: Stage, msg: Message, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def boundary_bytes(cfg: Config, learners: list[nn.Module], in_shape: tuple[int, ...],
-                   device: torch.device) -> list[int]:
+def boundary_bytes(cfg: Config, shapes: list[UnitShape], device: torch.device) -> list[int]:
     """Bytes that cross a cut after each unit (its output, its skips, the labels) per batch."""
     amp = autocast_dtype(cfg.train.precision, device)
     size = 2 if amp is not None else 4
     batch = cfg.train.batch_size
-    shapes = dry_run([learner.body for learner in learners], in_shape)
     return [batch * (size * (math.prod(s.out) + sum(math.prod(k) for k in s.skips)) + 8) for s in shapes]
 
 
@@ -113,15 +112,3 @@ def measure_link(device: torch.device, rounds: int = 4) -> float | None:
             dist.send(buf, peer)
     synchronize(device)
     return (time.perf_counter() - t0) / (2 * rounds * nbytes) if rank == 0 else None
-
-
-def stage_seconds(costs: list[float], cut_costs: list[float], starts: list[int],
-                  replicas: tuple[int, ...] | None = None) -> list[float]:
-    """Predicted seconds per step of every stage (per replica: its share of the batch)."""
-    n = len(costs)
-    ends = [*starts[1:], n]
-    out = []
-    for k, (a, b) in enumerate(zip(starts, ends)):
-        seconds = sum(costs[a:b]) + (cut_costs[a] if a > 0 else 0.0) + (cut_costs[b] if b < n else 0.0)
-        out.append(seconds / (replicas[k] if replicas else 1))
-    return out

@@ -14,6 +14,7 @@ from ffpipe.config import Config
 from ffpipe.data import DataBundle, DataInfo, load_data
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.learners import build_learners
+from ffpipe.models import dry_run
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
@@ -110,10 +111,11 @@ def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | Non
         stage_starts(len(learners), stages)  # too many stages: say so before profiling
     if device is None or not (auto or (stages > 1 and len(learners) > stages and not boundaries)):
         return None, None
-    costs = measure_learner_costs(cfg, learners, info.in_shape, info.num_classes, device)
+    shapes = dry_run([learner.body for learner in learners], info.in_shape)  # once, for both
+    costs = measure_learner_costs(cfg, learners, shapes, info.in_shape, info.num_classes, device)
     if data is not None:
         costs[0] += measure_loader_cost(cfg, data, device)
-    crossing = boundary_bytes(cfg, learners, info.in_shape, device)
+    crossing = boundary_bytes(cfg, shapes, device)
     cut_costs = [0.0, *((link or 0.0) * b for b in crossing[:-1]), 0.0]
     return costs, cut_costs
 

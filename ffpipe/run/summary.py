@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.pipeline.profile import stage_seconds
+from ffpipe.pipeline.partition import stage_seconds
 from ffpipe.pipeline.runtime import StageLogger
 from ffpipe.pipeline.topology import Topology
 from ffpipe.plots import plot_run

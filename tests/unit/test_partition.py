@@ -27,8 +27,7 @@ def test_one_stage_per_unit_and_too_many_stages():
 
 
 def test_a_cut_that_moves_a_large_tensor_costs_both_stages_beside_it():
-    from ffpipe.pipeline.partition import balanced_starts
-    from ffpipe.pipeline.profile import stage_seconds
+    from ffpipe.pipeline.partition import balanced_starts, stage_seconds
 
     costs = [1.0, 1.0, 1.0, 1.0]
     assert balanced_starts(costs, 2) == [0, 2]
