@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
                    "run.*, logging and transport keys)")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
     e = sub.add_parser("eval", help="test accuracy of a finished run's checkpoints")
-    e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train")
+    e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train (a local path or the storage URI it printed)")
     _data_parsers(sub)
     return p
 

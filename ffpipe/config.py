@@ -215,7 +215,10 @@ class PipelineConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = _f("", "run folder ('' = runs/<timestamp>)")
+    dir: str = _f("", "run folder ('' = runs/<timestamp>); with run.storage, the run's name in it")
+    storage: str = _f("", "where run folders are kept: '' = this machine (run.dir); or a folder or URI "
+                      "every node reaches (file:///shared/runs, s3://bucket/runs, gs://..., hdfs://...): "
+                      "checkpoints, metrics and the summary go to <storage>/<run.dir or timestamp>")
     experiment: str = _f("", "name of the experiment this run belongs to (groups runs in reports)")
     plots: bool = _f(True, "write PNG plots of the per-unit curves")
     progress: bool = _f(True, "show a progress bar on the console")
@@ -226,6 +229,11 @@ class RunConfig:
     def validate(self):
         _require(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
         _require(self.stop_after_step >= 0, "run.stop_after_step", "must be >= 0")
+        if self.storage:
+            name = self.dir
+            _require(not name or ("://" not in name and not name.startswith("/") and ".." not in name.split("/")),
+                     "run.dir", f"names the run inside run.storage when that is set (a relative name: 'exp1', "
+                     f"'sweep/lr-0.1'), got {name!r}; or leave run.storage empty for a local path")
 
 
 @dataclass

@@ -1,11 +1,9 @@
 """Per-stage metrics: rows kept in memory and written with pyarrow; peak memory; timing."""
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,17 +26,16 @@ def peak_memory_mib(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def write_rows(rows: list[dict], path: Path) -> None:
-    """Written to a temporary name and renamed: a process killed while writing leaves the
-    previous file whole, never an empty one that a resumed run could not read."""
+def write_rows(rows: list[dict], out) -> None:
+    """Rows as one parquet table into `out` (a binary file; the run's Store makes it whole or
+    absent: a process killed while writing leaves the previous file, never an empty one)."""
     columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
-    tmp = Path(path).with_suffix(".tmp")
-    pq.write_table(pa.table(columns, schema=SCHEMA), tmp)
-    os.replace(tmp, path)
+    pq.write_table(pa.table(columns, schema=SCHEMA), out)
 
 
-def read_rows(paths: list[Path]) -> list[dict]:
-    tables = [pq.read_table(p) for p in paths if p.exists()]
+def read_rows(files) -> list[dict]:
+    """The rows of several parquet files (binary files or paths), in order."""
+    tables = [pq.read_table(f) for f in files]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 

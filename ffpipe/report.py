@@ -47,7 +47,7 @@ def _choices(cfg: Config) -> str:
     return f" [{', '.join(notes)}]" if notes else ""
 
 
-def load_runs(run_dirs: list[Path]) -> list[tuple[Config, dict, Path]]:
+def load_runs(run_dirs: list[str | Path]) -> list[tuple[Config, dict, Path | str]]:
     runs = []
     for d in run_dirs:
         folder = RunFolder.open(d)
@@ -94,7 +94,7 @@ def plot_experiments(runs: list[tuple[Config, dict, Path]], out_dir: Path) -> li
     return written
 
 
-def report(run_dirs: list[Path], out: Path | None, plots: Path | None) -> str:
+def report(run_dirs: list[str | Path], out: Path | None, plots: Path | None) -> str:
     runs = load_runs(run_dirs)
     text = table(runs)
     if out is not None:

@@ -3,7 +3,9 @@
 #   launch/ray_submit.sh [--address URL] [ffpipe train options: --config FILE --set k=v ...]
 # URL: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265 (a head from launch/ray_head.sh).
 # This folder travels as the job's working directory; the run folder is written on the head at
-# $RUN_DIR (default ./runs/ray-<time> under this folder's path) and named at the end.
+# $RUN_DIR (default ./runs/ray-<time> under this folder's path), or with --set run.storage=URI
+# (several nodes: a store every node reaches) at URI/$RUN_DIR (default URI/ray-<time>); it is
+# named at the end.
 set -euo pipefail
 address=${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}
 if [ "${1:-}" = "--address" ]; then address=$2; shift 2; fi
@@ -15,7 +17,14 @@ if [ "$RAY_AUTH_MODE" = token ] && ! ray get-auth-token >/dev/null 2>&1; then
     "or set RAY_AUTH_TOKEN to the head's token (\`ray get-auth-token\` on the head)" >&2
   exit 2
 fi
-run_dir=${RUN_DIR:-$PWD/runs/ray-$(date +%Y%m%d-%H%M%S)}
+storage=$(printf '%s\n' "$@" | sed -n 's/^run\.storage=//p' | tail -n 1)
+if [ -n "$storage" ]; then  # run.dir names the run inside the store
+  run_dir=${RUN_DIR:-ray-$(date +%Y%m%d-%H%M%S)}
+  where="${storage%/}/$run_dir"
+else
+  run_dir=${RUN_DIR:-$PWD/runs/ray-$(date +%Y%m%d-%H%M%S)}
+  where=$run_dir
+fi
 excludes='{"excludes": [".venv", "runs", ".git", ".whl", ".devdata", "__pycache__", "*.egg-info"]}'
 # A head that has just started answers "No available agent to submit job" until its job agent
 # has registered (seconds; longer on a busy machine). No job was made then: try again, a minute at most.
@@ -31,4 +40,4 @@ for attempt in $(seq 12); do
   sleep 5
 done
 [ "$status" -eq 0 ] || exit "$status"
-echo "run folder: $run_dir"
+echo "run folder: $where"

@@ -14,7 +14,7 @@ from ffpipe.report import report  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("run_dirs", nargs="+", help="run folders: local paths or storage URIs")
     p.add_argument("--out", type=Path, help="write the table here (markdown)")
     p.add_argument("--plots", type=Path, help="write one PNG per experiment into this folder")
     args = p.parse_args()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ffpipe.run.folder import RunFolder
 from tests.conftest import REPO, free_port
 from tests.pipeline_helpers import summary
 
@@ -37,18 +38,28 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
         with pytest.raises(urllib.error.HTTPError, match="401"):  # the Jobs API wants the token
             urllib.request.urlopen(f"{api}/api/jobs/", timeout=10)
         assert_loopback(listening_sockets(head_processes(env)))
-        done = subprocess.run(["bash", "launch/ray_submit.sh", "--address", api,
-                               "--set", "data.name=synthetic", "--set", "train.max_steps=6",
-                               "--set", "pipeline.stages=2", "--set", "train.device=cpu",
-                               "--set", "run.plots=false"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        done = submit(api, env)
         assert "succeeded" in done.stdout + done.stderr
         assert f"run folder: {tmp_path / 'job-run'}" in done.stdout
         result = summary(tmp_path / "job-run")
         assert result["backend"] == "ray" and result["num_stages"] == 2 and result["completed"]
+        # the same into a store every node would reach, the run named by the script
+        store = (tmp_path / "bucket").as_uri()
+        env.pop("RUN_DIR")
+        done = submit(api, env, "--set", f"run.storage={store}")
+        where = done.stdout.split("run folder: ")[-1].strip()
+        assert where.startswith(f"{store}/ray-") and RunFolder.open(where).summary()["completed"]
     finally:
         stop_head(env)
+
+
+def submit(api: str, env: dict, *options: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(["bash", "launch/ray_submit.sh", "--address", api, "--set", "data.name=synthetic",
+                           "--set", "train.max_steps=6", "--set", "pipeline.stages=2", "--set", "train.device=cpu",
+                           "--set", "run.plots=false", *options], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def fresh_machine_env(tmp_path: Path) -> dict:

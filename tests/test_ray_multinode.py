@@ -1,13 +1,15 @@
-"""A Ray cluster of three nodes on one machine (a head and two workers, each its own raylet): the
-stage actors placed with SPREAD land on different nodes and learn exactly what the sequential
-trainer learns. (What it does not cover yet: nodes without a shared disk; every node here sees
-the same run folder.)"""
+"""A Ray cluster of three nodes on one machine (a head and two workers, each its own raylet, each
+started in its own working directory, so that no process can rely on a local path another node
+sees): the stage actors placed with SPREAD land on different nodes, keep the run in a `file://`
+store (the stand-in for a bucket every node reaches), stop, resume from that store, and learn
+exactly what the sequential trainer learns."""
 import os
 
 import pytest
 
 from ffpipe import config as config_mod
 from ffpipe.backends import train
+from ffpipe.run.folder import RunFolder
 from tests.conftest import REPO
 from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe
 
@@ -16,27 +18,49 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 CASE = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=4"]
 
 
-def test_spread_stage_actors_run_on_three_nodes_and_match_the_sequential_trainer(tmp_path):
+def _cluster(tmp_path):
+    """Head and two workers, each raylet (and so each of its worker processes) in its own folder."""
+    from ray.cluster_utils import Cluster
+
+    home, dirs = os.getcwd(), [tmp_path / f"node-{k}" for k in range(3)]
+    try:
+        for k, folder in enumerate(dirs):
+            folder.mkdir()
+            os.chdir(folder)  # a raylet's workers start in the raylet's working directory
+            if k == 0:
+                cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+            else:
+                cluster.add_node(num_cpus=3)  # each node could hold every stage: SPREAD alone spreads them
+    finally:
+        os.chdir(home)
+    cluster.wait_for_nodes()
+    return cluster, dirs
+
+
+def test_spread_stage_actors_on_three_nodes_resume_from_shared_storage_and_match_the_sequential_trainer(tmp_path, capfd):
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported: set it first
     import ray
-    from ray.cluster_utils import Cluster
 
     ref = tmp_path / "sequential"
     run_ffpipe(CASE + [f"run.dir={ref}"])
-    # Each node could hold every stage: the placement strategy alone spreads them.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    storage = (tmp_path / "bucket").as_uri()
+    cluster, node_dirs = _cluster(tmp_path)
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=3)
-        cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
         assert len([n for n in ray.nodes() if n["Alive"]]) == 3
         cfg = config_mod.load(None, CASE + ["pipeline.backend=ray", "pipeline.stages=3",
                                             "pipeline.boundaries=[2, 4]", "pipeline.placement=SPREAD",
-                                            f"run.dir={tmp_path / 'spread'}"])
-        run_dir, result = train(cfg)
+                                            f"run.storage={storage}", "run.dir=spread", "run.checkpoint_every=1",
+                                            "run.stop_after_step=2"])
+        location, stopped = train(cfg)
+        assert location == f"{storage}/spread" and not stopped["completed"]
+        capfd.readouterr()
+        _, result = train(RunFolder.open(location).resume_config([]), resume=location)
+        resumed = capfd.readouterr().err
     finally:
         ray.shutdown()
         cluster.shutdown()
-    assert len({stage["node"] for stage in result["stages"]}) == 3  # one stage per node
-    assert_same_parameters(ref, run_dir)
+    assert f"run folder {location}, " in resumed and "resuming at step 2" in resumed
+    assert result["completed"] and len({stage["node"] for stage in result["stages"]}) == 3  # one stage per node
+    assert_same_parameters(ref, location)
+    assert all(not any(folder.iterdir()) for folder in node_dirs)  # nothing written beside any node

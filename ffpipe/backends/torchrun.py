@@ -28,7 +28,7 @@ from ffpipe.config import Config
 from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineError
 from ffpipe.progress import Progress
 from ffpipe.run import recovery
-from ffpipe.run.folder import RunFolder
+from ffpipe.run.folder import RunFolder, run_location
 from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.pipeline.profile import measure_link
@@ -188,7 +188,7 @@ def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device, 
     if not resume and not cfg.run.dir:
         raise PipelineError("torchrun restarted this run, but without run.dir the restarted ranks "
                             "cannot find its checkpoints: set run.dir (launch/torchrun.sh does)")
-    folder = RunFolder.open(resume or cfg.run.dir)
+    folder = RunFolder.open(resume or run_location(cfg))
     verdict = recovery.restart_verdict(folder.failures(), attempt.number - 1, attempt.max_restarts)
     if verdict:  # torchrun's own restarts: a deterministic failure ends here, before training
         cause = recovery.root_cause(folder.failures(), attempt.number - 1) or {}

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
 from ffpipe.pipeline.topology import Topology
 from ffpipe.run import recovery
-from ffpipe.run.folder import RunFolder, new_run_path
+from ffpipe.run.folder import RunFolder, new_run_dir, run_location
 
 
 def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
@@ -37,16 +36,16 @@ def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
     return int(argv[0]), args, argv[1:]
 
 
-def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[Path, int, list[str]]:
+def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[RunFolder, int, list[str]]:
     """The run folder every attempt uses (fixed here, so restarts find it) and max_restarts."""
     if args.resume:
         folder = RunFolder.open(args.resume)
-        return folder.path, folder.resume_config(args.overrides).pipeline.max_restarts, train_args
+        return folder, folder.resume_config(args.overrides).pipeline.max_restarts, train_args
     cfg = config_mod.load(args.config, [*_stage_sets(n, args), *args.overrides])  # as the ranks will
     if cfg.run.dir:
-        return Path(cfg.run.dir), cfg.pipeline.max_restarts, train_args
-    path = new_run_path()
-    return path, cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={path}"]
+        return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, train_args
+    cfg.run.dir = new_run_dir(cfg)
+    return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={cfg.run.dir}"]
 
 
 def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:
@@ -55,9 +54,9 @@ def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:
     return ["pipeline.backend=torchrun"] + ([] if replicas else [f"pipeline.stages={n}"])
 
 
-def _stage_of(rank: int, run_dir: Path) -> int:
+def _stage_of(rank: int, folder: RunFolder) -> int:
     """The stage a rank ran (ranks are replicas of stages, stage by stage)."""
-    replicas = RunFolder(run_dir).config().pipeline.replicas
+    replicas = folder.config().pipeline.replicas
     if isinstance(replicas, list) and replicas and sum(replicas) > rank:
         return Topology.of(replicas).place(rank).stage
     return rank
@@ -66,7 +65,7 @@ def _stage_of(rank: int, run_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         n, args, train_args = _parse(list(sys.argv[1:] if argv is None else argv))
-        run_dir, max_restarts, train_args = _run_folder(n, args, train_args)
+        folder, max_restarts, train_args = _run_folder(n, args, train_args)
     except FFPipeError as err:
         print(f"ffpipe: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             torchrun(command)
             return 0
         except ChildFailedError as err:
-            verdict = _after_failure(err, run_dir, attempt, max_restarts, n)
+            verdict = _after_failure(err, folder, attempt, max_restarts, n)
             if verdict is not None:
                 return verdict
         attempt += 1
@@ -99,15 +98,14 @@ def _culprit(err) -> tuple[int, object]:
     return err.get_first_failure()
 
 
-def _after_failure(err, run_dir: Path, attempt: int, max_restarts: int, n: int) -> int | None:
+def _after_failure(err, folder: RunFolder, attempt: int, max_restarts: int, n: int) -> int | None:
     """Name the failed stage, record it, and return the exit status, or None to restart."""
     rank, failure = _culprit(err)
-    if failure.exitcode == USER_ERROR_EXIT or not (run_dir / "config.toml").is_file():
+    if failure.exitcode == USER_ERROR_EXIT or not folder.exists():
         return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
-    folder = RunFolder(run_dir)
     if not [f for f in folder.failures() if f["attempt"] == attempt and not f.get("secondary")]:
         how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        folder.record_failure(_stage_of(rank, run_dir), None, f"the stage process (rank {rank}) died without a report ({how}; "
+        folder.record_failure(_stage_of(rank, folder), None, f"the stage process (rank {rank}) died without a report ({how}; "
                               "out of memory, or killed)", attempt)
     root = recovery.root_cause(folder.failures(), attempt)
     at = f" at step {root['step']}" if root.get("step") is not None else ""

@@ -4,18 +4,17 @@ checkpoints/stage-<k>/step-<n>.pt holds stage k after n optimizer steps (it has 
 0..n-1). Stages run ahead of each other by a few batches, so each keeps its last few; a run
 resumes from the newest step that every stage has, readable.
 
-A checkpoint is written to a temporary name, flushed to disk and renamed, so a file under its
-final name is whole; one that cannot be read anyway (a damaged disk, a copy cut short) is
+A checkpoint is written to a temporary name (flushed to disk where it is local) and renamed, so a
+file under its final name is whole; one that cannot be read anyway (a damaged disk, a copy cut short) is
 skipped with a warning that names it, and the run resumes from the step before. Checkpoints
 hold tensors and plain values only and load with `weights_only=True`: a run folder from someone
 else cannot run code.
 """
 from __future__ import annotations
 
-import os
+import io
 import re
 import sys
-from pathlib import Path
 
 import torch
 
@@ -25,47 +24,46 @@ from ffpipe.run.folder import RunFolder
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
 
-def stage_dir(folder: RunFolder, stage_id: int) -> Path:
-    return folder.checkpoints_dir / f"stage-{stage_id}"
+def stage_dir(stage_id: int) -> str:
+    return f"checkpoints/stage-{stage_id}"
 
 
-def checkpoint_path(folder: RunFolder, stage_id: int, step: int) -> Path:
-    return stage_dir(folder, stage_id) / f"step-{step:09d}.pt"
+def checkpoint_name(stage_id: int, step: int) -> str:
+    """Its name inside the run folder."""
+    return f"{stage_dir(stage_id)}/step-{step:09d}.pt"
 
 
 def saved_steps(folder: RunFolder, stage_id: int) -> list[int]:
-    path = stage_dir(folder, stage_id)
-    if not path.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in path.iterdir() if (m := _NAME.search(p.name)))
+    return sorted(int(m.group(1)) for name in folder.store.list(stage_dir(stage_id)) if (m := _NAME.search(name)))
 
 
-def save_stage(folder: RunFolder, stage_id: int, state: dict, epoch: int, keep: int = 3) -> Path:
-    """Write atomically (temporary file, fsync, rename), then drop all but the newest `keep`."""
+def save_stage(folder: RunFolder, stage_id: int, state: dict, epoch: int, keep: int = 3) -> str:
+    """Write whole or not at all (the store's temporary name, then a rename), then drop all but
+    the newest `keep`."""
     step = state["step"]
-    path = checkpoint_path(folder, stage_id, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({**state, "stage_id": stage_id, "epoch": epoch, "last_step_applied": step - 1}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    name = checkpoint_name(stage_id, step)
+    record = {**state, "stage_id": stage_id, "epoch": epoch, "last_step_applied": step - 1}
+    folder.store.write(name, lambda f: torch.save(record, f))
     for old in saved_steps(folder, stage_id)[:-keep]:
-        checkpoint_path(folder, stage_id, old).unlink(missing_ok=True)
-    return path
+        folder.store.delete(checkpoint_name(stage_id, old))
+    return name
 
 
 def load_stage(folder: RunFolder, stage_id: int, step: int, map_location="cpu", mmap: bool = False) -> dict:
-    """Stage `stage_id` after `step` steps; with `mmap` the tensors stay on disk until used."""
-    path = checkpoint_path(folder, stage_id, step)
-    if not path.is_file():
-        raise FFPipeError(f"no checkpoint of stage {stage_id} at step {step} in {folder.checkpoints_dir}; "
+    """Stage `stage_id` after `step` steps; with `mmap` (a local folder) the tensors stay on disk
+    until used."""
+    name, store = checkpoint_name(stage_id, step), folder.store
+    if not store.exists(name):
+        raise FFPipeError(f"no checkpoint of stage {stage_id} at step {step} in {folder}/checkpoints; "
                           "the run folder is incomplete (was the run stopped before its first checkpoint?)")
+    local = store.local_path(name)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        if local is not None:
+            return torch.load(local, map_location=map_location, weights_only=True, mmap=mmap)
+        # whole, in one read: torch.load's many small reads would each be a request to the store
+        return torch.load(io.BytesIO(store.read_bytes(name)), map_location=map_location, weights_only=True)
     except Exception as err:  # a damaged file or one holding code: name it, no pickle traceback
-        raise FFPipeError(f"checkpoint {path} cannot be read ({str(err).splitlines()[0][:200]}); "
+        raise FFPipeError(f"checkpoint {folder}/{name} cannot be read ({str(err).splitlines()[0][:200]}); "
                           "delete it to fall back to the one before") from None
 
 
@@ -82,14 +80,14 @@ def resume_step(folder: RunFolder, num_stages: int) -> int | None:
         bad = [k for k in range(num_stages) if not _readable(folder, k, step)]
         if not bad:
             return step
-        print(f"ffpipe: warning: checkpoint {checkpoint_path(folder, bad[0], step)} cannot be read; "
+        print(f"ffpipe: warning: checkpoint {folder}/{checkpoint_name(bad[0], step)} cannot be read; "
               "resuming from the step before", file=sys.stderr)
     return None
 
 
 def _readable(folder: RunFolder, stage_id: int, step: int) -> bool:
-    """Whole and safe to load: its index and every record it names parse (without reading the
-    tensors in: each stage process loads its own checkpoint afterwards)."""
+    """Whole and safe to load: its index and every record it names parse (on a local disk
+    without reading the tensors in: each stage process loads its own checkpoint afterwards)."""
     try:
         load_stage(folder, stage_id, step, mmap=True)
         return True

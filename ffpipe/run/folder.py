@@ -8,21 +8,29 @@
     <run>/failures.jsonl           every stage failure of the run (what automatic restarts read)
     <run>/summary.json, <run>/eval.json, <run>/plots/
 
-A RunFolder is a small value (a path): it travels to every stage process.
+<run> is a local folder (run.dir, else runs/<timestamp>) or, with run.storage, a folder of any
+filesystem pyarrow opens (run/store.py): <run.storage>/<run.dir or timestamp>. A RunFolder is a
+small value (its location): it travels to every stage process, which opens the store itself.
 """
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ffpipe import config as config_mod
 from ffpipe.config import Config
 from ffpipe.errors import ConfigError, FFPipeError
+from ffpipe.run.store import Store, is_uri, join
 
-# What may change when a run is resumed: nothing that changes the arithmetic or the stage split.
+# What may change when a run is resumed: nothing that changes the arithmetic, the stage split
+# or where the run is.
 RESUMABLE_SECTIONS = ("run.",)
+FIXED_RUN_KEYS = {"run.dir", "run.storage"}
 RESUMABLE_KEYS = {"pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backend", "pipeline.transport",
                   "pipeline.ray_tensor_transport", "pipeline.address", "pipeline.placement",
                   "pipeline.cpus_per_stage", "pipeline.max_restarts", "pipeline.replicas",
@@ -31,94 +39,100 @@ RESUMABLE_KEYS = {"pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backen
 
 @dataclass(frozen=True)
 class RunFolder:
-    path: Path
+    location: str  # a local path or a storage URI
+
+    def __post_init__(self):
+        object.__setattr__(self, "location", str(self.location))
+
+    @property
+    def store(self) -> Store:
+        return Store(self.location)
+
+    @property
+    def path(self) -> Path | str:
+        """The folder as a user names it: a local Path, or the storage URI."""
+        return self.location if is_uri(self.location) else Path(self.location)
 
     # -- making and opening ----------------------------------------------------------------
     @classmethod
     def create(cls, cfg: Config) -> "RunFolder":
         """A new folder for this run; refuses one that already holds a run (nothing is overwritten)."""
-        if cfg.run.dir:
-            path = Path(cfg.run.dir)
-            if (path / "config.toml").exists():
-                raise FFPipeError(f"run folder {path} already holds a run; choose another run.dir, "
-                                  f"or continue it with: ffpipe train --resume {path}")
-        else:
-            path = new_run_path()
-        path.mkdir(parents=True, exist_ok=True)
-        folder = cls(path)
-        folder.config_path.write_text(config_mod.to_toml(cfg))
+        folder = cls(run_location(cfg) or join(cfg.run.storage or "runs", new_run_name(cfg)))
+        if folder.exists():
+            raise FFPipeError(f"run folder {folder} already holds a run; choose another run.dir, "
+                              f"or continue it with: ffpipe train --resume {folder}")
+        folder.store.write_text("config.toml", config_mod.to_toml(cfg))
         return folder
 
     @classmethod
-    def open(cls, path: str | Path, what: str = "a run folder") -> "RunFolder":
-        folder = cls(Path(path))
-        if not folder.config_path.is_file():
-            raise FFPipeError(f"{path} is not {what} (no config.toml); pass a folder made by ffpipe train")
+    def open(cls, location: str | Path, what: str = "a run folder") -> "RunFolder":
+        folder = cls(location)
+        if not folder.exists():
+            raise FFPipeError(f"{location} is not {what} (no config.toml); pass a folder made by ffpipe train "
+                              "(a local path, or the storage URI the run printed)")
         return folder
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.toml"
+    def exists(self) -> bool:
+        """Whether a run has been started here (its config is written first)."""
+        return self.store.exists("config.toml")
 
     def config(self, overrides: list[str] = ()) -> Config:
-        return config_mod.load(self.config_path, overrides)
+        return config_mod.from_dict(config_mod.merge(tomllib.loads(self.store.read_text("config.toml")),
+                                                     list(overrides)))
 
     def resume_config(self, overrides: list[str]) -> Config:
         """The run's own config with the few keys that may change on resume. A stop point saved
         with the run stopped it once and is dropped (pass run.stop_after_step again to stop)."""
         for text in overrides:
             key = text.split("=", 1)[0].strip()
-            if key == "run.dir" or not (key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)):
+            if key in FIXED_RUN_KEYS or not (key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)):
                 raise ConfigError(f"'{key}' cannot change when a run is resumed (it would change what "
                                   "the checkpoints mean, or where they are); keys that can: run.* but "
-                                  f"run.dir, {', '.join(sorted(RESUMABLE_KEYS))}")
+                                  f"{', '.join(sorted(FIXED_RUN_KEYS))}, {', '.join(sorted(RESUMABLE_KEYS))}")
         cfg = self.config(overrides)
         if not any(o.strip().startswith("run.stop_after_step") for o in overrides):
             cfg.run.stop_after_step = 0
         return cfg
 
     def __str__(self) -> str:
-        return str(self.path)
+        return self.location
 
     # -- the stage split ---------------------------------------------------------------------
     def write_partition(self, starts: list[int]) -> None:
-        (self.path / "partition.json").write_text(json.dumps({"starts": starts}) + "\n")
+        self.store.write_text("partition.json", json.dumps({"starts": starts}) + "\n")
 
     def partition(self) -> list[int]:
-        path = self.path / "partition.json"
-        if not path.is_file():
-            raise FFPipeError(f"{self.path} has no partition.json: the run stopped before its stages "
+        if not self.store.exists("partition.json"):
+            raise FFPipeError(f"{self} has no partition.json: the run stopped before its stages "
                               "were chosen; start it again instead of resuming it")
-        return json.loads(path.read_text())["starts"]
+        return json.loads(self.store.read_text("partition.json"))["starts"]
 
     # -- metrics and evaluations ------------------------------------------------------------
-    def stage_metrics_path(self, stage_id: int) -> Path:
-        path = self.path / "metrics" / f"stage-{stage_id}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     def write_stage_metrics(self, stage_id: int, rows: list[dict]) -> None:
         """Each stage writes all its rows (a resumed stage starts from the earlier ones)."""
         from ffpipe.metrics import write_rows  # pyarrow and torch: only where metrics are written
-        write_rows(rows, self.stage_metrics_path(stage_id))
+        self.store.write(_stage_metrics(stage_id), lambda f: write_rows(rows, f))
 
     def read_stage_metrics(self, stage_id: int, up_to_step: int) -> list[dict]:
         """The rows a stage had logged up to `up_to_step`: what a resumed stage starts from."""
-        from ffpipe.metrics import read_rows
-        return [r for r in read_rows([self.stage_metrics_path(stage_id)]) if r["step"] <= up_to_step]
+        return [r for r in self._read_metrics([_stage_metrics(stage_id)]) if r["step"] <= up_to_step]
 
     def merge_metrics(self, num_stages: int, extra_rows: list[dict]) -> list[dict]:
-        from ffpipe.metrics import read_rows, write_rows
-        rows = read_rows([self.stage_metrics_path(k) for k in range(num_stages)]) + extra_rows
-        write_rows(rows, self.path / "metrics.parquet")
+        from ffpipe.metrics import write_rows
+        rows = self._read_metrics([_stage_metrics(k) for k in range(num_stages)]) + extra_rows
+        self.store.write("metrics.parquet", lambda f: write_rows(rows, f))
         return rows
 
+    def _read_metrics(self, names: list[str]) -> list[dict]:
+        from ffpipe.metrics import read_rows
+        return read_rows([io.BytesIO(self.store.read_bytes(n)) for n in names if self.store.exists(n)])
+
     def append_history(self, result: dict) -> None:
-        _append_json(self.path / "history.jsonl", result)
+        self.store.append_line("history.jsonl", json.dumps(result))
 
     def history(self, up_to_step: int) -> list[dict]:
         """Evaluations up to a step, one per step (a restarted attempt may have written it again)."""
-        by_step = {r["step"]: r for r in _read_jsonl(self.path / "history.jsonl") if r["step"] <= up_to_step}
+        by_step = {r["step"]: r for r in self._read_jsonl("history.jsonl") if r["step"] <= up_to_step}
         return [by_step[step] for step in sorted(by_step)]
 
     # -- failures and restarts ----------------------------------------------------------------
@@ -126,57 +140,73 @@ class RunFolder:
                        secondary: bool = False) -> dict:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "attempt": attempt, "stage": stage_id,
                  "step": step, "cause": cause, "secondary": secondary}
-        _append_json(self.path / "failures.jsonl", entry)
+        self.store.append_line("failures.jsonl", json.dumps(entry))
         return entry
 
     def failures(self) -> list[dict]:
-        return _read_jsonl(self.path / "failures.jsonl")
+        return self._read_jsonl("failures.jsonl")
+
+    def _read_jsonl(self, name: str) -> list[dict]:
+        """Every complete line; a line cut short by a killed process is skipped."""
+        if not self.store.exists(name):
+            return []
+        entries = []
+        for line in self.store.read_text(name).splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return entries
 
     # -- results ------------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.store.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
 
     def summary(self) -> dict:
-        path = self.path / "summary.json"
-        if not path.is_file():
-            raise FFPipeError(f"{self.path} has no summary.json: not a finished run folder")
-        return json.loads(path.read_text())
+        if not self.store.exists("summary.json"):
+            raise FFPipeError(f"{self} has no summary.json: not a finished run folder")
+        return json.loads(self.store.read_text("summary.json"))
 
     def write_eval(self, result: dict) -> None:
-        (self.path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        self.store.write_text("eval.json", json.dumps(result, indent=2) + "\n")
 
-    @property
-    def plots_dir(self) -> Path:
-        return self.path / "plots"
+    def write_plots(self, rows: list[dict]) -> None:
+        """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored)."""
+        from ffpipe.plots import plot_run  # matplotlib: only where plots are drawn
 
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
+        local = self.store.local_path("plots")
+        if local is not None:
+            plot_run(rows, local)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in plot_run(rows, Path(tmp)):
+                self.store.write_bytes(f"plots/{path.name}", path.read_bytes())
 
 
-def new_run_path(root: Path = Path("runs")) -> Path:
-    """runs/<timestamp>, with -2, -3, ... when that exists already."""
+def _stage_metrics(stage_id: int) -> str:
+    return f"metrics/stage-{stage_id}.parquet"
+
+
+def run_location(cfg: Config) -> str | None:
+    """Where the run that `cfg` names lives: run.dir, inside run.storage when that is set
+    (None: run.dir is empty, so a new run gets a timestamped folder)."""
+    if not cfg.run.dir:
+        return None
+    return join(cfg.run.storage, cfg.run.dir) if cfg.run.storage else cfg.run.dir
+
+
+def new_run_name(cfg: Config) -> str:
+    """<timestamp> (then -2, -3, ...) not yet used in run.storage (or runs/)."""
+    root = cfg.run.storage or "runs"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = root / stamp, 1
-    while path.exists():
+    name, n = stamp, 1
+    while RunFolder(join(root, name)).exists() or (not is_uri(root) and (Path(root) / name).exists()):
         n += 1
-        path = root / f"{stamp}-{n}"
-    return path
+        name = f"{stamp}-{n}"
+    return name
 
 
-def _append_json(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Every complete line; a line cut short by a killed process is skipped."""
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+def new_run_dir(cfg: Config) -> str:
+    """A run.dir value for a new run that every process of it can be given."""
+    name = new_run_name(cfg)
+    return name if cfg.run.storage else str(Path("runs") / name)

@@ -11,7 +11,6 @@ import torch
 from ffpipe.pipeline.partition import stage_seconds
 from ffpipe.pipeline.runtime import StageLogger
 from ffpipe.pipeline.topology import Topology
-from ffpipe.plots import plot_run
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import RunSetup
 
@@ -128,7 +127,7 @@ def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history:
     }
     folder.write_summary(summary)
     if cfg.run.plots:
-        plot_run(rows, folder.plots_dir)
+        folder.write_plots(rows)
     return summary
 
 

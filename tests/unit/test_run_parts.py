@@ -14,7 +14,7 @@ from ffpipe.config import PipelineConfig, TrainConfig
 from ffpipe.errors import FFPipeError, NeighbourError
 from ffpipe.ff.optim import lr_at
 from ffpipe.pipeline.messages import control, Phase
-from ffpipe.run.checkpoints import checkpoint_path, load_stage, resume_step, save_stage, saved_steps
+from ffpipe.run.checkpoints import checkpoint_name, load_stage, resume_step, save_stage, saved_steps
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed, restart_verdict, root_cause
 from ffpipe.transport import open_channel
@@ -62,9 +62,9 @@ def test_checkpoints_keep_the_newest_few_and_load_only_tensors_and_plain_values(
     for step in (2, 4, 6, 8):
         save_stage(folder, 0, _state(step), epoch=0, keep=3)
     assert saved_steps(folder, 0) == [4, 6, 8]
-    assert not list(checkpoint_path(folder, 0, 8).parent.glob("*.tmp"))
+    assert not list((folder.path / checkpoint_name(0, 8)).parent.glob("*.tmp*"))
     assert load_stage(folder, 0, 8)["learners"]["w"].tolist() == [8.0, 8.0]
-    with open(checkpoint_path(folder, 0, 10), "wb") as f:  # a "checkpoint" that would run code
+    with open(folder.path / checkpoint_name(0, 10), "wb") as f:  # a "checkpoint" that would run code
         pickle.dump({"step": 10, "hook": print}, f)
     with pytest.raises(FFPipeError, match=r"step-000000010.pt cannot be read"):
         load_stage(folder, 0, 10)
@@ -75,7 +75,7 @@ def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path, cap
     for stage_id in (0, 1):
         for step in (4, 8):
             save_stage(folder, stage_id, _state(step), epoch=0)
-    path = checkpoint_path(folder, 1, 8)
+    path = folder.path / checkpoint_name(1, 8)
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
     assert resume_step(folder, 2) == 4
     assert f"checkpoint {path} cannot be read; resuming from the step before" in capsys.readouterr().err
@@ -106,16 +106,15 @@ def test_the_root_cause_is_the_stage_that_failed_not_the_neighbours_that_lost_it
 
 
 def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
-    from ffpipe.metrics import read_rows, write_rows
-
-    path = tmp_path / "stage-0.parquet"
-    write_rows([{"phase": "train", "step": 1, "loss": 1.0}], path)
+    folder = _folder(tmp_path)
+    folder.write_stage_metrics(0, [{"phase": "train", "step": 1, "loss": 1.0}])
 
     def killed_while_writing(table, where):
-        open(where, "wb").close()  # an empty file, as a SIGKILL mid-write leaves one
+        where.write(b"PAR1")  # the start of a file, as a SIGKILL mid-write leaves one
         raise KeyboardInterrupt
 
     monkeypatch.setattr("ffpipe.metrics.pq.write_table", killed_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        write_rows([{"phase": "train", "step": 2, "loss": 0.5}], path)
-    assert [r["step"] for r in read_rows([path])] == [1]
+        folder.write_stage_metrics(0, [{"phase": "train", "step": 2, "loss": 0.5}])
+    assert [r["step"] for r in folder.read_stage_metrics(0, up_to_step=10)] == [1]
+    assert sorted(p.name for p in (folder.path / "metrics").iterdir()) == ["stage-0.parquet"]  # no temporary left
