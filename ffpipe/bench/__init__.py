@@ -42,12 +42,14 @@ def _add_memory_parser(bench_sub) -> None:
     m.add_argument("--classes", type=int, default=1000)
     m.add_argument("--granularity", default="block", choices=("block", "layer"))
     m.add_argument("--stages", type=int, default=4, help="also size each of this many SFF stages")
+    m.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                   help="only these: bp, sequential, stage0, stage1, ... (default: all; x BP needs bp first)")
     m.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     m.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
     m.add_argument("--start-batch", type=int, default=32, help="first batch tried (doubled from there)")
     m.add_argument("--max-batch", type=int, default=1 << 16, help="the search stops here")
     m.add_argument("--resolution", type=float, default=0.05, help="bisect until the gap is below this share")
-    m.add_argument("--steps", type=int, default=5, help="timed steps at each largest batch")
+    m.add_argument("--steps", type=int, default=3, help="timed steps of every trial (after its warm-up)")
     m.add_argument("--models", nargs="*", default=[], choices=config_mod.MODELS,
                    help="also: can BP and the stages train each of these at --batch?")
     m.add_argument("--batch", type=int, default=256, help="the batch of --models")

@@ -4,8 +4,8 @@ For a model, input size and precision: BP (the whole network, one backward), the
 trainer (every unit on one device, a backward per unit) and each of S SFF stages on its own (its
 units only, fed tensors of the shape its neighbour sends). A batch fits when a few real steps
 (graphed where the stage would be) run without running out of device memory; the batch doubles
-until one does not, then a bisection narrows the gap to `--resolution`. Then images/s at each
-largest batch. With `--models`, which of several networks BP and the stages can train at
+until one does not, then a bisection narrows the gap to `--resolution`; images/s and peak memory
+are those of the trial at the largest batch. With `--models`, which of several networks BP and the stages can train at
 `--batch` at all. On a CPU nothing runs out, so the search stops at `--max-batch` (a test of the
 command, not a figure).
 """
@@ -15,11 +15,13 @@ import copy
 import datetime
 import gc
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from ffpipe import config as config_mod
+from ffpipe.errors import FFPipeError
 from ffpipe.learners import build_learners
 from ffpipe.metrics import peak_memory_mib
 from ffpipe.models import dry_run
@@ -56,8 +58,9 @@ class Candidate:
         self.name, self.cfg, self.learners = name, cfg, learners
         self.in_shape, self.skips, self.classes, self.device = in_shape, skips, classes, device
 
-    def run(self, batch: int, steps: int) -> float:
-        """Images/s over `steps` timed steps at `batch` (raises torch.OutOfMemoryError)."""
+    def run(self, batch: int, steps: int) -> tuple[float, float]:
+        """Images/s over `steps` timed steps at `batch`, and the peak memory (MiB) of the trial
+        (raises torch.OutOfMemoryError)."""
         cfg = config_mod.load(None, [*self.cfg, f"train.batch_size={batch}"])
         # copies: a Stage moves its learners to the device, and each trial starts afresh
         stage = Stage(0, [copy.deepcopy(learner) for learner in self.learners], StageOptions.of(cfg),
@@ -69,7 +72,7 @@ class Candidate:
         y = torch.randint(0, self.classes, (batch,), device=self.device)
         msg = Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y)
         try:
-            return batch / time_steps(stage, msg, steps)
+            return batch / time_steps(stage, msg, steps), peak_memory_mib(self.device)
         finally:
             del stage, x, skips, msg
             _release(self.device)
@@ -102,36 +105,64 @@ def candidates(args, model: str, device: torch.device) -> list[Candidate]:
     return out
 
 
+def attempt(candidate: Candidate, batch: int, steps: int) -> tuple[float, float] | None:
+    """(images/s, peak MiB) of real steps at `batch`, or None when it ran out of memory. The
+    memory is released by the caller, after this returns: while the error is being handled, its
+    traceback still holds the failed step's tensors (and a CUDA graph's pool)."""
+    try:
+        return candidate.run(batch, steps)
+    except torch.OutOfMemoryError:
+        return None
+
+
 def size(candidate: Candidate, args) -> dict:
+    measured = {}
+
     def fits(batch: int) -> bool:
-        try:
-            candidate.run(batch, steps=1)
-            return True
-        except torch.OutOfMemoryError:
-            _release(candidate.device)
-            return False
+        result = attempt(candidate, batch, args.steps)
+        _release(candidate.device)
+        if result is not None:
+            measured[batch] = result
+        # a search at 224 px takes minutes: show where it is
+        print(f"  {candidate.name}: batch {batch:,} {'fits' if result else 'out of memory'}", file=sys.stderr, flush=True)
+        return result is not None
 
     batch = largest_batch(fits, args.start_batch, args.max_batch, args.resolution)
-    rate = candidate.run(batch, args.steps) if batch else 0.0
-    return {"run": candidate.name, "largest_batch": batch, "images_per_s": rate,
-            "peak_memory_mib": peak_memory_mib(candidate.device)}
+    # The figures of the trial at the largest batch: a second run there can fail where the
+    # first fitted (the allocator's state differs), and costs another warm-up.
+    rate, peak = measured.get(batch, (0.0, 0.0))
+    return {"run": candidate.name, "largest_batch": batch, "images_per_s": rate, "peak_memory_mib": peak}
+
+
+def run_key(index: int) -> str:
+    """`--runs` names of candidates(): bp, sequential, stage0, stage1, ..."""
+    return ("bp", "sequential")[index] if index < 2 else f"stage{index - 2}"
 
 
 def bench_memory(args) -> dict:
+    args.runs = args.runs or [run_key(i) for i in range(2 + args.stages)]
+    unknown = sorted(set(args.runs) - {run_key(i) for i in range(2 + args.stages)})
+    if unknown:
+        raise FFPipeError(f"--runs {' '.join(unknown)}: not a run of this bench; choose from bp, sequential, "
+                          f"stage0 .. stage{args.stages - 1}")
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": card, "torch": torch.__version__, "model": args.model, "shape": args.shape,
               "classes": args.classes, "precision": args.precision, "stages": args.stages,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "rows": [], "models": []}
     print(f"{card}, torch {torch.__version__}, {result['date']}; {args.model} {'x'.join(map(str, args.shape))}, "
-          f"{args.classes} classes, {args.precision}\n\n| run | largest batch | x BP | img/s at it |\n|---|---|---|---|",
+          f"{args.classes} classes, {args.precision}\n\n| run | largest batch | x BP | img/s at it | x BP img/s | peak GiB |"
+          "\n|---|---|---|---|---|---|",
           flush=True)
-    for candidate in candidates(args, args.model, device):
+    chosen = [c for i, c in enumerate(candidates(args, args.model, device)) if run_key(i) in args.runs]
+    for candidate in chosen:
         row = size(candidate, args)
         result["rows"].append(row)
-        bp = result["rows"][0]["largest_batch"] or 1
-        print(f"| {row['run']} | {row['largest_batch']:,} | {row['largest_batch'] / bp:.1f} | "
-              f"{row['images_per_s']:,.0f} |", flush=True)
+        bp = result["rows"][0] if result["rows"][0]["run"] == "bp" else None
+        ratio = lambda key, digits: f"{row[key] / (bp[key] or 1):.{digits}f}" if bp else "—"  # noqa: E731
+        print(f"| {row['run']} | {row['largest_batch']:,} | {ratio('largest_batch', 1)} | "
+              f"{row['images_per_s']:,.0f} | {ratio('images_per_s', 2)} | {row['peak_memory_mib'] / 1024:.1f} |",
+              flush=True)
     for model in args.models:
         result["models"].append(trainable_at(args, model, device))
     if args.json:
@@ -143,12 +174,8 @@ def trainable_at(args, model: str, device: torch.device) -> dict:
     """Can BP, and can every one of the S stages, train `model` at batch `args.batch`?"""
     verdict = {"model": model, "batch": args.batch}
     for candidate in candidates(args, model, device):
-        try:
-            candidate.run(args.batch, steps=1)
-            verdict[candidate.name] = True
-        except torch.OutOfMemoryError:
-            _release(device)
-            verdict[candidate.name] = False
+        verdict[candidate.name] = attempt(candidate, args.batch, steps=1) is not None
+        _release(device)
     stages_ok = all(v for k, v in verdict.items() if k.startswith("sff stage"))
     print(f"{model} at batch {args.batch}: BP {'fits' if verdict['bp'] else 'does not fit'}, "
           f"{args.stages} SFF stages {'fit' if stages_ok else 'do not fit'}", flush=True)

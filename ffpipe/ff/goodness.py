@@ -38,7 +38,7 @@ class GoodnessHead(nn.Module):
 
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
         if self.pool and not self.flat and (z.shape[-2] > self.pool or z.shape[-1] > self.pool):
-            z = F.adaptive_avg_pool2d(z, (min(self.pool, z.shape[-2]), min(self.pool, z.shape[-1])))
+            z = pool_to(z, (min(self.pool, z.shape[-2]), min(self.pool, z.shape[-1])))
         return goodness(self._project(z), kind, self.num_classes)
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,20 @@ class GoodnessHead(nn.Module):
         weight = F.pad(self.proj.weight, (0, 0, 0, 0, 0, 0, 0, pad))
         bias = F.pad(self.proj.bias, (0, pad))
         return self.proj._conv_forward(z, weight.contiguous(memory_format=torch.channels_last), bias)
+
+
+# CUDA's adaptive average pooling asserts fewer than 2**31 input elements (torch 2.11, H200): a
+# ResNet-50 block's 256 x 56 x 56 output passes that at batch 2,731.
+_POOL_ELEMENTS = 2**31 - 1
+
+
+def pool_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling to `size`, in slices of the batch where the whole is too large."""
+    per_sample = max(1, z[0].numel())
+    if z.numel() <= _POOL_ELEMENTS:
+        return F.adaptive_avg_pool2d(z, size)
+    rows = max(1, _POOL_ELEMENTS // per_sample)
+    return torch.cat([F.adaptive_avg_pool2d(part, size) for part in z.split(rows)])
 
 
 class _MeanSquare(torch.autograd.Function):

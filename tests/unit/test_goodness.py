@@ -122,3 +122,15 @@ def test_the_pooled_head_projects_a_small_map_and_still_learns():
     # a map already at most 4 x 4 is not pooled: the same goodness as the full head
     small = torch.randn(2, 16, 4, 4)
     torch.testing.assert_close(pooled(small), full(small))
+
+
+def test_pooling_too_large_for_one_cuda_kernel_runs_in_slices_of_the_batch_with_the_same_result(monkeypatch):
+    from ffpipe.ff import goodness as goodness_mod
+
+    z = torch.randn(7, 3, 9, 10, requires_grad=True)
+    whole = torch.nn.functional.adaptive_avg_pool2d(z, (4, 4))
+    monkeypatch.setattr(goodness_mod, "_POOL_ELEMENTS", 2 * z[0].numel())  # slices of 2 samples
+    sliced = goodness_mod.pool_to(z, (4, 4))
+    assert torch.equal(sliced, whole)
+    grads = [torch.autograd.grad(out.square().sum(), z)[0] for out in (sliced, whole)]
+    assert torch.equal(*grads)
