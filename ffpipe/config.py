@@ -30,12 +30,17 @@ def _f(default, doc: str, choices: tuple = (), **kw):
 class ModelConfig:
     name: str = _f("small_cnn", "architecture", MODELS)
     granularity: str = _f("block", "unit size: 'layer' = pure FF (every conv+norm+act a unit), "
-                          "'block' = hybrid (backprop inside each residual block)", ("layer", "block"))
+                          "'block' = hybrid (backprop inside each residual block), 'stage' = one unit "
+                          "per resolution stage (fewer, larger units; greedy local learning's remedy)",
+                          ("layer", "block", "stage"))
     width: int = _f(0, "base width of small_cnn / hidden width of mlp (0 = model default)")
     depth: int = _f(0, "number of hidden layers of mlp (0 = model default)")
     head_kernel: int = _f(1, "kernel size of the auxiliary goodness convolution (odd)")
+    dropout: float = _f(0.0, "dropout on every unit's output while training (channels of maps); "
+                        "BP gets the same")
 
     def validate(self):
+        _require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1) (0 = off)")
         _require(self.width >= 0, "model.width", "must be >= 0")
         _require(self.depth >= 0, "model.depth", "must be >= 0")
         _require(self.head_kernel >= 1 and self.head_kernel % 2 == 1,
@@ -60,6 +65,22 @@ class AlgoConfig:
                    "or 'pooled' (average-pooled to head_pool x head_pool first: cheaper with many "
                    "classes or large maps)", ("conv1x1", "pooled"))
     head_pool: int = _f(4, "sff, head = 'pooled': side of the pooled map")
+    head_depth: int = _f(0, "sff, head = 'pooled': conv3x3+BN+ReLU layers on the pooled map before "
+                         "the projection (DGL's auxiliary network)")
+    head_schedule: str = _f("constant", "head_depth on every unit, or 'decreasing' from head_depth "
+                            "at the first unit to 0 at the last", ("constant", "decreasing"))
+    aux: str = _f("none", "sff: an information-keeping term beside each unit's class loss: "
+                  "'similarity' (PredSim: the batch's cosine-similarity matrix of the unit's features "
+                  "matches its labels'), 'reconstruction' (InfoPro-like: a decoder rebuilds the unit's "
+                  "input)", ("none", "similarity", "reconstruction"))
+    aux_weight: float = _f(1.0, "sff: weight of algo.aux beside the class loss")
+    vote: str = _f("mean", "sff: the network's prediction: 'mean' (paper: mean of every unit's "
+                   "softmax), 'last' unit, 'best_range' (the contiguous units whose mean is best on "
+                   "the validation split, each evaluation), 'weighted' (each unit's softmax weighted "
+                   "by its validation accuracy, SAMME's log-odds)", ("mean", "last", "best_range", "weighted"))
+    deep_supervision: bool = _f(False, "bp: a goodness head on every unit, their SFF losses added to "
+                                "the classifier's (one end-to-end backward): BP as strong FF methods "
+                                "are judged against")
     grad_clip: float = _f(0.0, "clip each unit's gradient norm to this (0 = off)")
     ff_threshold: float = _f(2.0, "ff: goodness threshold of the logistic loss")
 
@@ -68,6 +89,10 @@ class AlgoConfig:
         _require(self.temperature > 0, "algo.temperature", "must be > 0")
         _require(self.grad_clip >= 0, "algo.grad_clip", "must be >= 0 (0 turns clipping off)")
         _require(self.head_pool >= 1, "algo.head_pool", "must be >= 1 (the pooled map's side)")
+        _require(self.head_depth >= 0, "algo.head_depth", "must be >= 0")
+        _require(self.head_depth == 0 or self.head == "pooled", "algo.head_depth",
+                 "needs algo.head = 'pooled' (its layers run on the pooled map)")
+        _require(self.aux_weight >= 0, "algo.aux_weight", "must be >= 0")
 
 
 @dataclass
@@ -77,6 +102,8 @@ class DataConfig:
     train_subset: float = _f(0, "0 = all; an integer N >= 1 = N images per class; "
                              "a fraction in (0, 1) = that share of each class")
     augment: bool = _f(True, "random crop with padding (and flips where they make sense), on device")
+    cutout: int = _f(0, "training: zero a square of this side at a random place of every image "
+                     "(DeVries & Taylor 2017); 0 = off")
     flip: str = _f("auto", "horizontal flips when augmenting: 'auto' = where they keep the class "
                    "(not digits), 'on', 'off'", ("auto", "on", "off"))
     image_size: int = _f(0, "resize every image to S x S (image folders: shorter side to S, then "
@@ -107,6 +134,7 @@ class DataConfig:
                  "data.synthetic_shape", "must be three positive integers [C, H, W]")
         _require(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
         _require(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = as stored)")
+        _require(self.cutout >= 0, "data.cutout", "must be >= 0 (0 = off)")
         _require(0 <= self.val_fraction < 1, "data.val_fraction", "must be in [0, 1) (0 = none)")
         _require(0 < self.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
         _require(self.on_device_max_mib >= 0, "data.on_device_max_mib",
@@ -252,6 +280,13 @@ class Config:
                  "'ff' (classic Forward-Forward) needs model.name = 'mlp'; use 'sff' for CNNs")
         _require(not (self.algo.name == "ff" and self.train.freeze_bodies), "train.freeze_bodies",
                  "classic FF units have no separate head to probe with; use algo.name = 'sff' or 'bp'")
+        _require(self.algo.vote not in ("best_range", "weighted") or self.data.val_fraction > 0, "algo.vote",
+                 f"'{self.algo.vote}' chooses on the validation split: set data.val_fraction (e.g. 0.1)")
+        _require(not (self.model.dropout and self.train.cuda_graphs == "on"), "train.cuda_graphs",
+                 "'on' cannot go with model.dropout (its masks are drawn on the host every step, a "
+                 "graph would replay one): use 'auto' (stages with dropout run eagerly) or no dropout")
+        _require(not self.algo.deep_supervision or self.algo.name == "bp", "algo.deep_supervision",
+                 "is BP's option (SFF units each have their head already); set algo.name = 'bp'")
         most = max(self.pipeline.replicas) if isinstance(self.pipeline.replicas, list) and self.pipeline.replicas else 1
         _require(self.train.batch_size >= most, "train.batch_size",
                  f"must be at least the largest pipeline.replicas ({most}): every replica needs rows")

@@ -81,7 +81,7 @@ def input_transform(cfg: Config, num_classes: int) -> InputTransform | None:
     seed = cfg.train.seed
 
     def transform(x: torch.Tensor, y: torch.Tensor, phase: Phase, step: int) -> torch.Tensor:
-        if phase is Phase.EVAL:
+        if phase in (Phase.EVAL, Phase.VAL):
             return prepare_eval(x, num_classes)
         # One generator per step: the negatives of step s are the same on every backend and resume.
         gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step)

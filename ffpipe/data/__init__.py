@@ -65,7 +65,8 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
 def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device) -> DeviceLoader:
     """The training batches as stage 0 draws them (seeded order, crops and flips on the device)."""
     return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
-                        augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib)
+                        augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib,
+                        cutout=cfg.cutout)
 
 
 def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> None:

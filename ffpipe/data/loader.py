@@ -42,7 +42,7 @@ class DeviceLoader:
 
     def __init__(self, data: ArraySet, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, augment: bool = False,
-                 flip: bool = False, max_device_mib: float | None = None):
+                 flip: bool = False, max_device_mib: float | None = None, cutout: int = 0):
         self.host = max_device_mib is not None and data.images.nbytes > max_device_mib * 2**20
         self.images = data.images if self.host else data.images.to(device)
         self.labels = data.labels.to(device)
@@ -52,6 +52,7 @@ class DeviceLoader:
         self.seed = seed
         self.augment = augment and train
         self.flip = flip
+        self.cutout = cutout if train else 0
         self.pad = max(1, data.images.shape[-1] // 8)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -68,7 +69,11 @@ class DeviceLoader:
         order = torch.randperm(n, generator=gen)
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        return order, offsets.to(self.device), flips.to(self.device)
+        # drawn last: runs without cutout draw exactly what they drew before it existed
+        centres = torch.stack([torch.randint(0, s, (n,), generator=gen) for s in self.images.shape[-2:]], dim=1) \
+            if self.cutout else None
+        return order, offsets.to(self.device), flips.to(self.device), \
+            None if centres is None else centres.to(self.device)
 
     def _index_batches(self, order: torch.Tensor | None, start: int):
         """(slice of the epoch, indices on the host, the same on the device) of batches start, ...
@@ -107,9 +112,9 @@ class DeviceLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images as normalised float, labels) for batches start, start+1, ... of `epoch`."""
-        order = offsets = flips = None
+        order = offsets = flips = centres = None
         if self.train:
-            order, offsets, flips = self._epoch_draws(epoch)
+            order, offsets, flips, centres = self._epoch_draws(epoch)
         index_batches = self._index_batches(order, start)
         if self.host:
             gathered = self._host_gather(index_batches)
@@ -119,4 +124,18 @@ class DeviceLoader:
             x = x_u8.float().div_(255)
             if self.augment:
                 x = crop_and_flip(x, offsets[sl], flips[sl], self.pad)
-            yield (x - self.mean) / self.std, self.labels[idx_dev]
+            x = (x - self.mean) / self.std
+            if self.cutout:
+                x = cut_out(x, centres[sl], self.cutout)
+            yield x, self.labels[idx_dev]
+
+
+def cut_out(x: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): a size x size square around each image's centre (row,
+    column) set to 0, the dataset mean after normalisation; squares may reach past the border."""
+    h, w = x.shape[-2:]
+    top_left = centres - size // 2
+    rows = torch.arange(h, device=x.device)[None] - top_left[:, :1]
+    cols = torch.arange(w, device=x.device)[None] - top_left[:, 1:]
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    return x.masked_fill(inside[:, None], 0.0)

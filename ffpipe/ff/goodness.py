@@ -23,14 +23,20 @@ class GoodnessHead(nn.Module):
 
     `pool` > 0 (algo.head = 'pooled'): the output is average-pooled to at most pool x pool first,
     so the projection's cost no longer grows with the map's area (with 1,000 classes the
-    full-resolution projection of a 56 x 56 map costs as much as a layer of the network)."""
+    full-resolution projection of a 56 x 56 map costs as much as a layer of the network).
+    `depth` conv3x3+BN+ReLU layers on the pooled map come before the projection: DGL's auxiliary
+    network (Belilovsky et al. 2019), which gives early units a head strong enough that they need
+    not make every pixel class-readable themselves."""
 
     def __init__(self, in_channels: int, num_classes: int, kernel_size: int = 1, flat: bool = False,
-                 pool: int = 0):
+                 pool: int = 0, depth: int = 0):
         super().__init__()
         self.flat = flat
         self.pool = pool
         self.num_classes = num_classes
+        self.layers = nn.Sequential(*(layer for _ in range(0 if flat else depth) for layer in (
+            nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False), nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True))))
         if flat:
             self.proj = nn.Linear(in_channels, num_classes)
         else:
@@ -39,7 +45,7 @@ class GoodnessHead(nn.Module):
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
         if self.pool and not self.flat and (z.shape[-2] > self.pool or z.shape[-1] > self.pool):
             z = pool_to(z, (min(self.pool, z.shape[-2]), min(self.pool, z.shape[-1])))
-        return goodness(self._project(z), kind, self.num_classes)
+        return goodness(self._project(self.layers(z)), kind, self.num_classes)
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:
         """The head's activations; on a GPU with zero channels added up to a multiple of 8.

@@ -44,13 +44,15 @@ def count_correct(scores_BC: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
 class LocalUnit(nn.Module):
     """SFF: one unit of the network (`body`) with its auxiliary goodness head."""
 
-    def __init__(self, index: int, body: nn.Module, out_channels: int, num_classes: int,
-                 algo: AlgoConfig, head_kernel: int = 1, flat: bool = False):
+    def __init__(self, index: int, body: nn.Module, head: GoodnessHead, algo: AlgoConfig,
+                 aux: nn.Module | None = None):
+        """`head`: the unit's goodness head; `aux`: its algo.aux term (ff/aux.py), if any."""
         super().__init__()
         self.index = index
         self.body = body
-        pool = algo.head_pool if algo.head == "pooled" else 0
-        self.head = GoodnessHead(out_channels, num_classes, head_kernel, flat, pool)
+        self.head = head
+        self.aux = aux
+        self.aux_weight = algo.aux_weight
         self.goodness_kind = algo.goodness
         self.margin = algo.margin
         self.temperature = algo.temperature
@@ -62,6 +64,8 @@ class LocalUnit(nn.Module):
         loss = correct = None
         if y is not None:
             loss = sff_loss(g_BC, y, self.margin, self.temperature)
+            if self.aux is not None:
+                loss = loss + self.aux_weight * self.aux(z, x, y)
             correct = count_correct(g_BC, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.

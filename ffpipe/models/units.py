@@ -74,3 +74,51 @@ def adapt_stem(conv: nn.Conv2d, in_channels: int, kernel_size: int | None = None
         return conv
     return nn.Conv2d(in_channels, conv.out_channels, k, stride=s, padding=k // 2,
                      bias=conv.bias is not None)
+
+
+def by_resolution(blocks: list[SkipUnit], in_shape: tuple[int, ...]) -> list[SkipUnit]:
+    """Block units joined into one unit per resolution stage: consecutive blocks whose outputs
+    have the same height and width (the stem joins the blocks that keep its output's size)."""
+    shapes = dry_run(blocks, in_shape)
+    groups: list[list[SkipUnit]] = []
+    for i, block in enumerate(blocks):
+        if i and shapes[i].out[1:] == shapes[i - 1].out[1:]:
+            groups[-1].append(block)
+        else:
+            groups.append([block])
+    return [SkipUnit(nn.Sequential(*(b.body for b in group))) for group in groups]
+
+
+def with_dropout(units: list[SkipUnit], p: float, seed: int) -> list[SkipUnit]:
+    """Each unit's output through channel dropout while training, unit i drawing its masks from a
+    generator of its own (seeded by `seed` and i)."""
+    if p:
+        for i, unit in enumerate(units):
+            unit.post = nn.Sequential(unit.post, ChannelDropout(p, seed * 1_000_003 + i))
+    return units
+
+
+class ChannelDropout(nn.Module):
+    """Dropout of whole channels (Dropout2d; of features for flat inputs) whose masks come from
+    the module's own generator on the host: a unit draws the same masks whichever units share its
+    process (every backend learns what the sequential trainer learns), and its checkpoint holds
+    the generator's state (a resumed run draws on where it stopped). The masks are B x C, drawn
+    on the host per step: a CUDA graph would replay one mask, so stages with dropout run eagerly."""
+
+    def __init__(self, p: float, seed: int):
+        super().__init__()
+        self.p = p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.rand(x.shape[:2], generator=self.generator) >= self.p
+        mask = keep.to(device=x.device, dtype=x.dtype, non_blocking=True) / (1 - self.p)
+        return x * mask.view(*x.shape[:2], *[1] * (x.dim() - 2))
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())

@@ -20,6 +20,7 @@ class Phase(enum.IntEnum):
     EVAL = 2       # a test batch: every stage adds its units' votes
     EVAL_END = 3   # all test batches of `epoch` have been sent: the last stage reports
     END = 4        # end of stream: every stage finishes and passes it on
+    VAL = 5        # a validation batch (data.val_fraction): evaluated as EVAL, counted apart
 
 
 @dataclass
@@ -30,7 +31,9 @@ class Message:
     x: torch.Tensor | None = None
     skips: tuple = ()
     y: torch.Tensor | None = None
-    votes: torch.Tensor | None = None          # EVAL: sum over units so far of vote probabilities, B x C
+    # EVAL/VAL: sum over units so far of vote probabilities, B x C; or each unit's, B x U x C
+    # (the votes that choose among units on the validation split: algo.vote)
+    votes: torch.Tensor | None = None
     unit_correct: torch.Tensor | None = None   # EVAL: correct predictions of each unit so far, U
     # A shard of a batch (stage replicas): its first row in the whole batch and the batch's size;
     # total 0: the message is the whole batch.

@@ -89,7 +89,7 @@ def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
                 _report(loop, stage, logger.log(msg.epoch))
             if loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:
                 _checkpoint(loop, logger, msg.epoch)
-        elif msg.phase is Phase.EVAL:
+        elif msg.phase in (Phase.EVAL, Phase.VAL):
             msg = stage.eval_step(msg)
         elif msg.phase in (Phase.EPOCH_END, Phase.END):
             _report(loop, stage, logger.epoch_done(msg.epoch))

@@ -1,8 +1,9 @@
 """What feeds stage 0: the run's plan turned into the stream of messages every stage will see.
 
-For each epoch: its training batches (TRAIN), EPOCH_END, the test batches (EVAL), EVAL_END (every
-`eval_every` epochs and after the last); then
-END. The stream depends only on the config and the seed, so every backend sees the same batches.
+For each epoch: its training batches (TRAIN), EPOCH_END, then (every `eval_every` epochs and
+after the last) the validation batches (VAL, where data.val_fraction holds some out), the test
+batches (EVAL) and EVAL_END; then END. The stream depends only on the config and the seed, so
+every backend sees the same batches.
 """
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ class DataSource:
 
     def __init__(self, plan: RunPlan, train: DeviceLoader, test: DeviceLoader,
                  transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False,
-                 stop_after_step: int = 0, eval_every: int = 1):
+                 stop_after_step: int = 0, eval_every: int = 1, val: DeviceLoader | None = None,
+                 unit_votes: bool = False):
+        """`val`: the validation split's loader; `unit_votes`: evaluation messages carry each
+        unit's votes (B x U x C) rather than their sum."""
         self.plan, self.train, self.test, self.transform = plan, train, test, transform
+        self.val, self.unit_votes = val, unit_votes
         self.eval_every = eval_every
         # A stop point already passed (a resumed run) means: go on to the end.
         self.stop_after_step = stop_after_step if stop_after_step > start_step else 0
@@ -79,11 +84,14 @@ class DataSource:
         yield control(Phase.END, self.plan.epochs - 1, total)
 
     def _eval_stream(self, epoch: int, step: int = 0, end: bool = True) -> Iterator[Message]:
-        for i, (x, y) in enumerate(self.test.batches(epoch)):
-            msg = self._message(Phase.EVAL, epoch, i, x, y)
-            msg.votes = torch.zeros(len(y), self.plan.num_classes, device=y.device)
-            msg.unit_correct = torch.zeros(self.plan.num_units, dtype=torch.long, device=y.device)
-            yield msg
+        splits = [(Phase.VAL, self.val)] if self.val is not None else []
+        for phase, loader in [*splits, (Phase.EVAL, self.test)]:
+            for i, (x, y) in enumerate(loader.batches(epoch)):
+                msg = self._message(phase, epoch, i, x, y)
+                units = (self.plan.num_units,) if self.unit_votes else ()
+                msg.votes = torch.zeros(len(y), *units, self.plan.num_classes, device=y.device)
+                msg.unit_correct = torch.zeros(self.plan.num_units, dtype=torch.long, device=y.device)
+                yield msg
         yield control(Phase.EVAL_END, epoch, step)
         if end:
             yield control(Phase.END, epoch, step)

@@ -10,6 +10,7 @@ Statistics stay on the device and are read (a host sync) only when asked, on log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,9 @@ class StageOptions:
 
     @classmethod
     def of(cls, cfg: Config) -> "StageOptions":
-        return cls(cfg.train, cfg.algo.grad_clip, cfg.pipeline.timeout_s)
+        # dropout draws its masks on the host every step: a graph would replay one of them
+        train = dataclasses.replace(cfg.train, cuda_graphs="off") if cfg.model.dropout else cfg.train
+        return cls(train, cfg.algo.grad_clip, cfg.pipeline.timeout_s)
 
 
 def use_cuda_graphs(setting: str, device: torch.device, replicated: bool = False) -> bool:
@@ -197,7 +200,10 @@ class Stage:
             for learner in self.learners:
                 out = learner(x, skips, None, self.amp_dtype)
                 x, skips = out.x, out.skips
-                votes += learner.vote(out.scores_BC)
+                if votes.dim() == 3:  # each unit's votes kept apart (algo.vote chooses among them)
+                    votes[:, learner.index] = learner.vote(out.scores_BC)
+                else:
+                    votes += learner.vote(out.scores_BC)
                 unit_correct[learner.index] += (out.scores_BC.argmax(dim=1) == msg.y).sum()
         return msg.replace(x=x, skips=skips, votes=votes, unit_correct=unit_correct)
 

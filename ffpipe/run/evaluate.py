@@ -33,7 +33,7 @@ def evaluate(run_dir: str | Path) -> dict:
     # Evaluation runs no training step: nothing to capture in a graph.
     options = StageOptions(dataclasses.replace(cfg.train, cuda_graphs="off"), cfg.algo.grad_clip)
     stage = Stage(0, setup.learners, options, setup.plan.total_steps, device)
-    sink = EvalSink(setup.plan.num_units)
+    sink = EvalSink(setup.plan.num_units, vote=cfg.algo.vote)
     run_stage_loop(stage, make_source(setup, device, eval_only=True), sink, LoopConfig(log_every=1))
     result = {**sink.history[-1], "step": step}
     folder.write_eval(result)

@@ -68,19 +68,25 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
         check_model_input(images, setup.info.in_shape, split)
     limit = cfg.data.on_device_max_mib
     train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device)
-    test = DeviceLoader(data.test, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
-                        max_device_mib=limit)
+    test, val = (None if split is None else
+                 DeviceLoader(split, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
+                              max_device_mib=limit) for split in (data.test, data.val))
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
-                      cfg.run.stop_after_step, cfg.train.eval_every)
+                      cfg.run.stop_after_step, cfg.train.eval_every, val, unit_votes(cfg))
 
 
-def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None) -> EvalSink:
+def unit_votes(cfg) -> bool:
+    """Whether evaluation keeps each unit's votes apart: the votes that choose among units."""
+    return cfg.algo.name != "bp" and cfg.algo.vote in ("best_range", "weighted")
+
+
+def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None, vote: str = "mean") -> EvalSink:
     def record(result: dict) -> None:
         start.folder.append_history(result)
         if on_result is not None:
             on_result(result)
 
-    sink = EvalSink(num_units, record, timeout_s)
+    sink = EvalSink(num_units, record, timeout_s, vote)
     sink.history = start.folder.history(start.start_step)
     return sink
 
@@ -129,7 +135,7 @@ def open_outbox(setup: RunSetup, start: RunStart, place: Place, link, on_result=
                       [topology.place(rank).replica for rank in receivers]), None
     if not place.lead:
         return ShardToLead(link(topology.rank(last, 0))), None
-    sink = open_sink(start, setup.plan.num_units, setup.cfg.pipeline.timeout_s, on_result)
+    sink = open_sink(start, setup.plan.num_units, setup.cfg.pipeline.timeout_s, on_result, setup.cfg.algo.vote)
     others = topology.stage_ranks(last)[1:]
     return (GatheringSink(sink, [link(rank) for rank in others]) if others else sink), sink
 

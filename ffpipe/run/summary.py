@@ -106,7 +106,9 @@ def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history:
     steps_done = min(r["step"] for r in reports)
     summary = {
         "completed": steps_done >= setup.plan.total_steps,
-        "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy": final.get("test_accuracy"),  # under algo.vote
+        "vote": cfg.algo.vote, "test_accuracy_mean": final.get("test_accuracy_mean"),
+        **{k: final[k] for k in ("vote_units", "vote_weights", "val_accuracy", "val_accuracy_mean") if k in final},
         "test_accuracy_last": final.get("test_accuracy_last"),
         "test_accuracy_per_unit": final.get("test_accuracy_per_unit", []),
         "test_accuracy_best_unit": max(final.get("test_accuracy_per_unit", [0.0])),

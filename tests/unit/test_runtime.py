@@ -113,5 +113,6 @@ def test_the_sink_turns_votes_and_unit_counts_into_accuracies():
     sink.send(control(Phase.EVAL_END, 0, 9))
     sink.send(control(Phase.END, 0, 9))
     assert results == [{"epoch": 0, "step": 9, "test_accuracy": 0.75, "test_accuracy_last": 0.5,
-                        "test_accuracy_per_unit": [0.5, 0.5], "test_images": 8}]
+                        "test_accuracy_per_unit": [0.5, 0.5], "test_images": 8, "vote": "mean",
+                        "test_accuracy_mean": 0.75}]
     assert sink.finished
