@@ -16,6 +16,7 @@ data:
 
 demo: $(STAMP) data
 	$(VENV)/bin/ffpipe train --config configs/quickstart.toml
+	@echo "for comparison, BP on the same budget (this network, 2 epochs, 2 CPU cores): 87.19% test accuracy in 77-88 s (measured, README Set-up; not rerun here)"
 
 test: $(STAMP) data
 	$(PY) -m pytest -n 2 -q
