@@ -26,16 +26,18 @@ def peak_memory_mib(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def write_rows(rows: list[dict], out) -> None:
-    """Rows as one parquet table into `out` (a binary file; the run's Store makes it whole or
-    absent: a process killed while writing leaves the previous file, never an empty one)."""
+def rows_to_parquet(rows: list[dict]) -> bytes:
+    """Rows as one parquet file's bytes, made in memory (the run's Store writes them whole or not
+    at all: a process killed while writing leaves the previous file, never an empty one)."""
     columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
+    out = pa.BufferOutputStream()
     pq.write_table(pa.table(columns, schema=SCHEMA), out)
+    return out.getvalue().to_pybytes()
 
 
-def read_rows(files) -> list[dict]:
-    """The rows of several parquet files (binary files or paths), in order."""
-    tables = [pq.read_table(f) for f in files]
+def rows_of_parquet(files: list[bytes]) -> list[dict]:
+    """The rows of several parquet files' bytes, in order."""
+    tables = [pq.read_table(pa.BufferReader(data)) for data in files]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 

@@ -27,10 +27,11 @@ else
 fi
 excludes='{"excludes": [".venv", "runs", ".git", ".whl", ".devdata", "__pycache__", "*.egg-info"]}'
 # A head that has just started answers "No available agent to submit job" until its job agent
-# has registered (seconds; longer on a busy machine). No job was made then: try again, a minute at most.
+# has registered (seconds; over a minute on a busy 2-core machine). No job was made then: try
+# again, for $RAY_SUBMIT_WAIT_S seconds at most (default 180).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for attempt in $(seq 12); do
+for attempt in $(seq $(( ${RAY_SUBMIT_WAIT_S:-180} / 5 ))); do
   status=0
   ray job submit --address "$address" --working-dir . --runtime-env-json "$excludes" -- \
     "${PYTHON_ON_HEAD:-python}" -m ffpipe train --set pipeline.backend=ray --set pipeline.address=auto \

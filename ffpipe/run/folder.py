@@ -14,7 +14,6 @@ small value (its location): it travels to every stage process, which opens the s
 """
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
@@ -110,22 +109,22 @@ class RunFolder:
     # -- metrics and evaluations ------------------------------------------------------------
     def write_stage_metrics(self, stage_id: int, rows: list[dict]) -> None:
         """Each stage writes all its rows (a resumed stage starts from the earlier ones)."""
-        from ffpipe.metrics import write_rows  # pyarrow and torch: only where metrics are written
-        self.store.write(_stage_metrics(stage_id), lambda f: write_rows(rows, f))
+        from ffpipe.metrics import rows_to_parquet  # pyarrow and torch: only where metrics are written
+        self.store.write_bytes(_stage_metrics(stage_id), rows_to_parquet(rows))
 
     def read_stage_metrics(self, stage_id: int, up_to_step: int) -> list[dict]:
         """The rows a stage had logged up to `up_to_step`: what a resumed stage starts from."""
         return [r for r in self._read_metrics([_stage_metrics(stage_id)]) if r["step"] <= up_to_step]
 
     def merge_metrics(self, num_stages: int, extra_rows: list[dict]) -> list[dict]:
-        from ffpipe.metrics import write_rows
+        from ffpipe.metrics import rows_to_parquet
         rows = self._read_metrics([_stage_metrics(k) for k in range(num_stages)]) + extra_rows
-        self.store.write("metrics.parquet", lambda f: write_rows(rows, f))
+        self.store.write_bytes("metrics.parquet", rows_to_parquet(rows))
         return rows
 
     def _read_metrics(self, names: list[str]) -> list[dict]:
-        from ffpipe.metrics import read_rows
-        return read_rows([io.BytesIO(self.store.read_bytes(n)) for n in names if self.store.exists(n)])
+        from ffpipe.metrics import rows_of_parquet
+        return rows_of_parquet([self.store.read_bytes(n) for n in names if self.store.exists(n)])
 
     def append_history(self, result: dict) -> None:
         self.store.append_line("history.jsonl", json.dumps(result))

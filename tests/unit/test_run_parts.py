@@ -109,11 +109,15 @@ def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
     folder = _folder(tmp_path)
     folder.write_stage_metrics(0, [{"phase": "train", "step": 1, "loss": 1.0}])
 
-    def killed_while_writing(table, where):
-        where.write(b"PAR1")  # the start of a file, as a SIGKILL mid-write leaves one
-        raise KeyboardInterrupt
+    real_write = folder.store.write
 
-    monkeypatch.setattr("ffpipe.metrics.pq.write_table", killed_while_writing)
+    def killed_while_writing(name, fill):
+        def half(f):
+            f.write(b"PAR1")  # the start of a file, as a SIGKILL mid-write leaves one
+            raise KeyboardInterrupt
+        real_write(name, half)
+
+    monkeypatch.setattr(folder.store.__class__, "write", lambda self, name, fill: killed_while_writing(name, fill))
     with pytest.raises(KeyboardInterrupt):
         folder.write_stage_metrics(0, [{"phase": "train", "step": 2, "loss": 0.5}])
     assert [r["step"] for r in folder.read_stage_metrics(0, up_to_step=10)] == [1]
