@@ -18,7 +18,12 @@ case "$action" in
     # runs without): make one if there is none, private (umask), then require it.
     (umask 077 && ray get-auth-token --generate >/dev/null)
     export RAY_AUTH_MODE=token
+    # The Jobs API reaches the head's agent on its listen port, 52365 by default; another Ray on
+    # this machine (an ffpipe run's own local cluster) may hold that one, and then no job could
+    # ever be submitted. A free port instead ($RAY_AGENT_PORT, or an option after these, wins).
+    agent_port=${RAY_AGENT_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
     exec ray start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
+      --dashboard-agent-listen-port="$agent_port" \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
       --disable-usage-stats "$@" ;;
   stop) exec ray stop "$@" ;;

@@ -79,6 +79,7 @@ def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tm
     print(f"torchrun: SIGKILL to the end of the run {time.time() - killed_at:.1f} s")
 
 
+@pytest.mark.xdist_group("ray")  # one Ray at a time on the machine: their agents' default ports collide
 def test_ray_recovers_from_a_killed_stage_actor_bit_for_bit(reference, tmp_path):
     run_dir = tmp_path / "ray"
     sets = [a for o in LONG + [f"run.dir={run_dir}", "pipeline.backend=ray", "pipeline.stages=2"]
