@@ -44,8 +44,8 @@ def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tupl
     cfg = config_mod.load(args.config, [*_stage_sets(n, args), *args.overrides])  # as the ranks will
     if cfg.run.dir:
         return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, train_args
-    cfg.run.dir = new_run_dir(cfg)
-    return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={cfg.run.dir}"]
+    run_dir = new_run_dir(cfg)
+    return RunFolder(run_location(cfg, run_dir)), cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={run_dir}"]
 
 
 def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:

@@ -60,7 +60,7 @@ class Candidate:
 
     def run(self, batch: int, steps: int) -> tuple[float, float]:
         """Images/s over `steps` timed steps at `batch`, and the peak memory (MiB) of the trial
-        (raises torch.OutOfMemoryError)."""
+        (raises torch.OutOfMemoryError). The caller releases the memory: see attempt()."""
         cfg = config_mod.load(None, [*self.cfg, f"train.batch_size={batch}"])
         # copies: a Stage moves its learners to the device, and each trial starts afresh
         stage = Stage(0, [copy.deepcopy(learner) for learner in self.learners], StageOptions.of(cfg),
@@ -71,11 +71,7 @@ class Candidate:
         skips = tuple(torch.randn(batch, *s, device=self.device, dtype=amp) for s in self.skips or ())
         y = torch.randint(0, self.classes, (batch,), device=self.device)
         msg = Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y)
-        try:
-            return batch / time_steps(stage, msg, steps), peak_memory_mib(self.device)
-        finally:
-            del stage, x, skips, msg
-            _release(self.device)
+        return batch / time_steps(stage, msg, steps), peak_memory_mib(self.device)
 
 
 def _release(device: torch.device) -> None:

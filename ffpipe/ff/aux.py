@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffpipe.ff.goodness import pool_to
+from ffpipe.ff.goodness import pool_at_most
 
 AUX_POOL = 8
 
@@ -32,8 +32,8 @@ class SimilarityMatching(nn.Module):
             nn.Conv2d(channels, channels, 3, padding=1, bias=False)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 4 and (z.shape[-2] > AUX_POOL or z.shape[-1] > AUX_POOL):
-            z = pool_to(z, (min(AUX_POOL, z.shape[-2]), min(AUX_POOL, z.shape[-1])))
+        if z.dim() == 4:
+            z = pool_at_most(z, AUX_POOL)
         h = self.conv(z).flatten(1).float()
         h = F.normalize(h - h.mean(dim=1, keepdim=True), dim=1)
         same = (y[:, None] == y[None, :]).float()

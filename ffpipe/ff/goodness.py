@@ -43,8 +43,8 @@ class GoodnessHead(nn.Module):
             self.proj = nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2)
 
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
-        if self.pool and not self.flat and (z.shape[-2] > self.pool or z.shape[-1] > self.pool):
-            z = pool_to(z, (min(self.pool, z.shape[-2]), min(self.pool, z.shape[-1])))
+        if self.pool and not self.flat:
+            z = pool_at_most(z, self.pool)
         return goodness(self._project(self.layers(z)), kind, self.num_classes)
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,13 @@ class GoodnessHead(nn.Module):
 # CUDA's adaptive average pooling asserts fewer than 2**31 input elements (torch 2.11, H200): a
 # ResNet-50 block's 256 x 56 x 56 output passes that at batch 2,731.
 _POOL_ELEMENTS = 2**31 - 1
+
+
+def pool_at_most(z: torch.Tensor, side: int) -> torch.Tensor:
+    """Maps average-pooled to at most side x side (as they are where they are that small)."""
+    if z.shape[-2] <= side and z.shape[-1] <= side:
+        return z
+    return pool_to(z, (min(side, z.shape[-2]), min(side, z.shape[-1])))
 
 
 def pool_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -56,7 +56,7 @@ class RunFolder:
     @classmethod
     def create(cls, cfg: Config) -> "RunFolder":
         """A new folder for this run; refuses one that already holds a run (nothing is overwritten)."""
-        folder = cls(run_location(cfg) or join(cfg.run.storage or "runs", new_run_name(cfg)))
+        folder = cls(run_location(cfg) or run_location(cfg, new_run_dir(cfg)))
         if folder.exists():
             raise FFPipeError(f"run folder {folder} already holds a run; choose another run.dir, "
                               f"or continue it with: ffpipe train --resume {folder}")
@@ -186,26 +186,22 @@ def _stage_metrics(stage_id: int) -> str:
     return f"metrics/stage-{stage_id}.parquet"
 
 
-def run_location(cfg: Config) -> str | None:
-    """Where the run that `cfg` names lives: run.dir, inside run.storage when that is set
-    (None: run.dir is empty, so a new run gets a timestamped folder)."""
-    if not cfg.run.dir:
+def run_location(cfg: Config, run_dir: str = "") -> str | None:
+    """Where the run named by `run_dir` (default: cfg's run.dir) lives: inside run.storage when
+    that is set (None: no name, so a new run gets a timestamped folder)."""
+    run_dir = run_dir or cfg.run.dir
+    if not run_dir:
         return None
-    return join(cfg.run.storage, cfg.run.dir) if cfg.run.storage else cfg.run.dir
+    return join(cfg.run.storage, run_dir) if cfg.run.storage else run_dir
 
 
-def new_run_name(cfg: Config) -> str:
-    """<timestamp> (then -2, -3, ...) not yet used in run.storage (or runs/)."""
+def new_run_dir(cfg: Config) -> str:
+    """A run.dir for a new run, that every process of it can be given: <timestamp> (then -2,
+    -3, ...) not yet used, inside run.storage or runs/."""
     root = cfg.run.storage or "runs"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name, n = stamp, 1
     while RunFolder(join(root, name)).exists() or (not is_uri(root) and (Path(root) / name).exists()):
         n += 1
         name = f"{stamp}-{n}"
-    return name
-
-
-def new_run_dir(cfg: Config) -> str:
-    """A run.dir value for a new run that every process of it can be given."""
-    name = new_run_name(cfg)
     return name if cfg.run.storage else str(Path("runs") / name)

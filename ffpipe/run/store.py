@@ -16,10 +16,9 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 from urllib.parse import urlsplit
 
 from ffpipe.errors import FFPipeError
@@ -86,21 +85,13 @@ class Store:
         return self._fs.get_file_info(self._path(name)).type == FileType.File
 
     def read_bytes(self, name: str) -> bytes:
-        with self.open_read(name) as f:
+        if self.is_local:
+            return Path(self._path(name)).read_bytes()
+        with self._fs.open_input_file(self._path(name)) as f:
             return f.read()
 
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode()
-
-    @contextmanager
-    def open_read(self, name: str) -> Iterator[BinaryIO]:
-        """A seekable binary file (what torch.load and pyarrow.parquet read)."""
-        if self.is_local:
-            with open(self._path(name), "rb") as f:
-                yield f
-        else:
-            with self._fs.open_input_file(self._path(name)) as f:
-                yield f
 
     def list(self, folder: str) -> list[str]:
         """Names of the files directly in `folder` ([] when it does not exist)."""
