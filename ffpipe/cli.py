@@ -6,7 +6,7 @@ import sys
 
 from ffpipe import config as config_mod
 from ffpipe.bench import add_parser as add_step_parser
-from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
+from ffpipe.errors import USER_ERROR_EXIT, FFPipeError, say_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         return _eval(args)
     except FFPipeError as err:
-        print(f"ffpipe: error: {err}", file=sys.stderr)
+        say_error(f"ffpipe: error: {err}")  # under torchrun: from rank 0 only
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("ffpipe: interrupted; a run goes on from its newest checkpoints with "

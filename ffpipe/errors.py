@@ -3,8 +3,23 @@
 The CLI prints these as one line and exits with status 2 (USER_ERROR_EXIT); anything else is a
 bug and keeps its traceback.
 """
+import os
+import sys
+import time
 
 USER_ERROR_EXIT = 2  # the exit status of input a user can fix: launch/torchrun.sh does not restart it
+# How long a torchrun rank other than 0 waits to be stopped before it says its error itself.
+RANK_0_SPEAKS_S = 10.0
+
+
+def say_error(message: str) -> None:
+    """Print a user error once per torchrun job, not once per rank. Every rank gets the same input
+    and fails alike, so rank 0 says it. Another rank does not leave at once (torchrun would then
+    stop rank 0, perhaps before it has spoken): it waits for torchrun to stop it, as torchrun does
+    when rank 0 exits, and says the error itself only if still running: then it was its own."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("RANK", "0") != "0":
+        time.sleep(RANK_0_SPEAKS_S)
+    print(message, file=sys.stderr, flush=True)
 
 
 class FFPipeError(ValueError):

@@ -1,6 +1,6 @@
 """A run that loses a stage process goes on by itself and ends where an uninterrupted run ends,
 bit for bit (torchrun through launch/torchrun.sh, and Ray actors); a failure that repeats is
-not restarted; a user error under torchrun is said once."""
+not restarted; a user error under torchrun (launch/torchrun.sh or plain torchrun) is said once."""
 from __future__ import annotations
 
 import os
@@ -118,3 +118,15 @@ def test_a_user_error_under_torchrun_is_said_once_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("config key 'train.batch_size' must be >= 1") == 1
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("train.batch_size=0", "config key 'train.batch_size' must be >= 1"),  # the CLI's config check
+    ("pipeline.stages=3", "pipeline.stages = 3 but torchrun started 2 processes"),  # a rank's set-up
+])
+def test_a_user_error_under_plain_torchrun_is_said_once(bad, said):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "ffpipe", "train", "--set", "pipeline.backend=torchrun", "--set", bad],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("ffpipe: error:") == 1 and said in done.stderr, done.stderr[-3000:]

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.config import Config
-from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineError
+from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineError, say_error
 from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, run_location
@@ -204,14 +204,10 @@ def _exit_failed(err: BaseException, ctx: dict) -> None:
     setup_error = isinstance(err, FFPipeError) and not isinstance(err, recovery.StageFailed)
     if isinstance(err, recovery.StageFailed) and folder is not None:
         recovery.record(folder, err, ctx["attempt"])
-    if interrupted:
-        message = "ffpipe: interrupted" if rank == 0 else ""
-    elif setup_error:  # every rank hits the same set-up error: rank 0 says it
-        message = f"ffpipe: error: {err}" if rank == 0 else ""
-    else:
-        message = f"ffpipe: error: {err}"
-    if message:
-        print(message, file=sys.stderr, flush=True)
+    if setup_error:
+        say_error(f"ffpipe: error: {err}")  # every rank hits the same set-up error: rank 0 says it
+    elif rank == 0 or not interrupted:
+        print("ffpipe: interrupted" if interrupted else f"ffpipe: error: {err}", file=sys.stderr, flush=True)
     if not isinstance(err, FFPipeError) and not interrupted and not isinstance(err, recovery.StageFailed):
         import traceback
         traceback.print_exception(err, file=sys.stderr)
