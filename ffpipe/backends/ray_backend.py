@@ -76,8 +76,8 @@ def _train_with_restarts(cfg: Config, setup, start) -> list[dict]:
             verdict = recovery.restart_verdict(failures, start.attempt, cfg.pipeline.max_restarts)
             if verdict:
                 raise PipelineError(f"{failure}; {verdict}") from None
-            print(f"ffpipe: {failure}; restarting ({start.attempt + 1} of {cfg.pipeline.max_restarts}) "
-                  "from the newest checkpoint", file=sys.stderr, flush=True)
+            print(f"ffpipe: {failure}; restarting ({start.attempt.restarts + 1} of "
+                  f"{cfg.pipeline.max_restarts}) from the newest checkpoint", file=sys.stderr, flush=True)
             start = restart_point(setup, start)
 
 
@@ -221,7 +221,7 @@ def _first_failure(runs, steps: list, start) -> recovery.StageFailed:
             failures.append(cause)
     primary = [f for f in failures if not f.secondary] or failures
     for failure in primary[:1] + [f for f in failures if f is not primary[0]]:
-        recovery.record(start.folder, failure, start.attempt)
+        recovery.record(start.folder, failure, start.attempt.number)
     return primary[0]
 
 

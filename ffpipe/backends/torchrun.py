@@ -122,26 +122,26 @@ def share(obj, group=None):
 
 def train_torchrun(cfg: Config, resume: Path | None):
     rank, world, local_rank = _world()
-    attempt = recovery.Attempt.from_env(cfg.pipeline.max_restarts)
-    ctx = {"rank": rank, "folder": None, "attempt": attempt.number}
+    restarts = recovery.restarts_from_env()
+    ctx = {"rank": rank, "folder": None, "attempt": None}
     try:
         cfg = resolve_stages(cfg, world)
         setup_process(cfg)
         device = stage_device(cfg, rank, local_rank)
         groups = init_groups(device, cfg.pipeline.timeout_s, rank, world)
-        result = _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx)
+        result = _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx)
     except BaseException as err:  # noqa: BLE001 - every way out of a failed rank is the one below
         _exit_failed(err, ctx)
     dist.destroy_process_group()
     return result
 
 
-def _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx):
+def _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx):
     data_group, control = groups
-    link = _measure_link(cfg, resume, attempt, device)
+    link = _measure_link(cfg, resume, restarts, device)
     if rank == 0:
         try:
-            setup, start = _begin(cfg, resume, attempt, device, world, link)
+            setup, start = _begin(cfg, resume, restarts, device, world, link)
             payload = (setup.info, start)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it, not wait for it
             payload = err
@@ -152,7 +152,7 @@ def _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx):
     place = topology.place(rank)
     if rank != 0:  # stage 0's replicas read the data too (each keeps its rows of every batch)
         setup = prepare(cfg, info=None if place.stage == 0 else info, starts=start.starts)
-    ctx["folder"] = start.folder
+    ctx["folder"], ctx["attempt"] = start.folder, start.attempt.number
     last = topology.rank(setup.num_stages - 1)
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress and rank == last)
     if rank == 0:
@@ -171,29 +171,41 @@ def _run_rank(cfg, resume, attempt, rank, world, device, groups, ctx):
     return start.folder.path, summary
 
 
-def _measure_link(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device) -> float | None:
+def _measure_link(cfg: Config, resume: Path | None, restarts: int, device) -> float | None:
     """Seconds per byte between ranks 0 and 1, where a new run balances its split by measured
     costs (every rank decides alike and joins the measurement)."""
     balanced = cfg.pipeline.stages > 1 and not cfg.pipeline.boundaries
-    if resume or attempt.number or not (balanced or cfg.pipeline.replicas == "auto"):
+    if resume or restarts or not (balanced or cfg.pipeline.replicas == "auto"):
         return None
     return measure_link(device)
 
 
-def _begin(cfg: Config, resume: Path | None, attempt: recovery.Attempt, device, world: int,
-           link: float | None = None):
+def _begin(cfg: Config, resume: Path | None, restarts: int, device, world: int, link: float | None = None):
     """Rank 0: a new run, a resumed one, or (a restarted attempt) this run again from its folder."""
-    if attempt.number == 0:
-        return begin_run(cfg, RunFolder.open(resume) if resume else None, device, processes=world, link=link)
+    if restarts == 0:
+        folder = RunFolder.open(resume) if resume else None
+        return begin_run(cfg, folder, device, _session_attempt(folder, 0), processes=world, link=link)
     if not resume and not cfg.run.dir:
         raise PipelineError("torchrun restarted this run, but without run.dir the restarted ranks "
                             "cannot find its checkpoints: set run.dir (launch/torchrun.sh does)")
     folder = RunFolder.open(resume or run_location(cfg))
-    verdict = recovery.restart_verdict(folder.failures(), attempt.number - 1, attempt.max_restarts)
+    attempt = _session_attempt(folder, restarts)
+    failed = recovery.Attempt(attempt.number - 1, attempt.first)
+    verdict = recovery.restart_verdict(folder.failures(), failed, cfg.pipeline.max_restarts)
     if verdict:  # torchrun's own restarts: a deterministic failure ends here, before training
-        cause = recovery.root_cause(folder.failures(), attempt.number - 1) or {}
+        cause = recovery.root_cause(folder.failures(), failed.number) or {}
         raise PipelineError(f"stage {cause.get('stage')} failed: {cause.get('cause')}; {verdict}")
-    return begin_run(cfg, folder, None, attempt.number, processes=world)
+    return begin_run(cfg, folder, None, attempt, processes=world)
+
+
+def _session_attempt(folder: RunFolder | None, restarts: int) -> recovery.Attempt:
+    """This attempt of the session: launch/torchrun.sh names the session's first attempt; under
+    torchrun's own restarts it is the one after the last attempt recorded, less the restarts made
+    since (exact unless an attempt ended with no stage recording why: a killed process records
+    nothing, and launch/torchrun.sh records it in its place)."""
+    given = os.environ.get("FFPIPE_FIRST_ATTEMPT")
+    first = int(given) if given is not None else max(0, recovery.Attempt.first_of(folder).first - restarts)
+    return recovery.Attempt(first + restarts, first)
 
 
 def _exit_failed(err: BaseException, ctx: dict) -> None:

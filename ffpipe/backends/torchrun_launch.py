@@ -7,7 +7,8 @@ a SIGKILL, an out-of-memory kill), the agent stops the others; this then names t
 and its cause in one line, records it in the run folder and, up to pipeline.max_restarts times,
 starts the same command again: every rank sees FFPIPE_ATTEMPT > 0 and resumes from the newest
 checkpoint every stage has. A failure that repeats (same stage, same step, same cause) or an
-error in the input is not restarted.
+error in the input is not restarted. Attempts are numbered on from those failures.jsonl already
+records (FFPIPE_FIRST_ATTEMPT: this session's first), so a resumed run's records are its own.
 """
 from __future__ import annotations
 
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = [] if args.resume else [a for o in _stage_sets(n, args) for a in ("--set", o)]
     command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
                *sets, *train_args]
-    attempt = 0
+    attempt = recovery.Attempt.first_of(folder)
     while True:
-        os.environ["FFPIPE_ATTEMPT"] = str(attempt)
+        os.environ["FFPIPE_ATTEMPT"] = str(attempt.restarts)
+        os.environ["FFPIPE_FIRST_ATTEMPT"] = str(attempt.first)
         try:
             torchrun(command)
             return 0
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = _after_failure(err, folder, attempt, max_restarts, n)
             if verdict is not None:
                 return verdict
-        attempt += 1
+        attempt = attempt.next()
 
 
 def _culprit(err) -> tuple[int, object]:
@@ -98,16 +100,16 @@ def _culprit(err) -> tuple[int, object]:
     return err.get_first_failure()
 
 
-def _after_failure(err, folder: RunFolder, attempt: int, max_restarts: int, n: int) -> int | None:
+def _after_failure(err, folder: RunFolder, attempt: recovery.Attempt, max_restarts: int, n: int) -> int | None:
     """Name the failed stage, record it, and return the exit status, or None to restart."""
     rank, failure = _culprit(err)
     if failure.exitcode == USER_ERROR_EXIT or not folder.exists():
         return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
-    if not [f for f in folder.failures() if f["attempt"] == attempt and not f.get("secondary")]:
+    if not [f for f in folder.failures() if f["attempt"] == attempt.number and not f.get("secondary")]:
         how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
         folder.record_failure(_stage_of(rank, folder), None, f"the stage process (rank {rank}) died without a report ({how}; "
-                              "out of memory, or killed)", attempt)
-    root = recovery.root_cause(folder.failures(), attempt)
+                              "out of memory, or killed)", attempt.number)
+    root = recovery.root_cause(folder.failures(), attempt.number)
     at = f" at step {root['step']}" if root.get("step") is not None else ""
     what = f"ffpipe: stage {root['stage']} failed{at}: {root['cause']}"
     verdict = recovery.restart_verdict(folder.failures(), attempt, max_restarts)
@@ -115,7 +117,7 @@ def _after_failure(err, folder: RunFolder, attempt: int, max_restarts: int, n: i
         print(f"{what}; {verdict}. After fixing the cause, continue with: launch/torchrun.sh {n} "
               f"--resume {folder}", file=sys.stderr, flush=True)
         return 1
-    print(f"{what}; restarting ({attempt + 1} of {max_restarts}) from the newest checkpoint",
+    print(f"{what}; restarting ({attempt.restarts + 1} of {max_restarts}) from the newest checkpoint",
           file=sys.stderr, flush=True)
     return None
 

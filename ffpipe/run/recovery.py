@@ -4,9 +4,10 @@ restarts from its checkpoints.
 A failure is recorded once per stage that saw it, in failures.jsonl: {time, attempt, stage, step,
 cause, secondary}. A stage that only lost its neighbour (or waited on it past the deadline) is a
 secondary report; the root cause of an attempt is its first primary report, else its first one.
-A run restarts up to pipeline.max_restarts times, unless the same stage failed at the same step
-for the same reason twice in a row: that failure is deterministic and another attempt would
-only repeat it.
+A run restarts up to pipeline.max_restarts times per session (a start, or a --resume), unless the
+same stage failed at the same step for the same reason twice in a row: that failure is
+deterministic and another attempt would only repeat it. Attempt numbers go on across sessions,
+so an attempt's records are its own.
 """
 from __future__ import annotations
 
@@ -48,17 +49,32 @@ def describe(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Attempt:
-    """Which attempt of a run this process belongs to (0: the first) and how many may follow."""
-    number: int
-    max_restarts: int
+    """One attempt of a run: its number in failures.jsonl and that of its session's first attempt.
+    A session (a new run, or one --resume of it) numbers its attempts on from the last one the run
+    folder records, so a record of an earlier session is never taken for one of this session's."""
+    number: int = 0
+    first: int = 0
+
+    @property
+    def restarts(self) -> int:
+        """Automatic restarts of this session before this attempt."""
+        return self.number - self.first
+
+    def next(self) -> "Attempt":
+        return Attempt(self.number + 1, self.first)
 
     @classmethod
-    def from_env(cls, max_restarts: int) -> "Attempt":
-        """Under torchrun: launch/torchrun.sh counts attempts in FFPIPE_ATTEMPT; torchrun's own
-        --max-restarts counts them in TORCHELASTIC_RESTART_COUNT."""
-        number = max(int(os.environ.get("FFPIPE_ATTEMPT", 0)),
-                     int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)))
-        return cls(number, max_restarts)
+    def first_of(cls, folder: RunFolder | None) -> "Attempt":
+        """A session's first attempt on `folder` (None: a new run)."""
+        recorded = [f["attempt"] for f in folder.failures()] if folder is not None else []
+        number = max(recorded, default=-1) + 1
+        return cls(number, number)
+
+
+def restarts_from_env() -> int:
+    """Under torchrun: launch/torchrun.sh counts restarts in FFPIPE_ATTEMPT; torchrun's own
+    --max-restarts counts them in TORCHELASTIC_RESTART_COUNT."""
+    return max(int(os.environ.get("FFPIPE_ATTEMPT", 0)), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)))
 
 
 def record(folder: RunFolder, failure: StageFailed, attempt: int) -> dict:
@@ -71,12 +87,13 @@ def root_cause(failures: list[dict], attempt: int) -> dict | None:
     return (primary or mine or [None])[0]
 
 
-def restart_verdict(failures: list[dict], attempt: int, max_restarts: int) -> str | None:
+def restart_verdict(failures: list[dict], attempt: Attempt, max_restarts: int) -> str | None:
     """None when the run should restart after `attempt` failed; otherwise why it should not."""
-    if attempt >= max_restarts:
+    if attempt.restarts >= max_restarts:
         return (f"not restarting: pipeline.max_restarts = {max_restarts} restart(s) used"
                 if max_restarts else "pipeline.max_restarts = 0: no automatic restart")
-    now, before = root_cause(failures, attempt), root_cause(failures, attempt - 1)
+    now = root_cause(failures, attempt.number)
+    before = root_cause(failures, attempt.number - 1) if attempt.restarts else None  # this session's only
     same = ("stage", "step", "cause")
     if now and before and all(now.get(k) == before.get(k) for k in same) and now.get("step") is not None:
         return (f"not restarting: stage {now['stage']} failed at step {now['step']} for the same "

@@ -22,6 +22,7 @@ from ffpipe.pipeline.stage import use_cuda_graphs
 from ffpipe.pipeline.topology import Topology, auto_replicas
 from ffpipe.run.checkpoints import load_stage, resume_step
 from ffpipe.run.folder import RunFolder
+from ffpipe.run.recovery import Attempt
 
 @dataclass
 class RunSetup:
@@ -49,7 +50,7 @@ class RunStart:
     folder: RunFolder
     start_step: int
     starts: list[int]
-    attempt: int = 0  # 0, then 1, 2, ... for each automatic restart
+    attempt: Attempt = Attempt()  # its number in failures.jsonl; one more for each automatic restart
     replicas: tuple[int, ...] = ()  # per stage ((): one each)
 
     @property
@@ -135,10 +136,12 @@ def choose_replicas(cfg: Config, setup: "RunSetup", processes: int | None) -> tu
 
 
 def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
-              attempt: int = 0, processes: int | None = None, link: float | None = None) -> tuple[RunSetup, RunStart]:
+              attempt: Attempt | None = None, processes: int | None = None,
+              link: float | None = None) -> tuple[RunSetup, RunStart]:
     """Coordinator side: load the data, choose (or read back) the stage split and the replicas
     (over `processes` for 'auto'), make the folder (a new run) or find the step to go on from
-    (a resumed or restarted one)."""
+    (a resumed or restarted one). `attempt` None: the first of a new session on `resume`."""
+    attempt = attempt if attempt is not None else Attempt.first_of(resume)
     if resume is None:
         setup = prepare(cfg, profile_device=profile_device, link=link)  # before the folder: bad data leaves nothing
         replicas = choose_replicas(cfg, setup, processes)
@@ -158,7 +161,7 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
 def restart_point(setup: RunSetup, start: RunStart) -> RunStart:
     """The next attempt of a failed run: from the newest step every stage has checkpointed."""
     return RunStart(start.folder, resume_step(start.folder, setup.num_stages) or 0, start.starts,
-                    start.attempt + 1, start.replicas)
+                    start.attempt.next(), start.replicas)
 
 
 def announce(start: RunStart, detail: str = "") -> None:
@@ -166,7 +169,7 @@ def announce(start: RunStart, detail: str = "") -> None:
     where = f"ffpipe: run folder {start.folder}" + (f", {detail}" if detail else "")
     if start.start_step:
         where += f"; resuming at step {start.start_step}"
-    elif start.attempt:
+    elif start.attempt.restarts:
         where += "; restarting from the beginning (no checkpoint yet)"
     print(where, file=sys.stderr, flush=True)
 

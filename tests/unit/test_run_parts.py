@@ -3,6 +3,7 @@ bound, checkpoint pruning and fallback, and the restart policy."""
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import threading
 import time
@@ -16,7 +17,7 @@ from ffpipe.ff.optim import lr_at
 from ffpipe.pipeline.messages import control, Phase
 from ffpipe.run.checkpoints import checkpoint_name, load_stage, resume_step, save_stage, saved_steps
 from ffpipe.run.folder import RunFolder
-from ffpipe.run.recovery import StageFailed, restart_verdict, root_cause
+from ffpipe.run.recovery import Attempt, StageFailed, restart_verdict, root_cause
 from ffpipe.transport import open_channel
 from tests.conftest import make_config
 
@@ -87,14 +88,17 @@ def _failure(attempt, stage=1, step=30, cause="TrainingError: non-finite", secon
 
 
 def test_restarts_stop_at_the_limit_and_at_a_failure_that_repeats():
-    assert restart_verdict([_failure(0)], 0, 3) is None
-    assert "max_restarts = 0" in restart_verdict([_failure(0)], 0, 0)
-    assert "3 restart(s) used" in restart_verdict([_failure(a, step=a) for a in range(4)], 3, 3)
+    assert restart_verdict([_failure(0)], Attempt(0), 3) is None
+    assert "max_restarts = 0" in restart_verdict([_failure(0)], Attempt(0), 0)
+    assert "3 restart(s) used" in restart_verdict([_failure(a, step=a) for a in range(4)], Attempt(3), 3)
     repeated = [_failure(0), _failure(1)]
-    assert "for the same reason as in the attempt before" in restart_verdict(repeated, 1, 3)
-    assert restart_verdict([_failure(0), _failure(1, step=31)], 1, 3) is None
+    assert "for the same reason as in the attempt before" in restart_verdict(repeated, Attempt(1), 3)
+    assert restart_verdict([_failure(0), _failure(1, step=31)], Attempt(1), 3) is None
     killed = [_failure(0, step=None, cause="died"), _failure(1, step=None, cause="died")]
-    assert restart_verdict(killed, 1, 3) is None  # a kill has no step: not known to repeat
+    assert restart_verdict(killed, Attempt(1), 3) is None  # a kill has no step: not known to repeat
+    # a resumed session (first attempt 1) neither counts nor compares the attempt of the one before
+    assert restart_verdict(repeated, Attempt(1, first=1), 3) is None
+    assert "1 restart(s) used" in restart_verdict(repeated, Attempt(2, first=1), 1)
 
 
 def test_the_root_cause_is_the_stage_that_failed_not_the_neighbours_that_lost_it():
@@ -103,6 +107,35 @@ def test_the_root_cause_is_the_stage_that_failed_not_the_neighbours_that_lost_it
     failed = pickle.loads(pickle.dumps(StageFailed.of(1, 30, NeighbourError("lost stage 2"))))
     assert (failed.stage_id, failed.step, failed.secondary) == (1, 30, True)
     assert str(failed) == "stage 1 failed at step 30: NeighbourError: lost stage 2"
+
+
+
+def test_a_resumed_run_does_not_take_earlier_failures_for_its_own(tmp_path, monkeypatch, capsys):
+    """launch/torchrun.sh --resume after a run stopped on a repeated failure: this session's
+    attempts are numbered on from the earlier ones, so its stage kills are recorded and named as
+    its own, and they are not taken for a repeat of the earlier failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from ffpipe.backends import torchrun_launch
+
+    folder = RunFolder.create(make_config(f"run.dir={tmp_path / 'run'}"))
+    for attempt in (0, 1):  # the earlier session: the same failure twice, so it stopped
+        folder.record_failure(1, 30, "TrainingError: non-finite", attempt)
+    assert Attempt.first_of(folder) == Attempt(2, 2) and Attempt.first_of(None) == Attempt(0, 0)
+    launches = []
+
+    def killed_stage_1(argv):
+        launches.append((os.environ["FFPIPE_ATTEMPT"], os.environ["FFPIPE_FIRST_ATTEMPT"]))
+        raise ChildFailedError("ffpipe", {1: ProcessFailure(1, 123, -9, str(tmp_path / "none"))})
+
+    monkeypatch.setattr("torch.distributed.run.main", killed_stage_1)
+    for name in ("FFPIPE_ATTEMPT", "FFPIPE_FIRST_ATTEMPT"):  # the launcher sets them: undone after
+        monkeypatch.setenv(name, "")
+    assert torchrun_launch.main(["2", "--resume", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert launches == [("0", "2"), ("1", "2"), ("2", "2"), ("3", "2")]  # the first attempt, 3 restarts
+    assert "3 restart(s) used" in err
+    assert "same reason" not in err and "non-finite" not in err and err.count("killed by SIGKILL") == 4
+    assert [f["attempt"] for f in folder.failures()] == [0, 1, 2, 3, 4, 5]
 
 
 def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
