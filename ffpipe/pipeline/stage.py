@@ -19,6 +19,7 @@ from torch import nn
 from ffpipe.config import Config, TrainConfig
 from ffpipe.errors import ConfigError, PipelineError, TrainingError
 from ffpipe.models import UnitShape
+from ffpipe.models.batchnorm import allow_large_batches
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from ffpipe.pipeline.graphed import GraphedStep
 from ffpipe.pipeline.messages import Message
@@ -75,6 +76,8 @@ class Stage:
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
         if replica_group is not None:
             sync_batchnorm(self.learners, replica_group)
+        elif device.type == "cuda":  # batches past 2^31 elements keep torch's fast kernels
+            allow_large_batches(self.learners)
         train = options.train
         self.channels_last = device.type == "cuda" and train.channels_last
         if self.channels_last:

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from ffpipe.ff import row_norm
 from ffpipe.ff.goodness import goodness, normalize_output
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
@@ -28,8 +29,42 @@ def test_boundary_norm_of_a_bf16_channels_last_map_matches_the_plain_formula_wit
     extra = torch.cuda.max_memory_allocated() - before
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     # only the output itself (plus statistics): no fp32 or NCHW copy of the map
-    assert extra < 1.1 * z.numel() * z.element_size()
+    assert extra < 1.1 * z.numel() * z.element_size(), f"{extra} bytes beyond the input"
     assert (out.float() - plain.float()).abs().max() <= 0.02  # bf16 rounding of values ~ |3|
+
+
+@pytest.mark.parametrize("shape", [(64, 256, 56, 56), (3, 5, 300, 301)])
+def test_long_rows_go_to_the_chunked_kernels_and_match_the_plain_formula(shape):
+    z = (torch.randn(shape, device=CUDA) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    assert z[0].numel() >= row_norm.MIN_ROW
+    plain = torch.nn.functional.layer_norm(z.double(), z.shape[1:])
+    out = normalize_output(z)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    # fp32 statistics: the only error left is the output's bf16 rounding (2^-9 of values ~ |4|)
+    assert (out.double() - plain).abs().max() <= 4 * 2**-8
+
+
+def test_batch_norm_past_the_index_limit_runs_in_slices_with_the_whole_batch_statistics(monkeypatch):
+    from ffpipe.models import batchnorm
+
+    plain = torch.nn.BatchNorm2d(8).to(CUDA)
+    sliced = batchnorm.LargeBatchNorm(copy.deepcopy(plain))
+    exact = copy.deepcopy(plain).double().cpu()  # fp64 on the CPU: the reference for both
+    x = (torch.randn(10, 8, 6, 6, device=CUDA) * 2 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(batchnorm, "INDEX_LIMIT", 3 * x[0].numel() + 5)  # slices of 3, 3, 3 and 1 samples
+    results = []
+    for bn, xs in ((exact, x.double().cpu()), (plain, x), (sliced, x)):
+        xi = xs.detach().requires_grad_()
+        out = bn(xi)
+        (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=out.device).view_as(out)).sum().backward()
+        results.append([t.detach().double().cpu() for t in (out, xi.grad, bn.weight.grad, bn.bias.grad,
+                                                             bn.running_mean, bn.running_var)])
+    assert sliced(x).is_contiguous(memory_format=torch.channels_last)
+    errors = [[(t - r).abs().max().item() for t, r in zip(res, results[0])] for res in results[1:]]
+    print("max abs error vs fp64 (out, grad x, grad w, grad b, running mean, running var): "
+          f"plain {errors[0]}, sliced {errors[1]}")
+    for mine, torchs in zip(*errors[::-1]):
+        assert mine <= 2 * torchs + 1e-3  # as close to the exact values as torch's own kernels
 
 
 def test_goodness_of_bf16_head_maps_matches_fp32_within_rounding():

@@ -134,3 +134,31 @@ def test_pooling_too_large_for_one_cuda_kernel_runs_in_slices_of_the_batch_with_
     assert torch.equal(sliced, whole)
     grads = [torch.autograd.grad(out.square().sum(), z)[0] for out in (sliced, whole)]
     assert torch.equal(*grads)
+
+
+def test_pooling_over_windows_that_divide_the_map_is_adaptive_pooling_in_either_format():
+    from ffpipe.ff.goodness import pool_to
+
+    z = torch.randn(3, 5, 12, 8, requires_grad=True)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        zl = z.contiguous(memory_format=layout)
+        pooled = pool_to(zl, (4, 2))
+        torch.testing.assert_close(pooled, torch.nn.functional.adaptive_avg_pool2d(z, (4, 2)), rtol=0, atol=1e-6)
+        assert pooled.is_contiguous(memory_format=layout)
+        grad, = torch.autograd.grad(pooled.square().sum(), z)
+        plain, = torch.autograd.grad(torch.nn.functional.adaptive_avg_pool2d(z, (4, 2)).square().sum(), z)
+        torch.testing.assert_close(grad, plain, rtol=0, atol=1e-6)
+
+
+def test_row_statistics_combined_from_chunks_are_those_of_the_whole_row():
+    from ffpipe.ff import row_norm
+
+    row_len = 2 * row_norm.BLOCK * row_norm.CHUNK_BLOCKS + 1000  # three chunks, the last short
+    rows = torch.randn(4, row_len, dtype=torch.float64) * 5 + 3
+    count_K = row_norm.chunk_counts(row_len, 3, rows.device).double()
+    parts = rows.split(count_K.int().tolist(), dim=1)
+    mean_RK = torch.stack([p.mean(1) for p in parts], 1)
+    m2_RK = torch.stack([(p - p.mean(1, keepdim=True)).square().sum(1) for p in parts], 1)
+    mean_R, rstd_R = row_norm.combine(mean_RK, m2_RK, count_K, row_len)
+    torch.testing.assert_close(mean_R, rows.mean(1))
+    torch.testing.assert_close(rstd_R, torch.rsqrt(rows.var(1, unbiased=False) + row_norm.EPS))

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -60,3 +62,19 @@ def test_layer_units_chained_compute_the_same_network_as_blocks(name):
 def test_granularity_the_model_lacks_is_a_clear_error():
     with pytest.raises(ConfigError, match="'mlp' has no 'block' granularity"):
         build_units(ModelConfig(name="mlp", granularity="block"), (1, 28, 28))
+
+
+def test_large_batch_norm_is_batch_norm_below_the_limit_with_the_same_state_keys():
+    from ffpipe.models.batchnorm import LargeBatchNorm, allow_large_batches
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    net[1].running_mean.fill_(0.5)
+    keys = list(net.state_dict())
+    plain = copy.deepcopy(net)
+    allow_large_batches(net)
+    assert isinstance(net[1], LargeBatchNorm) and list(net.state_dict()) == keys
+    assert torch.equal(net[1].running_mean, plain[1].running_mean)
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.equal(net(x), plain(x))
+    assert torch.equal(net[1].running_var, plain[1].running_var)
