@@ -161,9 +161,11 @@ class TrainConfig:
     precision: str = _f("auto", "'auto' = bf16 autocast on GPU, fp32 on CPU", ("auto", "fp32", "bf16"))
     channels_last: bool = _f(True, "use channels_last memory format on GPU")
     deterministic: bool = _f(False, "deterministic kernels (bit-identical reruns; slower on GPU)")
+    drop_last: bool = _f(True, "drop each epoch's last partial training batch, so that every step "
+                         "has one shape; false: train on it too (eagerly where the step is graphed)")
     cuda_graphs: str = _f("auto", "replay each stage's training step as one CUDA graph: 'auto' = on "
-                          "CUDA devices (training batches are always full, so shapes are static), "
-                          "'on' = insist (an error on CPU), 'off' = eager", ("auto", "on", "off"))
+                          "CUDA devices (a batch of another shape, such as a last partial one, runs "
+                          "eagerly), 'on' = insist (an error on CPU), 'off' = eager", ("auto", "on", "off"))
     log_every: int = _f(50, "read metrics from the device every N steps")
     eval_every: int = _f(1, "evaluate on the test split every N epochs (and after the last)")
     init_from: str = _f("", "a run folder whose trained unit bodies start this run (transfer); "

@@ -12,7 +12,7 @@ from ffpipe.errors import FFPipeError
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
 from tests.conftest import make_config
-from tests.pipeline_helpers import newest_state
+from tests.pipeline_helpers import assert_same_parameters, newest_state
 
 
 def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
@@ -117,3 +117,14 @@ def test_resume_takes_run_and_transport_keys_and_refuses_the_arithmetic(tmp_path
     for key in ("train.lr=0.3", "run.dir=elsewhere", "model.name=mlp"):
         with pytest.raises(ConfigError, match=f"'{key.split('=')[0]}' cannot change when a run is resumed"):
             folder.resume_config([key])
+
+
+def test_with_drop_last_off_the_last_partial_batch_is_trained_and_stages_still_agree(tmp_path):
+    common = ["data.synthetic_train=100", "train.batch_size=16", "train.epochs=2", "train.drop_last=false",
+              "train.deterministic=true"]
+    one_dir, one = train(make_config(*common, f"run.dir={tmp_path / 'one'}"))
+    two_dir, two = train(make_config(*common, "pipeline.stages=2", f"run.dir={tmp_path / 'two'}"))
+    assert one["steps"] == two["steps"] == 2 * 7  # 100 images: six batches of 16 and one of 4
+    assert_same_parameters(one_dir, two_dir)
+    _, dropped = train(make_config(*common[:3], f"run.dir={tmp_path / 'dropped'}"))
+    assert dropped["steps"] == 2 * 6

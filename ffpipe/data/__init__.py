@@ -62,11 +62,12 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(train, source.test, mean, std, wants_flip(cfg, source.dataset), val)
 
 
-def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device) -> DeviceLoader:
+def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device,
+                    drop_last: bool = True) -> DeviceLoader:
     """The training batches as stage 0 draws them (seeded order, crops and flips on the device)."""
     return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
                         augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib,
-                        cutout=cfg.cutout)
+                        cutout=cfg.cutout, drop_last=drop_last)
 
 
 def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> None:

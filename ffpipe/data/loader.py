@@ -24,6 +24,10 @@ def channel_stats(images_NCHW: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
 def crop_and_flip(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, flip_B: torch.Tensor, pad: int) -> torch.Tensor:
     """Random crops of the zero-padded batch at `offsets`, mirrored where `flip` is set; no Python per image."""
     b, c, h, w = x_BCHW.shape
@@ -42,13 +46,15 @@ class DeviceLoader:
 
     def __init__(self, data: ArraySet, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, augment: bool = False,
-                 flip: bool = False, max_device_mib: float | None = None, cutout: int = 0):
+                 flip: bool = False, max_device_mib: float | None = None, cutout: int = 0,
+                 drop_last: bool = True):
         self.host = max_device_mib is not None and data.images.nbytes > max_device_mib * 2**20
         self.images = data.images if self.host else data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
         self.train = train
+        self.drop_last = drop_last and train
         self.seed = seed
         self.augment = augment and train
         self.flip = flip
@@ -58,9 +64,9 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
-        """Batches per epoch: training drops the last partial batch (static shapes per step)."""
-        n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        """Batches per epoch: training drops the last partial batch unless told not to (steps
+        of one shape are what a CUDA graph replays)."""
+        return batches_per_epoch(len(self.labels), self.batch_size, self.drop_last)
 
     def _epoch_draws(self, epoch: int):
         # Drawn on the CPU from (seed, epoch): identical on every device type and on resume.

@@ -14,6 +14,7 @@ import torch
 
 from ffpipe.config import Config
 from ffpipe.data import DeviceLoader
+from ffpipe.data.loader import batches_per_epoch
 from ffpipe.errors import DataError
 from ffpipe.pipeline.messages import Message, Phase, control
 
@@ -35,10 +36,10 @@ class RunPlan:
 
 
 def make_plan(cfg: Config, num_train: int, num_units: int, num_classes: int) -> RunPlan:
-    steps_per_epoch = num_train // cfg.train.batch_size
+    steps_per_epoch = batches_per_epoch(num_train, cfg.train.batch_size, cfg.train.drop_last)
     if steps_per_epoch == 0:
         raise DataError(f"train.batch_size = {cfg.train.batch_size} is larger than the training set "
-                        f"({num_train} images); lower train.batch_size")
+                        f"({num_train} images); lower train.batch_size (or set train.drop_last = false)")
     total = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)

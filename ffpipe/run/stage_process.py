@@ -67,7 +67,8 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
     for split, images in (("training", data.train), ("test", data.test)):
         check_model_input(images, setup.info.in_shape, split)
     limit = cfg.data.on_device_max_mib
-    train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device)
+    train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device,
+                            cfg.train.drop_last)
     test, val = (None if split is None else
                  DeviceLoader(split, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
                               max_device_mib=limit) for split in (data.test, data.val))
