@@ -1,5 +1,3 @@
-import sys
+from ffpipe.cli import run
 
-from ffpipe.cli import main
-
-sys.exit(main())
+run()

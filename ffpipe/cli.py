@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 
 from ffpipe import config as config_mod
@@ -81,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ffpipe train --help-config | head`: the reader has gone
         sys.stderr.close()
         return 0
+
+
+def run() -> None:
+    """The process entry point (`ffpipe`, `python -m ffpipe`): main(), the exit handlers (Ray's
+    shutdown among them), then an exit that skips the interpreter's teardown. Tearing down
+    pyarrow's thread pools can abort a process that has finished ("terminate called without an
+    active exception", SIGABRT; apache/arrow#34314): seen in two sequential runs of this test
+    suite after every file of the run had been written."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream has nothing left to say
+            pass
+    os._exit(code)
 
 
 def _train(args) -> int:
