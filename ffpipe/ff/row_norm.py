@@ -14,6 +14,8 @@ view); `available()` says whether Triton can be used at all.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:  # Triton comes with torch's CUDA builds; CPU-only installs do without it
@@ -30,7 +32,13 @@ MIN_ROW = 2**17
 
 
 def available(z: torch.Tensor) -> bool:
-    return triton is not None and z.is_cuda
+    return triton is not None and z.is_cuda and _triton_runs_on(z.device.index or 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_runs_on(device_index: int) -> bool:
+    """Triton compiles for compute capability 7.0 (Volta) and later."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 7
 
 
 if triton is not None:
