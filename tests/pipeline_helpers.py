@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +21,10 @@ EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=
          "data.synthetic_shape=[3, 16, 16]", "train.batch_size=16", "train.eval_batch_size=32",
          "train.device=cpu", "train.deterministic=true", "run.plots=false", "run.progress=false",
          "train.log_every=2"]
+# Long enough (240 steps) to be killed in the middle, checkpointed every 4 steps.
+LONG = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=40",
+                "train.eval_every=100", "run.checkpoint_every=4"]
+LAUNCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
 
 
 def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None,
@@ -50,6 +55,25 @@ def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None
     if check and done.returncode != 0:
         raise AssertionError(f"ffpipe failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done
+
+
+def launch(args: list[str], **env: str) -> subprocess.Popen:
+    """A command started in the repository, one torch thread per process, its output captured."""
+    return subprocess.Popen(args, cwd=REPO, env={**LAUNCH_ENV, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):
+    """Wait until stage `stage_id` of the run in `run_dir` has checkpointed `step` or a later step;
+    fail if the run (`proc`) ends first."""
+    folder = run_dir / "checkpoints" / f"stage-{stage_id}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if folder.is_dir() and any(int(p.stem.split("-")[1]) >= step for p in folder.glob("step-*.pt")):
+            return
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint of stage {stage_id} at step {step} within {timeout} s")
 
 
 def final_parameters(run_dir: Path) -> list[torch.Tensor]:

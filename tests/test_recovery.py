@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+from tests.pipeline_helpers import (EXACT, LAUNCH_ENV, LONG, assert_same_parameters, launch, run_ffpipe, summary,
+                                    wait_for_checkpoint)
 
 pytestmark = pytest.mark.slow
-
-# Long enough (240 steps) to be killed in the middle, checkpointed every 4 steps.
-LONG = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=40",
-                "train.eval_every=100", "run.checkpoint_every=4"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
-
-
-def _launch(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _processes(*needles: str, env_needle: str | None = None) -> list[int]:
@@ -41,17 +33,6 @@ def _processes(*needles: str, env_needle: str | None = None) -> list[int]:
     return found
 
 
-def _wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):
-    folder = run_dir / "checkpoints" / f"stage-{stage_id}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if folder.is_dir() and any(int(p.stem.split("-")[1]) >= step for p in folder.glob("step-*.pt")):
-            return
-        assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint of stage {stage_id} at step {step} within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "sequential"
@@ -62,8 +43,8 @@ def reference(tmp_path_factory) -> Path:
 def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tmp_path):
     run_dir = tmp_path / "torchrun"
     sets = [a for o in LONG + [f"run.dir={run_dir}"] for a in ("--set", o)]
-    proc = _launch(["bash", "launch/torchrun.sh", "2", *sets])
-    _wait_for_checkpoint(run_dir, 1, 40, proc)
+    proc = launch(["bash", "launch/torchrun.sh", "2", *sets])
+    wait_for_checkpoint(run_dir, 1, 40, proc)
     victims = _processes("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1")
     assert len(victims) == 1, victims
     killed_at = time.time()
@@ -84,8 +65,8 @@ def test_ray_recovers_from_a_killed_stage_actor_bit_for_bit(reference, tmp_path)
     run_dir = tmp_path / "ray"
     sets = [a for o in LONG + [f"run.dir={run_dir}", "pipeline.backend=ray", "pipeline.stages=2"]
             for a in ("--set", o)]
-    proc = _launch([sys.executable, "-m", "ffpipe", "train", *sets])
-    _wait_for_checkpoint(run_dir, 1, 40, proc, timeout=180)
+    proc = launch([sys.executable, "-m", "ffpipe", "train", *sets])
+    wait_for_checkpoint(run_dir, 1, 40, proc, timeout=180)
     victims = _processes("StageWorker")
     assert len(victims) == 2, victims
     os.kill(max(victims), signal.SIGKILL)
@@ -102,7 +83,7 @@ def test_a_failure_that_repeats_is_restarted_once_then_named(tmp_path):
     sets = [a for o in EXACT + ["model.name=small_cnn", "train.lr=1e12", "train.warmup_fraction=0",
                                 "train.max_steps=6", f"run.dir={run_dir}", "pipeline.boundaries=[2]"]
             for a in ("--set", o)]
-    done = subprocess.run(["bash", "launch/torchrun.sh", "2", *sets], cwd=REPO, env=ENV,
+    done = subprocess.run(["bash", "launch/torchrun.sh", "2", *sets], cwd=REPO, env=LAUNCH_ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "restarting (1 of 3)" in done.stderr
@@ -114,7 +95,7 @@ def test_a_failure_that_repeats_is_restarted_once_then_named(tmp_path):
 
 def test_a_user_error_under_torchrun_is_said_once_without_a_traceback(tmp_path):
     done = subprocess.run(["bash", "launch/torchrun.sh", "2", "--set", "train.batch_size=0"], cwd=REPO,
-                          env=ENV, capture_output=True, text=True, timeout=120)
+                          env=LAUNCH_ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.count("config key 'train.batch_size' must be >= 1") == 1
     assert "Traceback" not in done.stderr
@@ -127,6 +108,6 @@ def test_a_user_error_under_torchrun_is_said_once_without_a_traceback(tmp_path):
 def test_a_user_error_under_plain_torchrun_is_said_once(bad, said):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            "-m", "ffpipe", "train", "--set", "pipeline.backend=torchrun", "--set", bad],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=LAUNCH_ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert done.stderr.count("ffpipe: error:") == 1 and said in done.stderr, done.stderr[-3000:]

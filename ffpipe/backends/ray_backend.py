@@ -88,10 +88,11 @@ def _attempt(cfg: Config, setup, start) -> list[dict]:
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.train.device != "cpu" else 0
         pg, actors = _start_actors(cfg, setup, start, gpus)
+        nodes = ray.util.placement_group_table(pg)["bundles_to_node_id"]  # rank -> its node's id
         announce(start, describe_topology(start.topology, f"Ray actors, {'GPU' if gpus else 'CPU'}, "
                                                           f"transport {cfg.pipeline.transport}"))
         _connect_stages(cfg, actors, gpus)
-        return _watch(cfg, setup, start, actors, gpus)
+        return _watch(cfg, setup, start, actors, gpus, nodes)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -161,7 +162,7 @@ def _get(refs, stage, cfg):
         raise PipelineError(f"{where} failed to start: {_cause(err)}") from None
 
 
-def _watch(cfg, setup, start, actors, gpus: int) -> list[dict]:
+def _watch(cfg, setup, start, actors, gpus: int, nodes: dict[int, str]) -> list[dict]:
     """Wait for every stage, routing references for the Ray transport, drawing progress, and
     stopping everything at the first failure with the failing stage named."""
     import ray
@@ -179,7 +180,7 @@ def _watch(cfg, setup, start, actors, gpus: int) -> list[dict]:
         waiting = pending + (router.refs() if router else [])
         ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S)
         if any(ref in pending and _failed(ref) for ref in ready):
-            raise _first_failure(runs, steps, start)
+            raise _first_failure(runs, steps, nodes, start)
         pending = [ref for ref in pending if ref not in ready]
         if router:
             router.advance()
@@ -200,9 +201,10 @@ def _failed(ref) -> bool:
         return True
 
 
-def _first_failure(runs, steps: list, start) -> recovery.StageFailed:
+def _first_failure(runs, steps: list, nodes: dict[int, str], start) -> recovery.StageFailed:
     """Every stage's failure, recorded; the root cause returned. Neighbours of a failed stage
-    fail too (they lose it): a short grace lets the failed stage's own report arrive first."""
+    fail too (they lose it): a short grace lets the failed stage's own report arrive first.
+    An actor that died is named with its node: where a node is lost, that is what shows it."""
     import ray
 
     ray.wait(runs, num_returns=len(runs), timeout=FAILURE_GRACE_S)
@@ -217,7 +219,8 @@ def _first_failure(runs, steps: list, start) -> recovery.StageFailed:
             if not isinstance(cause, recovery.StageFailed):  # the actor died without a report
                 logged = f" after logging step {steps[k]}" if steps[k] else ""
                 cause = recovery.StageFailed(start.topology.place(k).stage, None,
-                                             f"the stage actor died{logged} (rank {k}): {_cause(err)}")
+                                             f"the stage actor died{logged} (rank {k}, node {nodes[k]}): "
+                                             f"{_cause(err)}")
             failures.append(cause)
     primary = [f for f in failures if not f.secondary] or failures
     for failure in primary[:1] + [f for f in failures if f is not primary[0]]:
