@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.test_recovery import _processes, _wait_for_checkpoint
+from tests.pipeline_helpers import wait_for_checkpoint
+from tests.test_recovery import _processes
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 TIMEOUT_S = 20
@@ -57,7 +58,7 @@ def test_a_killed_gpu_stage_process_is_restarted_and_the_run_completes(launch, t
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in proc.stderr))
     reader.start()
-    _wait_for_checkpoint(run_dir, 1, 40, proc, timeout=240)
+    wait_for_checkpoint(run_dir, 1, 40, proc, timeout=240)
     victims = (_processes("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1") if launch is _torchrun
                else _processes("StageWorker"))
     killed = time.time()
