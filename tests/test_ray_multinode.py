@@ -112,9 +112,12 @@ def test_a_run_that_loses_a_worker_node_restarts_on_the_nodes_left_and_matches_t
     try:
         sets = [a for o in LONG + SPREAD + [f"pipeline.address={cluster.address}", "run.dir=lost",
                                             f"run.storage={run_dir.parent.as_uri()}"] for a in ("--set", o)]
-        # The test cluster runs without Ray's token authentication: so does its driver (with a
-        # token in ~/.ray it would ask for one and its actors would never start).
-        proc = launch([sys.executable, "-m", "ffpipe", "train", *sets], RAY_AUTH_MODE="disabled")
+        # The driver joins with the cluster's own authentication: the cluster is started in this
+        # process, whose RAY_* settings an earlier Ray test of the same worker may have changed
+        # (token mode), and without token mode a token in ~/.ray would be asked for.
+        auth = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
+        proc = launch([sys.executable, "-m", "ffpipe", "train", *sets],
+                      **{"RAY_AUTH_MODE": "disabled", **auth})
         wait_for_checkpoint(run_dir, 2, 40, proc, timeout=180)
         lost = _kill_node(node_dirs[2])  # a worker: the head holds the cluster's control plane
         killed_at = time.time()
