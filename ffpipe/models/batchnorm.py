@@ -68,14 +68,34 @@ class _SlicedNorm(Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-class LargeBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """nn.BatchNorm2d (same parameters, buffers and state-dict keys), sliced past the limit."""
+class BatchNormCopy(nn.modules.batchnorm._BatchNorm):
+    """A batch norm made from another: its settings, parameters and buffers (so the same
+    state-dict keys), on its device. The base of the replacements below and of replicas'
+    SyncedBatchNorm."""
 
     def __init__(self, source: nn.modules.batchnorm._BatchNorm):
         device = next(iter([*source.parameters(), *source.buffers()])).device
         super().__init__(source.num_features, source.eps, source.momentum, source.affine,
                          source.track_running_stats, device=device)
         self.load_state_dict(source.state_dict())
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+
+def replace_batchnorms(module: nn.Module, make, wanted) -> nn.Module:
+    """Every module under `module` for which wanted(it) holds replaced by make(it)."""
+    for name, child in module.named_children():
+        if wanted(child):
+            setattr(module, name, make(child))
+        else:
+            replace_batchnorms(child, make, wanted)
+    return module
+
+
+class LargeBatchNorm(BatchNormCopy):
+    """nn.BatchNorm2d (same parameters, buffers and state-dict keys), sliced past the limit."""
 
     def _check_input_dim(self, x):
         if x.dim() != 4:
@@ -93,9 +113,4 @@ class LargeBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def allow_large_batches(module: nn.Module) -> nn.Module:
     """Every BatchNorm2d under `module` replaced by a LargeBatchNorm with its state."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            setattr(module, name, LargeBatchNorm(child))
-        else:
-            allow_large_batches(child)
-    return module
+    return replace_batchnorms(module, LargeBatchNorm, lambda m: type(m) is nn.BatchNorm2d)

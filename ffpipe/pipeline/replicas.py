@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd import Function
 
+from ffpipe.models.batchnorm import BatchNormCopy, replace_batchnorms
+
 
 class _SyncedNorm(Function):
     @staticmethod
@@ -107,20 +109,13 @@ class _SyncedNormCUDA(Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
+class SyncedBatchNorm(BatchNormCopy):
     """Batch norm over the rows of every replica of a stage (training); running statistics as
     usual (evaluation)."""
 
     def __init__(self, source: nn.modules.batchnorm._BatchNorm, group):
-        device = next(iter([*source.parameters(), *source.buffers()])).device
-        super().__init__(source.num_features, source.eps, source.momentum, source.affine,
-                         source.track_running_stats, device=device)
-        self.load_state_dict(source.state_dict())
+        super().__init__(source)
         self.group = group
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -147,12 +142,8 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def sync_batchnorm(module: nn.Module, group) -> nn.Module:
     """Every batch norm under `module` replaced by its synced copy (same parameters and buffers)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(module, name, SyncedBatchNorm(child, group))
-        else:
-            sync_batchnorm(child, group)
-    return module
+    return replace_batchnorms(module, lambda bn: SyncedBatchNorm(bn, group),
+                              lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 class GradientSum:
