@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ffpipe.ff import row_norm
+from ffpipe.layout import is_nhwc
 
 LOG_EPS = 1e-6
 TENSOR_CORE_CHANNELS = 8
@@ -97,7 +98,7 @@ def window_mean(z: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     1.01 ms (256 x 256 x 56 x 56 -> 4 x 4) and 0.54 ms against 1.05 ms (2048 x 64 x 32 x 32):
     torch's channels_last adaptive-pooling kernels are slow, its reductions are not."""
     n, c, h, w = z.shape
-    if not z.is_contiguous() and z.is_contiguous(memory_format=torch.channels_last):
+    if is_nhwc(z):
         windows = z.permute(0, 2, 3, 1).reshape(n, out_h, h // out_h, out_w, w // out_w, c)
         return windows.mean(dim=(2, 4)).permute(0, 3, 1, 2)
     return z.reshape(n, c, out_h, h // out_h, out_w, w // out_w).mean(dim=(3, 5))
@@ -185,7 +186,7 @@ def normalize_output(z: torch.Tensor) -> torch.Tensor:
     rows go to row_norm's kernels, which spread a long row over many thread blocks.
     """
     with torch.autocast(z.device.type, enabled=False):
-        nhwc = z.dim() == 4 and not z.is_contiguous() and z.is_contiguous(memory_format=torch.channels_last)
+        nhwc = is_nhwc(z)
         rows = z.permute(0, 2, 3, 1) if nhwc else z
         if row_norm.available(rows) and rows.is_contiguous() and rows[0].numel() >= row_norm.MIN_ROW:
             out = row_norm.layer_norm_rows(rows.reshape(rows.shape[0], -1)).view(rows.shape)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.errors import NeighbourError, PipelineError
+from ffpipe.layout import is_nhwc
 from ffpipe.pipeline.messages import Message, Phase
 
 HEADER_LEN = 64
@@ -26,11 +27,6 @@ _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool
 _TRACE = os.environ.get("FFPIPE_TRACE_P2P") == "1"
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    """NHWC in memory (and not also plain contiguous, as 1x1 maps are)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
 def encode_header(msg: Message) -> torch.Tensor:
     """phase, epoch, step, shard offset and total, which optional fields are present, then each
     tensor's dtype and shape."""
@@ -38,7 +34,7 @@ def encode_header(msg: Message) -> torch.Tensor:
     head = [int(msg.phase), msg.epoch, msg.step, msg.offset, msg.total, len(tensors), len(msg.skips),
             msg.x is not None, msg.y is not None, msg.votes is not None, msg.unit_correct is not None]
     for t in tensors:
-        head += [_DTYPES.index(t.dtype), int(_channels_last(t)), t.dim(), *t.shape, *[0] * (5 - t.dim())]
+        head += [_DTYPES.index(t.dtype), int(is_nhwc(t)), t.dim(), *t.shape, *[0] * (5 - t.dim())]
     if len(head) > HEADER_LEN:
         raise PipelineError(f"a message with {len(tensors)} tensors does not fit the p2p header")
     return torch.tensor(head + [0] * (HEADER_LEN - len(head)), dtype=torch.int64)
@@ -57,7 +53,7 @@ def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple]]:
 
 def _wire(t: torch.Tensor) -> torch.Tensor:
     """The tensor as it travels: contiguous, channels_last kept as NHWC without a copy."""
-    if _channels_last(t):
+    if is_nhwc(t):
         return t.permute(0, 2, 3, 1)
     return t.contiguous()
 
