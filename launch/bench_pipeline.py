@@ -9,12 +9,13 @@ Runs, one after another on this machine:
   2. DDP on N GPUs (--gpus, default the largest of --stages): the same BP network, the global
      batch split over the N ranks (ffpipe/bench/peers.py);
   3. the sequential SFF trainer on one GPU, and SFF under torchrun with each number of stages;
-  4. with --replicas 2x2 (or 2,1,1 ...), SFF under torchrun with stage replicas;
+  4. with --replicas 2x2 (or 2,1,1 ..., or 3xauto: 3 stages, replicas over --gpus), SFF under
+     torchrun with stage replicas;
      with --ray, SFF on Ray actors with the p2p and the Ray-native transports at the largest
      number of stages;
   5. torch.distributed.pipelining GPipe and 1F1B on N GPUs: the BP network's units cut into N
-     stages balanced by forward FLOPs, with m = 2, 4 and 8 microbatches (1F1B: m >= N); the row
-     shows the best m.
+     stages balanced by forward FLOPs, with m = 2, 4 and 8 microbatches (--microbatches; 1F1B:
+     m >= N); the row shows the best m.
 Every run has the config's model, data, global batch and precision; --no-peers skips 2 and 5.
 The table gives images/s (ffpipe runs: steady state; peers: their timed steps), its ratio to BP
 on one GPU and to DDP, per-stage throughput, busy/waiting shares, peak memory per GPU and test
@@ -61,15 +62,25 @@ class Result:
     failure: str = ""                   # why it failed, shown in the img/s column
 
 
-def parse_replicas(text: str) -> list[int]:
-    """'2x2' or '2,1,1' -> replicas per stage."""
+def parse_replicas(text: str) -> list[int] | int:
+    """'2x2' or '2,1,1' -> replicas per stage; '3xauto' -> 3 (stages, replicas chosen by the run)."""
     if "x" in text:
         stages, copies = text.split("x")
-        return [int(copies)] * int(stages)
+        return int(stages) if copies == "auto" else [int(copies)] * int(stages)
     return [int(v) for v in text.split(",")]
 
 
-def runs(stages: list[int], ray: bool, gpus: int, peers: bool, replicas: list[str] = ()) -> list[Run]:
+def replica_run(text: str, gpus: int) -> Run:
+    counts = parse_replicas(text)
+    if isinstance(counts, int):  # 'auto' over every GPU: the run balances split and replicas together
+        return Run(f"sff torchrun, {counts} stages x auto replicas on {gpus} GPUs", nproc=gpus,
+                   overrides=["pipeline.backend=torchrun", f"pipeline.stages={counts}", "pipeline.replicas=auto"])
+    return Run(f"sff torchrun, {len(counts)} stage(s) x {counts} replicas", nproc=sum(counts),
+               overrides=["pipeline.backend=torchrun", f"pipeline.replicas={counts}"])
+
+
+def runs(stages: list[int], ray: bool, gpus: int, peers: bool, replicas: list[str] = (),
+         microbatches: tuple[int, ...] = MICROBATCHES) -> list[Run]:
     """Every run, in order: BP then DDP first, as every later row is a ratio to them."""
     out = [Run("bp, 1 GPU", overrides=["algo.name=bp"], reference="bp")]
     if peers:
@@ -77,17 +88,14 @@ def runs(stages: list[int], ray: bool, gpus: int, peers: bool, replicas: list[st
     out.append(Run("sff sequential, 1 GPU"))
     out += [Run(f"sff torchrun, {s} stages", nproc=s,
                 overrides=["pipeline.backend=torchrun", f"pipeline.stages={s}"]) for s in stages]
-    for text in replicas:
-        counts = parse_replicas(text)
-        out.append(Run(f"sff torchrun, {len(counts)} stage(s) x {counts} replicas", nproc=sum(counts),
-                       overrides=["pipeline.backend=torchrun", f"pipeline.replicas={counts}"]))
+    out += [replica_run(text, gpus) for text in replicas]
     if ray:
         s = max(stages)
         out += [Run(f"sff ray {t}, {s} stages", overrides=["pipeline.backend=ray", f"pipeline.stages={s}",
                                                           f"pipeline.transport={t}"]) for t in ("p2p", "ray")]
     if peers:
-        out.append(Run(f"gpipe, {gpus} GPUs", "gpipe", gpus, microbatches=MICROBATCHES))
-        at_least_one_per_stage = tuple(m for m in MICROBATCHES if m >= gpus)  # what 1F1B needs
+        out.append(Run(f"gpipe, {gpus} GPUs", "gpipe", gpus, microbatches=microbatches))
+        at_least_one_per_stage = tuple(m for m in microbatches if m >= gpus)  # what 1F1B needs
         out.append(Run(f"1f1b, {gpus} GPUs", "1f1b", gpus, microbatches=at_least_one_per_stage))
     return out
 
@@ -182,7 +190,7 @@ def measure_peer(args, run: Run, out: Path) -> Result:
         else:
             results[m] = json.loads(out_json.read_text())
     if not results:
-        why = "; ".join(failed) or f"no microbatch count of {MICROBATCHES} is >= {run.nproc}"
+        why = "; ".join(failed) or f"no microbatch count tried is >= {run.nproc}"
         logs = f"{run.peer}.log" if run.peer == "ddp" else f"{run.peer}_m*.log"
         return Result(None, [""] * 7, failure=f"failed ({why}): see {logs}")
     best = max(results, key=lambda m: results[m]["images_per_second"])
@@ -208,8 +216,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default=str(REPO / "configs" / "bench_resnet18.toml"))
     p.add_argument("--stages", type=int, nargs="+", default=[2, 4])
     p.add_argument("--ray", action="store_true", help="also run the Ray backend (needs ray)")
-    p.add_argument("--replicas", nargs="*", default=[], metavar="SxR|R0,R1,..",
-                   help="also SFF under torchrun with stage replicas, e.g. 2x2 (2 stages x 2 replicas)")
+    p.add_argument("--replicas", nargs="*", default=[], metavar="SxR|R0,R1,..|Sxauto",
+                   help="also SFF under torchrun with stage replicas, e.g. 2x2 (2 stages x 2 replicas), "
+                        "3xauto (3 stages, replicas and split balanced together over --gpus)")
+    p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES),
+                   help="microbatch counts tried for GPipe and 1F1B (the best is reported)")
     p.add_argument("--gpus", type=int,
                    help="GPUs of the DDP and pipelining peers (default: the largest of --stages)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
@@ -241,7 +252,7 @@ def main() -> int:
     table = out / "bench.md"
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
-    plan = runs(args.stages, args.ray, args.gpus, args.peers, args.replicas)
+    plan = runs(args.stages, args.ray, args.gpus, args.peers, args.replicas, tuple(args.microbatches))
     last_reference = max(i for i, run in enumerate(plan) if run.reference)
     speeds, pending = {}, []
     for i, run in enumerate(plan):

@@ -18,6 +18,7 @@ import datetime
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from ffpipe.pipeline.profile import measure_link
 from ffpipe.pipeline.topology import Place, Topology, describe_topology
 from ffpipe.run.summary import finish_run, stage_report, stage_reports
 from ffpipe.transport import open_channel
+
+TEARDOWN_S = 60.0  # the longest the end of a finished run waits for its process groups to close
+
 
 def _world() -> tuple[int, int, int]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -132,8 +136,19 @@ def train_torchrun(cfg: Config, resume: Path | None):
         result = _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx)
     except BaseException as err:  # noqa: BLE001 - every way out of a failed rank is the one below
         _exit_failed(err, ctx)
-    dist.destroy_process_group()
+    _destroy_groups(TEARDOWN_S)
     return result
+
+
+def _destroy_groups(timeout_s: float) -> None:
+    """Destroy the process groups, waiting at most `timeout_s`: the run is done and saved, and a
+    teardown that blocks (NCCL waiting on something that will never come) must not hang it; the
+    process ends with os._exit (cli.run), which stops the waiting thread."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (dist.destroy_process_group(), done.set()), daemon=True).start()
+    if not done.wait(timeout_s):
+        print(f"ffpipe: warning: the process groups were not torn down within {timeout_s:.0f} s; "
+              "leaving without it (the run itself is complete)", file=sys.stderr, flush=True)
 
 
 def _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx):

@@ -13,6 +13,9 @@ kernels; a graph launches them all at once. How it works:
 Everything the step reads besides its inputs must stay at the same address: the parameters and
 optimizer state (updated in place), the learning rate (a device tensor filled before a replay),
 the step count and the metric sums (device tensors zeroed in place).
+A replicated stage's collectives (synced batch norm, the gradient sum; NCCL) are captured with
+the step, which replays them; every replica captures at the same step, as each warms up alike.
+Its share of the batch (a Python float in the loss) is part of the captured shape.
 """
 from __future__ import annotations
 
@@ -27,15 +30,15 @@ WARMUP_STEPS = 3
 # allocator's cache, which must not happen while another stage thread is capturing.
 _CAPTURE_LOCK = threading.Lock()
 
-StepFn = Callable[[torch.Tensor, tuple, torch.Tensor], tuple[torch.Tensor, tuple]]
+StepFn = Callable[[torch.Tensor, tuple, torch.Tensor, float], tuple[torch.Tensor, tuple]]
 
 
-def _signature(tensors: list[torch.Tensor]) -> tuple:
-    return tuple((t.shape, t.dtype, t.stride()) for t in tensors)
+def _signature(tensors: list[torch.Tensor], share: float) -> tuple:
+    return tuple((t.shape, t.dtype, t.stride()) for t in tensors) + (share,)
 
 
 class GraphedStep:
-    """Calls `learn(x, skips, y) -> (x_out, skips_out)` through a CUDA graph once warmed up.
+    """Calls `learn(x, skips, y, share) -> (x_out, skips_out)` through a CUDA graph once warmed up.
 
     `reset_grads(set_to_none)` clears the stage's gradients. A batch of another shape than the
     captured one (none arrives in training: every training batch is full) runs eagerly.
@@ -51,49 +54,60 @@ class GraphedStep:
         self._outputs: tuple = ()
         self._signature: tuple = ()
 
-    def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor,
+                 share: float = 1.0) -> tuple[torch.Tensor, tuple]:
         inputs = [x, *skips, y]
         if self.graph is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            return self._warm_up(x, skips, y)
+            return self._warm_up(x, skips, y, share)
         if self.graph is None:
-            self._capture(inputs)
-        elif _signature(inputs) != self._signature:
-            return self._eager(x, skips, y)
+            self._capture(inputs, share)
+        elif _signature(inputs, share) != self._signature:
+            return self._eager(x, skips, y, share)
         for static, fresh in zip(self._inputs, inputs):
             static.copy_(fresh)
         self.graph.replay()
         out_x, out_skips = self._outputs
         return out_x.clone(), tuple(s.clone() for s in out_skips)
 
-    def _warm_up(self, x, skips, y):
+    def _warm_up(self, x, skips, y, share):
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         for t in (x, *skips, y):
             t.record_stream(side)  # read there: not to be reused before the side stream is done
         with torch.cuda.stream(side):
-            out_x, out_skips = self.learn(x, skips, y)
+            out_x, out_skips = self.learn(x, skips, y, share)
             self.reset_grads(True)
         current.wait_stream(side)
         for t in (out_x, *out_skips):
             t.record_stream(current)
         return out_x, out_skips
 
-    def _eager(self, x, skips, y):
+    def _eager(self, x, skips, y, share):
         # The gradients are the graph's tensors: zero them so this backward starts from nothing,
         # and leave them there for the next replay, which overwrites them.
         self.reset_grads(False)
-        return self.learn(x, skips, y)
+        return self.learn(x, skips, y, share)
 
-    def _capture(self, inputs: list[torch.Tensor]) -> None:
+    def _capture(self, inputs: list[torch.Tensor], share: float) -> None:
         self._inputs = [t.clone() for t in inputs]  # clone keeps the memory format
-        self._signature = _signature(inputs)
+        self._signature = _signature(inputs, share)
         x, *skips, y = self._inputs
         self.reset_grads(True)  # the captured backward then allocates (= overwrites) them
         graph = torch.cuda.CUDAGraph()
         with _CAPTURE_LOCK, torch.cuda.device(self.device):
             # thread_local: other stage threads and NCCL's watchdog may use CUDA meanwhile
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._outputs = self.learn(x, tuple(skips), y)
+                self._outputs = self.learn(x, tuple(skips), y, share)
         self.graph = graph
+
+    def release(self) -> None:
+        """Drop the graph and its memory. A graph that captured NCCL collectives holds their
+        communicator: destroying the process group while it lives blocks forever (seen on 4 x
+        H200: replicated stages finished training and never exited)."""
+        if self.graph is None:
+            return
+        torch.cuda.synchronize(self.device)
+        self.graph.reset()
+        self.graph, self._inputs, self._outputs, self._signature = None, [], (), ()

@@ -5,18 +5,22 @@ A stage is given by the index of its first unit; stage k owns units [starts[k], 
 from __future__ import annotations
 
 from ffpipe.errors import ConfigError
+from ffpipe.pipeline.topology import auto_replicas
 
 
-def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] | None = None) -> list[int]:
+def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] | None = None,
+                    replicas: list[int] | tuple[int, ...] | None = None) -> list[int]:
     """Contiguous stages that minimise the cost of the slowest stage (exact dynamic programme).
     `cut_costs[i]`: what a cut before unit i adds to both stages beside it (moving the tensors
-    that cross it); none by default.
+    that cross it); none by default. `replicas[k]`: copies of stage k, each doing 1/replicas[k]
+    of its work, so a replicated stage takes more units.
 
     Among equally good splits the one with the earliest boundaries wins, so the result is stable.
     """
     n = len(costs)
     _check_count(n, num_stages)
     cut = cut_costs or [0.0] * (n + 1)
+    copies = replicas or [1] * num_stages
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
@@ -28,7 +32,7 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
     for s in range(1, num_stages + 1):
         for i in range(s, n + 1):
             for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j] + _cuts_of(cut, j, i, n))
+                value = max(best[s - 1][j], (prefix[i] - prefix[j] + _cuts_of(cut, j, i, n)) / copies[s - 1])
                 if value < best[s][i] - 1e-12:
                     best[s][i], last[s][i] = value, j
     starts, i = [], n
@@ -52,9 +56,10 @@ def stage_seconds(costs: list[float], cut_costs: list[float], starts: list[int],
 
 
 def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None = None,
-                 costs: list[float] | None = None, cut_costs: list[float] | None = None) -> list[int]:
+                 costs: list[float] | None = None, cut_costs: list[float] | None = None,
+                 replicas: list[int] | None = None) -> list[int]:
     """First unit of every stage: explicit `boundaries` (first units of stages 1..S-1) if given,
-    else balanced by `costs` (equal costs when none are known)."""
+    else balanced by `costs` (equal costs when none are known) over `replicas` per stage."""
     _check_count(num_units, num_stages)
     if boundaries:
         if len(boundaries) != num_stages - 1 or boundaries[-1] >= num_units:
@@ -62,7 +67,29 @@ def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None =
                               f"each of stages 1..{num_stages - 1}, each below {num_units} "
                               f"(the model has {num_units} units)")
         return [0, *boundaries]
-    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None)
+    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas)
+
+
+def balanced_with_replicas(costs: list[float], cut_costs: list[float], num_stages: int,
+                           processes: int) -> tuple[list[int], list[int]]:
+    """A split and replicas per stage for `processes` processes, together: replicas go to the
+    slowest stages of a split, then the split is balanced again over those replicas (a
+    replicated stage takes more units), until the split stays; the best pair seen wins."""
+    def slowest(starts, replicas):
+        return max(stage_seconds(costs, cut_costs, starts, tuple(replicas)))
+
+    starts = balanced_starts(costs, num_stages, cut_costs)
+    best = None
+    for _ in range(2 * num_stages):  # a handful of rounds settle it; the bound stops a cycle
+        replicas = auto_replicas(stage_seconds(costs, cut_costs, starts), processes)
+        rebalanced = balanced_starts(costs, num_stages, cut_costs, replicas)
+        for pair in ((starts, replicas), (rebalanced, replicas)):
+            if best is None or slowest(*pair) < slowest(*best) - 1e-12:
+                best = pair
+        if rebalanced == starts:
+            break
+        starts = rebalanced
+    return best
 
 
 def stage_ranges(starts: list[int], num_units: int) -> list[range]:

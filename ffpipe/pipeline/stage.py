@@ -49,18 +49,14 @@ class StageOptions:
         return cls(train, cfg.algo.grad_clip, cfg.pipeline.timeout_s)
 
 
-def use_cuda_graphs(setting: str, device: torch.device, replicated: bool = False) -> bool:
+def use_cuda_graphs(setting: str, device: torch.device) -> bool:
     """train.cuda_graphs: 'auto' graphs every CUDA stage (training shapes are static: every
-    training batch is full) that is not replicated, 'on' insists on it, 'off' keeps the eager
-    step. A replicated stage runs eagerly: its collectives (synced batch norm, gradient sum) are
-    not captured."""
+    training batch is full), replicated ones included (NCCL's collectives are captured with the
+    step), 'on' insists on it, 'off' keeps the eager step."""
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
                           f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
-    if setting == "on" and replicated:
-        raise ConfigError("train.cuda_graphs = 'on' but this stage is replicated (pipeline.replicas), "
-                          "and a replicated stage runs eagerly; use 'auto' or 'off'")
-    return setting != "off" and device.type == "cuda" and not replicated
+    return setting != "off" and device.type == "cuda"
 
 
 class Stage:
@@ -90,7 +86,7 @@ class Stage:
         if self.frozen:  # a linear probe: bodies keep their weights and batch-norm statistics
             for learner in self.learners:
                 learner.body.requires_grad_(False)
-        graphs = use_cuda_graphs(train.cuda_graphs, device, replica_group is not None)
+        graphs = use_cuda_graphs(train.cuda_graphs, device)
         # One parameter group for the whole stage: one fused optimizer launch instead of one per
         # unit (every update is per parameter, so this changes no value).
         params = [p for p in self.learners.parameters() if p.requires_grad]
@@ -149,10 +145,11 @@ class Stage:
             self._step_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
             self._step_events[-1][0].record(torch.cuda.current_stream(self.device))
         x = self._prepare(msg.x)
+        share = share_of(len(msg.y), msg.batch_size)
         if self.graphed is not None:
-            x, skips = self.graphed(x, msg.skips, msg.y)
+            x, skips = self.graphed(x, msg.skips, msg.y, share)
         else:
-            x, skips = self._learn(x, msg.skips, msg.y, share_of(len(msg.y), msg.batch_size))
+            x, skips = self._learn(x, msg.skips, msg.y, share)
             self._reset_grads(True)
         if timed:
             self._step_events[-1][1].record(torch.cuda.current_stream(self.device))
@@ -187,6 +184,11 @@ class Stage:
         self.optimizer.step()
         self._track(torch.stack(losses), torch.stack(correct))
         return x, skips
+
+    def release_graph(self) -> None:
+        """After training: free the captured step (and any communicator it holds)."""
+        if self.graphed is not None:
+            self.graphed.release()
 
     def _reset_grads(self, set_to_none: bool) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

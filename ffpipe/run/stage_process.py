@@ -153,6 +153,7 @@ def run_one_stage(setup: RunSetup, start: RunStart, place: Place, device: torch.
         outbox, sink = open_outbox(setup, start, place, link, on_result)
         loop = loop_config(setup, start.folder, on_log) if place.lead else loop_config(setup, None)
         run_stage_loop(stage, inbox, outbox, loop, logger)
+        stage.release_graph()  # before the process groups are destroyed: see GraphedStep.release
         for box in (outbox, inbox):
             box.close()
     except Exception as err:  # name the stage and its step; the traceback of a bug stays visible

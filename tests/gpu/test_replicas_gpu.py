@@ -41,3 +41,24 @@ def test_synced_batch_norm_on_cuda_equals_batch_norm(nccl_group, dtype):
     assert torch.allclose(a.grad.float(), b.grad.float(), atol=tol)
     assert torch.allclose(bn.weight.grad, synced.weight.grad, atol=tol * 10)
     assert torch.allclose(bn.running_var, synced.running_var, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_graphed_replicas_learn_as_eager_replicas(tmp_path):
+    """One stage x 2 replicas on 2 GPUs: the step replayed as a CUDA graph, its NCCL collectives
+    (synced batch norm, gradient sum) captured in it, learns what the eager step learns; prints
+    each one's GPU time per step (the summary's busy_step_s)."""
+    from tests.pipeline_helpers import assert_same_parameters, run_ffpipe, summary
+
+    common = ["model.name=resnet18", "model.granularity=block", "data.name=synthetic",
+              "data.synthetic_train=8192", "data.synthetic_test=1024", "data.synthetic_shape=[3, 32, 32]",
+              "train.batch_size=256", "train.max_steps=24", "train.optimizer=sgd", "train.lr=0.01",
+              "train.precision=fp32", "train.deterministic=true", "train.log_every=4",
+              "train.eval_batch_size=1024", "run.progress=false", "run.plots=false"]
+    runs = {}
+    for graphs in ("auto", "off"):
+        runs[graphs] = tmp_path / graphs
+        run_ffpipe(common + [f"train.cuda_graphs={graphs}", f"run.dir={runs[graphs]}"], replicas=[2])
+        busy = [s.get("busy_step_s") for s in summary(runs[graphs])["stages"]]
+        print(f"\ncuda_graphs={graphs}: GPU s per step per stage {busy}")
+    assert_same_parameters(runs["auto"], runs["off"], atol=1e-4)

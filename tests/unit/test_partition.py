@@ -1,7 +1,10 @@
+from itertools import combinations
+
 import pytest
 
 from ffpipe.errors import ConfigError
-from ffpipe.pipeline.partition import balanced_starts, stage_ranges, stage_starts
+from ffpipe.pipeline.partition import (balanced_starts, balanced_with_replicas, stage_ranges, stage_seconds,
+                                       stage_starts)
 
 
 def test_balanced_split_minimises_the_slowest_stage():
@@ -36,3 +39,23 @@ def test_a_cut_that_moves_a_large_tensor_costs_both_stages_beside_it():
     assert balanced_starts(costs, 2, cuts) == [0, 1]
     assert stage_seconds(costs, cuts, [0, 1]) == [1.1, 3.1]
     assert stage_seconds(costs, cuts, [0, 1], replicas=(1, 2)) == [1.1, 1.55]
+
+
+def test_a_replicated_stage_takes_more_units():
+    costs = [4.0, 3.0, 3.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+    assert balanced_starts(costs, 3) == [0, 2, 4]  # 7 / 5 / 7
+    starts = balanced_starts(costs, 3, replicas=[2, 1, 1])
+    assert starts == [0, 3, 5]  # 10 over two copies / 4 / 5
+    assert max(stage_seconds(costs, [0.0] * 10, starts, (2, 1, 1))) == 5.0
+
+
+def test_auto_replicas_and_the_split_are_balanced_together():
+    costs, cuts = [4.0, 3.0, 3.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0], [0.0] * 10
+    starts, replicas = balanced_with_replicas(costs, cuts, 3, 4)
+    assert sum(replicas) == 4
+    # the split balanced first (7 / 5 / 7) with one stage doubled leaves 7; balanced together: 5
+    assert max(stage_seconds(costs, cuts, starts, tuple(replicas))) == 5.0
+    # exhaustive check: no split and replica counts on 4 processes do better
+    best = min(max(stage_seconds(costs, cuts, [0, a, b], r)) for a, b in combinations(range(1, 9), 2)
+               for r in [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
+    assert best == 5.0
