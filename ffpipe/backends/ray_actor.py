@@ -55,12 +55,13 @@ class StageWorker:
 
     @ray.method(concurrency_group="control")
     def join(self, host: str, port: int) -> None:
-        from ffpipe.backends.torchrun import init_groups, rendezvous_store, replica_group
+        from ffpipe.backends.torchrun import init_groups, pair_groups, rendezvous_store, replica_group
 
         timeout, world = self.cfg.pipeline.timeout_s, self.topology.world
         store, self._rendezvous_socket = rendezvous_store(host, port, self.rank, world, timeout)
-        self.groups = init_groups(self.device, timeout, self.rank, world, store=store)
+        self.control = init_groups(self.device, timeout, self.rank, world, store=store)
         self.group = replica_group(self.topology, self.place)
+        self.pairs = pair_groups(self.topology) if self.transport == "p2p" else {}
 
     # -- the stage loop -----------------------------------------------------------------------
     def run(self) -> dict:
@@ -76,7 +77,10 @@ class StageWorker:
     def _link(self, peer: int):
         """The channel to the actor of rank `peer`."""
         if self.transport == "p2p":
-            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=self.groups,
+            from ffpipe.backends.torchrun import data_group
+
+            groups = (data_group(self.pairs, self.rank, peer), self.control)
+            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=groups,
                                 peer_stage=self.topology.place(peer).stage)
         # the Ray transport (unreplicated): the driver fills the inbox and drains the outbox
         return self.inbox if peer < self.rank else self.outbox

@@ -72,14 +72,15 @@ def resolve_stages(cfg: Config, world: int) -> Config:
 
 
 def init_groups(device: torch.device, timeout_s: float, rank: int, world: int, store=None):
-    """Default group (NCCL on GPU, gloo on CPU) for tensors; a gloo group for headers and acks.
-    Without a `store`, torchrun's environment tells the ranks where to meet."""
+    """The default group (NCCL on GPU, gloo on CPU); returns a gloo group for the channels'
+    headers and acknowledgements (None on CPU: the default group is gloo). Without a `store`,
+    torchrun's environment tells the ranks where to meet."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     control = dist.new_group(backend="gloo") if backend == "nccl" else None
-    return None, control
+    return control
 
 
 def socket_for(host: str) -> socket.socket:
@@ -115,6 +116,24 @@ def replica_group(topology: Topology, place: Place):
     return mine
 
 
+def pair_groups(topology: Topology) -> dict[tuple[int, int], object]:
+    """A process group for each pair of ranks that exchange batches (every rank creates every
+    group, in the same order). On the default group NCCL runs all of a rank's sends and receives
+    on one stream, one after another: a middle stage could not take in batch k+1 while its send
+    of batch k waited for the next stage, and the stage before it waited in turn."""
+    groups = {}
+    for pair in topology.channel_pairs():
+        group = dist.new_group(list(pair))
+        if dist.get_rank() in pair:
+            groups[pair] = group
+    return groups
+
+
+def data_group(groups: dict, rank: int, peer: int):
+    """The group of the channel between `rank` and `peer` (see pair_groups)."""
+    return groups[(min(rank, peer), max(rank, peer))]
+
+
 def share(obj, group=None):
     """Rank 0's `obj` on every rank (an exception from rank 0 is raised on every rank)."""
     box = [obj]
@@ -132,8 +151,8 @@ def train_torchrun(cfg: Config, resume: Path | None):
         cfg = resolve_stages(cfg, world)
         setup_process(cfg)
         device = stage_device(cfg, rank, local_rank)
-        groups = init_groups(device, cfg.pipeline.timeout_s, rank, world)
-        result = _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx)
+        control = init_groups(device, cfg.pipeline.timeout_s, rank, world)
+        result = _run_rank(cfg, resume, restarts, rank, world, device, control, ctx)
     except BaseException as err:  # noqa: BLE001 - every way out of a failed rank is the one below
         _exit_failed(err, ctx)
     _destroy_groups(TEARDOWN_S)
@@ -151,8 +170,7 @@ def _destroy_groups(timeout_s: float) -> None:
               "leaving without it (the run itself is complete)", file=sys.stderr, flush=True)
 
 
-def _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx):
-    data_group, control = groups
+def _run_rank(cfg, resume, restarts, rank, world, device, control, ctx):
     link = _measure_link(cfg, resume, restarts, device)
     if rank == 0:
         try:
@@ -172,9 +190,11 @@ def _run_rank(cfg, resume, restarts, rank, world, device, groups, ctx):
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress and rank == last)
     if rank == 0:
         announce(start, describe_topology(topology, "torchrun"))
-    channel = lambda peer: open_channel("p2p", cfg.pipeline, peer=peer, device=device,  # noqa: E731
-                                        peer_stage=topology.place(peer).stage, groups=(data_group, control))
     group = replica_group(topology, place)
+    pairs = pair_groups(topology)
+    channel = lambda peer: open_channel("p2p", cfg.pipeline, peer=peer, device=device,  # noqa: E731
+                                        peer_stage=topology.place(peer).stage,
+                                        groups=(data_group(pairs, rank, peer), control))
     t0 = time.perf_counter()
     logger, sink = run_one_stage(setup, start, place, device, channel, progress.update, progress.result, group)
     gathered = [None] * world if rank == 0 else None

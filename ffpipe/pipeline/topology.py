@@ -80,6 +80,15 @@ class Topology:
         """Ranks of the next stage's replicas that receive rows of this replica, in row order."""
         return self._neighbours(place, place.stage + 1)
 
+    def channel_pairs(self) -> list[tuple[int, int]]:
+        """Every pair of ranks with a channel between them, in one order all ranks agree on:
+        each replica with the next stage's replicas it sends to, and the last stage's replica 0
+        with that stage's other replicas (which send it their evaluation shards)."""
+        pairs = {(rank, peer) for rank in range(self.world) for peer in self.receivers(self.place(rank))}
+        lead, *others = self.stage_ranks(self.num_stages - 1)
+        pairs.update((lead, other) for other in others)
+        return sorted(pairs)
+
     def _neighbours(self, place: Place, stage: int) -> list[int]:
         if not 0 <= stage < self.num_stages:
             return []

@@ -94,3 +94,14 @@ def test_replicas_in_the_config_are_checked():
         config_mod.load(None, ["pipeline.backend=torchrun", "pipeline.stages=3", "pipeline.replicas=[2, 2]"])
     with pytest.raises(ConfigError, match="batch_size"):
         config_mod.load(None, ["pipeline.backend=torchrun", "pipeline.replicas=[4]", "train.batch_size=3"])
+
+
+def test_channel_pairs_are_every_pair_that_opens_a_channel():
+    assert Topology.of([1, 1, 1, 1]).channel_pairs() == [(0, 1), (1, 2), (2, 3)]
+    # 3 replicas feeding 2: replica 1 sends to both; the last stage's replica 1 sends its shards to 0
+    assert Topology.of([3, 2]).channel_pairs() == [(0, 3), (1, 3), (1, 4), (2, 4), (3, 4)]
+    t = Topology.of([2, 1, 2])
+    for rank in range(t.world):
+        place = t.place(rank)
+        for peer in t.senders(place) + t.receivers(place):
+            assert (min(rank, peer), max(rank, peer)) in t.channel_pairs()
