@@ -166,7 +166,7 @@ def _destroy_groups(timeout_s: float) -> None:
     done = threading.Event()
     threading.Thread(target=lambda: (dist.destroy_process_group(), done.set()), daemon=True).start()
     if not done.wait(timeout_s):
-        print(f"ffpipe: warning: the process groups were not torn down within {timeout_s:.0f} s; "
+        print(f"ffpipe: warning: the process groups were not torn down within {timeout_s:g} s; "
               "leaving without it (the run itself is complete)", file=sys.stderr, flush=True)
 
 

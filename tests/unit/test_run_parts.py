@@ -155,3 +155,25 @@ def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
         folder.write_stage_metrics(0, [{"phase": "train", "step": 2, "loss": 0.5}])
     assert [r["step"] for r in folder.read_stage_metrics(0, up_to_step=10)] == [1]
     assert sorted(p.name for p in (folder.path / "metrics").iterdir()) == ["stage-0.parquet"]  # no temporary left
+
+
+def test_a_blocking_process_group_teardown_is_left_after_its_bound(monkeypatch, capsys):
+    from ffpipe.backends import torchrun
+
+    release = threading.Event()
+    monkeypatch.setattr(torchrun.dist, "destroy_process_group", release.wait)  # blocks until set
+    t0 = time.perf_counter()
+    torchrun._destroy_groups(0.3)
+    took = time.perf_counter() - t0
+    release.set()  # let the daemon thread end
+    assert 0.3 <= took < 5
+    assert "the process groups were not torn down within 0.3 s" in capsys.readouterr().err
+
+
+def test_a_prompt_teardown_says_nothing(monkeypatch, capsys):
+    from ffpipe.backends import torchrun
+
+    called = []
+    monkeypatch.setattr(torchrun.dist, "destroy_process_group", lambda: called.append(1))
+    torchrun._destroy_groups(5.0)
+    assert called == [1] and capsys.readouterr().err == ""
