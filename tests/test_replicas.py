@@ -78,3 +78,16 @@ def test_torchrun_auto_replicas_fill_the_processes_and_still_match(tmp_path):
     s = summary(rep)
     assert sorted(s["replicas"]) == [1, 2]
     assert all(st["predicted_step_s"] > 0 for st in s["stages"])  # the costs it balanced on
+
+
+def test_torchrun_auto_replicas_balance_the_split_with_them_and_still_match(tmp_path):
+    """No boundaries: the split and the replicas are chosen together on measured costs (a
+    replicated stage may take more units); the learning is still the sequential run's."""
+    ref = _sequential(tmp_path, SGD)
+    rep = tmp_path / "auto_split"
+    run_ffpipe(COMMON + SGD + [f"run.dir={rep}", "pipeline.stages=2", "pipeline.replicas=auto"], processes=3)
+    assert_same_parameters(ref, rep, atol=1e-5)
+    s = summary(rep)
+    assert sorted(s["replicas"]) == [1, 2]
+    units = [st["units"] for st in s["stages"]]
+    assert sum(len(u) for u in units) == len(s["test_accuracy_per_unit"]) and all(units)
