@@ -15,7 +15,7 @@ from ffpipe.data import DataBundle, DataInfo, load_data
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.learners import build_learners
 from ffpipe.models import dry_run
-from ffpipe.pipeline.partition import balanced_with_replicas, stage_ranges, stage_starts
+from ffpipe.pipeline.partition import balanced_with_replicas, stage_ranges, stage_seconds, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
 from ffpipe.pipeline.stage import use_cuda_graphs
@@ -95,7 +95,8 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     costs = cut_costs = None
     if starts is None:
         costs, cut_costs = measure_costs(cfg, learners, data, info, profile_device, link)
-        listed = cfg.pipeline.replicas if isinstance(cfg.pipeline.replicas, list) else None
+        # listed replicas shape the split; 'auto' ones are chosen with it (choose_replicas)
+        listed = cfg.pipeline.replicas if cfg.pipeline.replicas != "auto" else None
         starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None,
                               costs, cut_costs, listed or None)
     return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes),
@@ -122,24 +123,22 @@ def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | Non
     return costs, cut_costs
 
 
-def choose_replicas(cfg: Config, setup: "RunSetup", processes: int | None,
-                    resplit: bool = False) -> tuple[int, ...]:
+def choose_replicas(cfg: Config, setup: "RunSetup", processes: int | None) -> tuple[int, ...]:
     """Replicas per stage: the config's list, or for 'auto' the `processes` shared out by the
-    measured cost of each stage (equal costs where none were measured). `resplit` (a new run
-    whose split was balanced on measured costs): the split is balanced again together with the
-    replicas, and setup.starts changes with it."""
+    measured cost of each stage (equal costs where none were measured). Where the split was
+    balanced on measured costs (a new run without boundaries; a resumed run keeps its split and
+    measures nothing), it is balanced again together with the replicas: setup.starts changes."""
     wanted = cfg.pipeline.replicas
     if wanted != "auto":
         return tuple(wanted) or (1,) * setup.num_stages
     if processes is None or processes < setup.num_stages:
         raise ConfigError(f"pipeline.replicas = 'auto' needs at least as many processes (GPUs) as "
                           f"stages ({setup.num_stages}), got {processes}; use fewer pipeline.stages")
-    if resplit and setup.costs and not cfg.pipeline.boundaries:
+    if setup.costs and not cfg.pipeline.boundaries:
         setup.starts, replicas = balanced_with_replicas(setup.costs, setup.cut_costs, setup.num_stages, processes)
         return tuple(replicas)
     costs = setup.costs or [1.0] * len(setup.learners)
-    per_stage = [sum(costs[u] for u in setup.unit_range(k)) for k in range(setup.num_stages)]
-    return tuple(auto_replicas(per_stage, processes))
+    return tuple(auto_replicas(stage_seconds(costs, [0.0] * (len(costs) + 1), setup.starts), processes))
 
 
 def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
@@ -151,7 +150,7 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
     attempt = attempt if attempt is not None else Attempt.first_of(resume)
     if resume is None:
         setup = prepare(cfg, profile_device=profile_device, link=link)  # before the folder: bad data leaves nothing
-        replicas = choose_replicas(cfg, setup, processes, resplit=True)
+        replicas = choose_replicas(cfg, setup, processes)
         folder = RunFolder.create(cfg)
         folder.write_partition(setup.starts)
         return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
