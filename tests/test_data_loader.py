@@ -34,6 +34,29 @@ def test_host_path_gives_the_same_batches_as_the_device_path(train):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_stage_zero_gets_its_images_in_the_dtype_its_first_layer_reads():
+    """bf16 autocast: the loader hands out bf16 images, the fp32 ones rounded (the cast the first
+    conv would make); fp32 runs, and an aux term that reads the images, keep fp32."""
+    from ffpipe.learners import build_learners
+    from ffpipe.pipeline.stage import input_dtype
+
+    data = small_set()
+    mean, std = channel_stats(data.images)
+    common = dict(train=True, seed=4, augment=True, flip=True)
+    wide = DeviceLoader(data, 16, torch.device("cpu"), mean, std, **common)
+    narrow = DeviceLoader(data, 16, torch.device("cpu"), mean, std, dtype=torch.bfloat16, **common)
+    for (xa, ya), (xb, yb) in zip(wide.batches(0), narrow.batches(0)):
+        assert xb.dtype == torch.bfloat16 and torch.equal(xa.bfloat16(), xb) and torch.equal(ya, yb)
+    cpu = torch.device("cpu")
+    for overrides, want in (([], None), (["train.precision=bf16"], torch.bfloat16),
+                            (["train.precision=bf16", "algo.aux=reconstruction"], None),
+                            (["train.precision=bf16", "algo.name=bp"], torch.bfloat16),
+                            (["train.precision=bf16", "algo.name=ff", "model.name=mlp", "model.granularity=layer"], None)):
+        cfg = make_config(*overrides)
+        first = build_learners(cfg, (1, 28, 28), 10)[0]
+        assert input_dtype(cfg.train.precision, first, cpu) == want, overrides
+
+
 def test_the_size_threshold_picks_the_placement():
     data = small_set()  # 70 * 192 bytes
     mean, std = channel_stats(data.images)

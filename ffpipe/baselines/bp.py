@@ -19,6 +19,7 @@ from ffpipe.ff.unit import UnitOutput, count_correct
 
 class BPNetwork(nn.Module):
     index = 0
+    input_autocasts = True  # the first unit's conv (or linear) layer reads the images first
 
     def __init__(self, units: list[nn.Module], feature_channels: int, num_classes: int,
                  heads: list[nn.Module] | None = None, algo: AlgoConfig | None = None):

@@ -28,7 +28,7 @@ from ffpipe.models import dry_run
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import time_steps
-from ffpipe.pipeline.stage import Stage, StageOptions, autocast_dtype
+from ffpipe.pipeline.stage import Stage, StageOptions, autocast_dtype, input_dtype
 
 
 def largest_batch(fits, start: int, max_batch: int, resolution: float) -> int:
@@ -66,8 +66,10 @@ class Candidate:
         stage = Stage(0, [copy.deepcopy(learner) for learner in self.learners], StageOptions.of(cfg),
                       total_steps=1000, device=self.device)
         amp = autocast_dtype(cfg.train.precision, self.device) or torch.float32
-        first = self.skips is None  # the images (fp32), else what a previous stage sends (amp dtype)
-        x = torch.randn(batch, *self.in_shape, device=self.device, dtype=None if first else amp)
+        # the images as the loader gives them (in stage 0's input dtype), else what a previous
+        # stage sends (the autocast dtype)
+        images = input_dtype(cfg.train.precision, self.learners[0], self.device) or torch.float32
+        x = torch.randn(batch, *self.in_shape, device=self.device, dtype=images if self.skips is None else amp)
         skips = tuple(torch.randn(batch, *s, device=self.device, dtype=amp) for s in self.skips or ())
         y = torch.randint(0, self.classes, (batch,), device=self.device)
         msg = Message(Phase.TRAIN, 0, 0, x=x, skips=skips, y=y)

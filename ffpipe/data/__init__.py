@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ffpipe.config import DataConfig
 from ffpipe.data.arrays import ArraySet
 from ffpipe.data.loader import DeviceLoader, channel_stats
@@ -63,11 +65,11 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device,
-                    drop_last: bool = True) -> DeviceLoader:
+                    drop_last: bool = True, dtype: torch.dtype = torch.float32) -> DeviceLoader:
     """The training batches as stage 0 draws them (seeded order, crops and flips on the device)."""
     return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
                         augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib,
-                        cutout=cfg.cutout, drop_last=drop_last)
+                        cutout=cfg.cutout, drop_last=drop_last, dtype=dtype)
 
 
 def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> None:

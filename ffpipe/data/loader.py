@@ -47,7 +47,10 @@ class DeviceLoader:
     def __init__(self, data: ArraySet, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, augment: bool = False,
                  flip: bool = False, max_device_mib: float | None = None, cutout: int = 0,
-                 drop_last: bool = True):
+                 drop_last: bool = True, dtype: torch.dtype = torch.float32):
+        """`dtype`: of the normalised images (stage 0's input dtype: bf16 where its first layer
+        would cast them to it anyway, so queued batches take half the memory)."""
+        self.dtype = dtype
         self.host = max_device_mib is not None and data.images.nbytes > max_device_mib * 2**20
         self.images = data.images if self.host else data.images.to(device)
         self.labels = data.labels.to(device)
@@ -133,7 +136,7 @@ class DeviceLoader:
             x = (x - self.mean) / self.std
             if self.cutout:
                 x = cut_out(x, centres[sl], self.cutout)
-            yield x, self.labels[idx_dev]
+            yield x.to(self.dtype), self.labels[idx_dev]
 
 
 def cut_out(x: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:

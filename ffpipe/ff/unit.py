@@ -52,6 +52,9 @@ class LocalUnit(nn.Module):
         self.body = body
         self.head = head
         self.aux = aux
+        # The body's first operation (a conv or linear layer) casts its input under autocast, so
+        # a stage may cast the images once beforehand; an aux term reads the input itself.
+        self.input_autocasts = aux is None
         self.aux_weight = algo.aux_weight
         self.goodness_kind = algo.goodness
         self.margin = algo.margin

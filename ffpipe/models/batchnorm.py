@@ -1,14 +1,19 @@
-"""Batch norm for batches of more than 2^31 elements on a GPU.
+"""Batch norm on a GPU: trains past 2^31 elements, and writes its input's gradient over its input.
 
-torch's fast batch-norm kernels (channels_last, 32-bit indices) give way to generic 64-bit ones
-once a layer's input passes 2^31 elements: ResNet-50's 256 x 56 x 56 maps do at batch 2,739.
-On an H200 (2026-11-28, bf16) one such layer's backward reduction then took 41 ms where the fast
-kernel takes ~1 ms, and the SFF step at batch 3,072 spent a third of its time there. BP never
-gets that far (it runs out of memory first); a stage that holds one unit at a time does.
-
-LargeBatchNorm normalises over the whole batch as before, but on a CUDA tensor past the limit it
-computes the statistics and the backward's reductions per slice of the batch with torch's fused
-kernels (those of SyncBatchNorm) and combines them: the same statistics up to summation order.
+Two things a stage that holds one unit at a time meets and BP does not:
+- Past 2^31 elements (ResNet-50's 256 x 56 x 56 maps at batch 2,739) torch's fast batch-norm
+  kernels (channels_last, 32-bit indices) give way to generic 64-bit ones: on an H200
+  (2026-11-28, bf16) one such layer's backward reduction took 41 ms where the fast kernel takes
+  ~1 ms. Here the statistics and the backward's reductions run per slice of the batch with
+  torch's fused kernels (those of SyncBatchNorm) and are combined: the same statistics up to
+  summation order.
+- The backward's input gradient is a new batch-sized tensor, allocated while the layer's saved
+  input, its incoming gradient and the unit's output are all alive: the peak of a bottleneck
+  unit's step. In ffpipe's models every batch norm reads a convolution's output that nothing else
+  reads, and the convolution's backward needs its own input, not that output; so the gradient is
+  written over the saved input (a Triton kernel, element by element) and the backward allocates
+  nothing batch-sized. ResNet-152's largest unit at 224 px: 1.5 MiB per sample less at its peak.
+LeanBatchNorm does both for every CUDA batch in training (torch's BatchNorm2d elsewhere).
 """
 from __future__ import annotations
 
@@ -16,7 +21,20 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
+from ffpipe.ff import row_norm
+from ffpipe.layout import is_nhwc
+
+try:  # Triton comes with torch's CUDA builds; CPU-only installs do without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
 INDEX_LIMIT = 2**31 - 1
+# Without Triton the gradient goes through torch's kernel slice by slice and is copied over the
+# input: a temporary of at most this many elements (128 MiB in bf16).
+COPY_SLICE = 2**26
+BLOCK = 2048
 
 
 def _slices(x: torch.Tensor, limit: int) -> tuple[torch.Tensor, ...]:
@@ -30,9 +48,48 @@ def _own_format(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _overwritable(x: torch.Tensor) -> bool:
+    """A convolution's output of its own (not a view): what ffpipe's models give a batch norm."""
+    return x.requires_grad and x._base is None and type(x.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+if triton is not None:
+    @triton.jit
+    def _grad_input(g_ptr, x_ptr, out_ptr, mean_ptr, proj_ptr, grad_mean_ptr, scale_ptr, numel,
+                    channels, inner, BLOCK: tl.constexpr):
+        # torch's batch_norm_backward_elemt, element by element (so `out` may be `x`), in fp32
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < numel
+        c = (idx // inner) % channels
+        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + c, mask=mask, other=0.0)
+        proj = tl.load(proj_ptr + c, mask=mask, other=0.0)
+        grad_mean = tl.load(grad_mean_ptr + c, mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + c, mask=mask, other=0.0)
+        out = (g - grad_mean - (x - mean) * proj) * scale
+        tl.store(out_ptr + idx, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _input_gradient(grad_out, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts, out):
+    """The input's gradient written into `out` (which may be `x`; same format as x and grad_out)."""
+    if triton is not None and row_norm.available(x):
+        total = counts.sum(dtype=torch.float32)
+        grad_mean, proj = sum_dy / total, sum_dy_xmu / total * invstd * invstd
+        scale = invstd * weight if weight is not None else invstd
+        channels = x.shape[1]
+        inner = 1 if is_nhwc(x) else x[0, 0].numel()  # elements between one channel and the next
+        _grad_input[(triton.cdiv(x.numel(), BLOCK),)](grad_out, x, out, mean, proj, grad_mean, scale, x.numel(),
+                                                      channels, inner, BLOCK=BLOCK)
+        return out
+    for g, part, out_part in zip(_slices(grad_out, COPY_SLICE), _slices(x, COPY_SLICE), _slices(out, COPY_SLICE)):
+        out_part.copy_(torch.batch_norm_backward_elemt(g, part, mean, invstd, weight, sum_dy, sum_dy_xmu, counts))
+    return out
+
+
 class _SlicedNorm(Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, limit):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, limit, overwrite):
         x = _own_format(x, x)
         parts = _slices(x, limit)
         stats = [torch.batch_norm_stats(part, eps) for part in parts]
@@ -47,7 +104,7 @@ class _SlicedNorm(Function):
         for part, out_part in zip(parts, _slices(out, limit)):
             torch.batch_norm_elemt(part, weight, bias, mean, invstd, eps, out=out_part)
         ctx.save_for_backward(x, weight, mean, invstd, counts.to(torch.int32))
-        ctx.limit = limit
+        ctx.limit, ctx.overwrite = limit, overwrite
         return out
 
     @staticmethod
@@ -62,10 +119,10 @@ class _SlicedNorm(Function):
         grad_w = torch.stack([s[2] for s in sums]).sum(0) if affine else None
         grad_b = torch.stack([s[3] for s in sums]).sum(0) if affine else None
         w = weight.to(mean.dtype) if affine else None
-        grad_x = torch.empty_like(x)
-        for (g, part), grad_part in zip(pairs, _slices(grad_x, ctx.limit)):
-            grad_part.copy_(torch.batch_norm_backward_elemt(g, part, mean, invstd, w, sum_dy, sum_dy_xmu, counts))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        # x is read only here: its memory takes the gradient (see the module's docstring)
+        grad_x = x.detach() if ctx.overwrite else torch.empty_like(x)
+        _input_gradient(grad_out, x, mean, invstd, w, sum_dy, sum_dy_xmu, counts, out=grad_x)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 class BatchNormCopy(nn.modules.batchnorm._BatchNorm):
@@ -94,23 +151,25 @@ def replace_batchnorms(module: nn.Module, make, wanted) -> nn.Module:
     return module
 
 
-class LargeBatchNorm(BatchNormCopy):
-    """nn.BatchNorm2d (same parameters, buffers and state-dict keys), sliced past the limit."""
+class LeanBatchNorm(BatchNormCopy):
+    """nn.BatchNorm2d (same parameters, buffers and state-dict keys); on CUDA in training, sliced
+    past the index limit and writing the input's gradient over a convolution's output."""
 
     def _check_input_dim(self, x):
         if x.dim() != 4:
             raise ValueError(f"expected 4D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and x.is_cuda and x.numel() > INDEX_LIMIT):
+        if not (self.training and x.is_cuda):
             return super().forward(x)
         if self.track_running_stats:
             self.num_batches_tracked += 1
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return _SlicedNorm.apply(x, self.weight, self.bias, *running, momentum, self.eps, INDEX_LIMIT)
+        return _SlicedNorm.apply(x, self.weight, self.bias, *running, momentum, self.eps, INDEX_LIMIT,
+                                 _overwritable(x))
 
 
-def allow_large_batches(module: nn.Module) -> nn.Module:
-    """Every BatchNorm2d under `module` replaced by a LargeBatchNorm with its state."""
-    return replace_batchnorms(module, LargeBatchNorm, lambda m: type(m) is nn.BatchNorm2d)
+def lean_batchnorms(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d under `module` replaced by a LeanBatchNorm with its state."""
+    return replace_batchnorms(module, LeanBatchNorm, lambda m: type(m) is nn.BatchNorm2d)

@@ -6,7 +6,8 @@
 pushes the block's input as a skip, the last adds it back through the shortcut (BasicBlock: 2
 units, Bottleneck: 3, the middle one passing the skip through).
 Inputs up to 64 px a side get the CIFAR stem (3x3 stride-1 conv, no max-pool); larger ones
-torchvision's ImageNet stem (7x7 stride-2 conv and a max-pool).
+torchvision's ImageNet stem (7x7 stride-2 conv and a max-pool). Their ReLUs mask the incoming
+gradient in place (models/relu.py: same values, one batch-sized tensor less at a block's end).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from ffpipe.models.relu import lean_relus
 from ffpipe.models.units import SkipUnit, adapt_stem
 
 SMALL_IMAGE_MAX = 64  # inputs up to this many pixels a side get the CIFAR stem
@@ -48,7 +50,7 @@ def resnet_units(name: str, in_shape: tuple[int, int, int], granularity: str) ->
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
             units += cut_block(block, granularity)
-    return units
+    return [lean_relus(unit) for unit in units]
 
 
 def small_cnn_units(in_shape: tuple[int, int, int], granularity: str, width: int = 0) -> list[nn.Module]:
@@ -63,4 +65,4 @@ def small_cnn_units(in_shape: tuple[int, int, int], granularity: str, width: int
             down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
                                  nn.BatchNorm2d(c_out))
         units += cut_block(BasicBlock(c_in, c_out, stride, down), granularity)
-    return units
+    return [lean_relus(unit) for unit in units]

@@ -19,9 +19,9 @@ from torch import nn
 from ffpipe.config import Config, TrainConfig
 from ffpipe.errors import ConfigError, PipelineError, TrainingError
 from ffpipe.models import UnitShape
-from ffpipe.models.batchnorm import allow_large_batches
+from ffpipe.models.batchnorm import lean_batchnorms
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
-from ffpipe.pipeline.graphed import GraphedStep
+from ffpipe.pipeline.graphed import GRAPH_MAX_STEP_S, GraphedStep
 from ffpipe.pipeline.messages import Message
 from ffpipe.pipeline.replicas import GradientSum, share_of, sync_batchnorm
 from ffpipe.pipeline.sync import wait_for_device
@@ -32,6 +32,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def input_dtype(precision: str, first_learner: nn.Module, device: torch.device) -> torch.dtype | None:
+    """What stage 0 casts the images to (None: they stay as they are): the autocast dtype where
+    the first learner's first layer (a conv or linear layer) would cast them to it anyway, so
+    the values are the same and a batch takes half the memory. The loader makes them so too."""
+    amp = autocast_dtype(precision, device)
+    return amp if amp is not None and getattr(first_learner, "input_autocasts", False) else None
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class StageOptions:
 def use_cuda_graphs(setting: str, device: torch.device) -> bool:
     """train.cuda_graphs: 'auto' graphs every CUDA stage (training shapes are static: every
     training batch is full), replicated ones included (NCCL's collectives are captured with the
-    step), 'on' insists on it, 'off' keeps the eager step."""
+    step), except a step too long to gain from it (graphed.GRAPH_MAX_STEP_S); 'on' insists on it,
+    'off' keeps the eager step."""
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
                           f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
@@ -72,8 +81,8 @@ class Stage:
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
         if replica_group is not None:
             sync_batchnorm(self.learners, replica_group)
-        elif device.type == "cuda":  # batches past 2^31 elements keep torch's fast kernels
-            allow_large_batches(self.learners)
+        elif device.type == "cuda":  # models/batchnorm.py: past 2^31 elements, and lean on memory
+            lean_batchnorms(self.learners)
         train = options.train
         self.channels_last = device.type == "cuda" and train.channels_last
         if self.channels_last:
@@ -92,6 +101,7 @@ class Stage:
         params = [p for p in self.learners.parameters() if p.requires_grad]
         self.optimizer = build_optimizer([{"params": params}], train, device, capturable=graphs)
         self.amp_dtype = autocast_dtype(train.precision, device)
+        self.input_dtype = input_dtype(train.precision, learners[0], device)
         self.step = 0
         self.lr = 0.0
         # Device-side state the step updates in place (a CUDA graph replays on fixed addresses).
@@ -105,7 +115,10 @@ class Stage:
         self.gpu_busy_s = 0.0 if device.type == "cuda" else None
         self._step_events: list[tuple] = []
         self._reset_stats()
-        self.graphed = GraphedStep(self._learn, self._reset_grads, device) if graphs else None
+        # 'auto' leaves a long step eager (GRAPH_MAX_STEP_S); replicas all capture, as they must
+        # replay the same collectives
+        max_step_s = GRAPH_MAX_STEP_S if train.cuda_graphs == "auto" and replica_group is None else None
+        self.graphed = GraphedStep(self._learn, self._reset_grads, device, self._prepare, max_step_s) if graphs else None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -115,9 +128,10 @@ class Stage:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.input_dtype if self.input_dtype is not None and x.is_floating_point() else x.dtype
         if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+            return x.to(dtype=dtype, memory_format=torch.channels_last)
+        return x.to(dtype)
 
     def _check(self, msg: Message) -> None:
         """Shapes only (no host sync): a mismatch means the stages disagree on the model."""
@@ -144,12 +158,11 @@ class Stage:
         if timed:
             self._step_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
             self._step_events[-1][0].record(torch.cuda.current_stream(self.device))
-        x = self._prepare(msg.x)
         share = share_of(len(msg.y), msg.batch_size)
-        if self.graphed is not None:
-            x, skips = self.graphed(x, msg.skips, msg.y, share)
+        if self.graphed is not None:  # it prepares x itself (into the graph's input)
+            x, skips = self.graphed(msg.x, msg.skips, msg.y, share)
         else:
-            x, skips = self._learn(x, msg.skips, msg.y, share)
+            x, skips = self._learn(self._prepare(msg.x), msg.skips, msg.y, share)
             self._reset_grads(True)
         if timed:
             self._step_events[-1][1].record(torch.cuda.current_stream(self.device))

@@ -18,7 +18,7 @@ from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
 from ffpipe.pipeline.shards import ShardedSource
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.source import DataSource
-from ffpipe.pipeline.stage import Stage, StageOptions
+from ffpipe.pipeline.stage import Stage, StageOptions, input_dtype
 from ffpipe.pipeline.topology import Place
 from ffpipe.run.checkpoints import load_stage, save_stage
 from ffpipe.run.folder import RunFolder
@@ -67,11 +67,12 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
     for split, images in (("training", data.train), ("test", data.test)):
         check_model_input(images, setup.info.in_shape, split)
     limit = cfg.data.on_device_max_mib
+    dtype = input_dtype(cfg.train.precision, setup.learners[0], device) or torch.float32
     train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device,
-                            cfg.train.drop_last)
+                            cfg.train.drop_last, dtype)
     test, val = (None if split is None else
                  DeviceLoader(split, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
-                              max_device_mib=limit) for split in (data.test, data.val))
+                              max_device_mib=limit, dtype=dtype) for split in (data.test, data.val))
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
                       cfg.run.stop_after_step, cfg.train.eval_every, val, unit_votes(cfg))
 

@@ -1,6 +1,7 @@
 """The lean unit step on a GPU: the boundary norm and goodness in bf16 and channels_last, and the
 CUDA-graphed stage step against the eager one."""
 import copy
+import gc
 
 import pytest
 import torch
@@ -44,27 +45,56 @@ def test_long_rows_go_to_the_chunked_kernels_and_match_the_plain_formula(shape):
     assert (out.double() - plain).abs().max() <= 4 * 2**-8
 
 
-def test_batch_norm_past_the_index_limit_runs_in_slices_with_the_whole_batch_statistics(monkeypatch):
+@pytest.mark.parametrize("after_conv", [False, True])
+def test_lean_batch_norm_in_slices_matches_fp64_and_overwrites_only_a_conv_output(monkeypatch, after_conv):
+    """Past the index limit the batch is normalised in slices with the whole batch's statistics;
+    after a convolution the input's gradient is written over the conv output."""
     from ffpipe.models import batchnorm
 
-    plain = torch.nn.BatchNorm2d(8).to(CUDA)
-    sliced = batchnorm.LargeBatchNorm(copy.deepcopy(plain))
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 1, bias=False) if after_conv else torch.nn.Identity()
+    plain = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(8)).to(CUDA).to(memory_format=torch.channels_last)
+    lean = batchnorm.lean_batchnorms(copy.deepcopy(plain))
     exact = copy.deepcopy(plain).double().cpu()  # fp64 on the CPU: the reference for both
-    x = (torch.randn(10, 8, 6, 6, device=CUDA) * 2 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(10, 8, 6, 6, device=CUDA) * 2 + 1).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(batchnorm, "INDEX_LIMIT", 3 * x[0].numel() + 5)  # slices of 3, 3, 3 and 1 samples
-    results = []
-    for bn, xs in ((exact, x.double().cpu()), (plain, x), (sliced, x)):
+    results, overwritten = [], []
+    original = batchnorm._input_gradient
+    monkeypatch.setattr(batchnorm, "_input_gradient", lambda *a, out: overwritten.append(out.data_ptr() == a[1].data_ptr()) or original(*a, out=out))
+    for net, xs in ((exact, x.double().cpu()), (plain, x), (lean, x)):
         xi = xs.detach().requires_grad_()
-        out = bn(xi)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=xs.is_cuda):
+            out = net(xi)
         (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=out.device).view_as(out)).sum().backward()
+        bn = net[1]
         results.append([t.detach().double().cpu() for t in (out, xi.grad, bn.weight.grad, bn.bias.grad,
                                                              bn.running_mean, bn.running_var)])
-    assert sliced(x).is_contiguous(memory_format=torch.channels_last)
+    assert overwritten == [after_conv]
+    assert lean(x).is_contiguous(memory_format=torch.channels_last)
     errors = [[(t - r).abs().max().item() for t, r in zip(res, results[0])] for res in results[1:]]
     print("max abs error vs fp64 (out, grad x, grad w, grad b, running mean, running var): "
-          f"plain {errors[0]}, sliced {errors[1]}")
+          f"plain {errors[0]}, lean {errors[1]}")
     for mine, torchs in zip(*errors[::-1]):
         assert mine <= 2 * torchs + 1e-3  # as close to the exact values as torch's own kernels
+
+
+def test_lean_batch_norm_backward_allocates_nothing_batch_sized():
+    from ffpipe.models import batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 1, bias=False), torch.nn.BatchNorm2d(64)).to(CUDA)
+    net = batchnorm.lean_batchnorms(net.to(memory_format=torch.channels_last))
+    x = torch.randn(256, 64, 56, 56, device=CUDA).bfloat16().contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(x)
+    grad = torch.randn_like(out)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out.backward(grad)
+    torch.cuda.synchronize()
+    # the conv's input gradient (one map) is the only batch-sized tensor the backward makes
+    assert torch.cuda.max_memory_allocated() - before <= 1.1 * x.numel() * x.element_size()
 
 
 def test_goodness_of_bf16_head_maps_matches_fp32_within_rounding():
@@ -109,6 +139,35 @@ def test_a_graphed_stage_learns_what_the_eager_stage_learns(optimizer, granulari
     assert out_g.x.data_ptr() != graphed.graphed._outputs[0].data_ptr()  # a copy, not the graph's buffer
 
 
+@pytest.mark.parametrize("limit_s, graphed", [(0.0, False), (60.0, True)])
+def test_auto_graphs_leave_a_long_step_eager_and_it_learns_the_same(monkeypatch, limit_s, graphed):
+    from ffpipe.pipeline import stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "GRAPH_MAX_STEP_S", limit_s)  # every step is "long" at 0 s
+    common = ["train.precision=fp32", "train.lr=0.01"]
+    auto, eager = _stage("auto", *common), _stage("off", *common)
+    _train(auto)
+    _train(eager)
+    assert auto.graphed.declined is not graphed and (auto.graphed.graph is not None) is graphed
+    for p, q in zip(eager.learners.parameters(), auto.learners.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-3, atol=2e-4)
+    auto.release_graph()
+
+
+def test_stage_zero_casts_its_images_once_to_what_the_first_layer_would_read():
+    cast, kept = _stage("off", "train.precision=bf16"), _stage("off", "train.precision=bf16")
+    kept.input_dtype = None
+    x = torch.randn(64, 3, 16, 16, device=CUDA)
+    prepared = cast._prepare(x)
+    assert prepared.dtype == torch.bfloat16 and prepared.is_contiguous(memory_format=torch.channels_last)
+    assert kept._prepare(x).dtype == torch.float32
+    # the first step's losses (one forward from the same weights) are the same to the bit
+    stats = [_train(stage, steps=1)[1] for stage in (cast, kept)]
+    assert [row["loss"] for row in stats[0]] == [row["loss"] for row in stats[1]]
+    with_aux = _stage("off", "train.precision=bf16", "algo.aux=reconstruction")
+    assert with_aux.input_dtype is None  # the reconstruction term reads the images themselves
+
+
 def test_a_graphed_stage_resumes_from_a_checkpoint_and_names_a_non_finite_unit():
     stage = _stage("on", "train.lr=0.01")
     _train(stage, steps=6)
@@ -124,6 +183,7 @@ def test_a_graphed_stage_resumes_from_a_checkpoint_and_names_a_non_finite_unit()
 
 def test_per_unit_backward_holds_less_memory_than_backprop():
     peaks = {}
+    gc.collect()  # stages of earlier tests (and their graphs' memory pools) freed first
     for algo in ("bp", "sff"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -64,17 +64,55 @@ def test_granularity_the_model_lacks_is_a_clear_error():
         build_units(ModelConfig(name="mlp", granularity="block"), (1, 28, 28))
 
 
-def test_large_batch_norm_is_batch_norm_below_the_limit_with_the_same_state_keys():
-    from ffpipe.models.batchnorm import LargeBatchNorm, allow_large_batches
+def test_lean_batch_norm_is_batch_norm_off_the_gpu_with_the_same_state_keys():
+    from ffpipe.models.batchnorm import LeanBatchNorm, lean_batchnorms
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     net[1].running_mean.fill_(0.5)
     keys = list(net.state_dict())
     plain = copy.deepcopy(net)
-    allow_large_batches(net)
-    assert isinstance(net[1], LargeBatchNorm) and list(net.state_dict()) == keys
+    lean_batchnorms(net)
+    assert isinstance(net[1], LeanBatchNorm) and list(net.state_dict()) == keys
     assert torch.equal(net[1].running_mean, plain[1].running_mean)
     x = torch.randn(5, 3, 8, 8)
     assert torch.equal(net(x), plain(x))
     assert torch.equal(net[1].running_var, plain[1].running_var)
+
+
+def test_lean_relu_masks_the_incoming_gradient_in_place_with_torchs_values():
+    """ResNet units use LeanReLU: the same parameters' gradients bit for bit as nn.ReLU, with
+    the ReLU backward written over the arriving gradient (no new tensor)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ffpipe.models.relu import LeanReLU
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    unit = build_units(ModelConfig(name="resnet18"), (3, 32, 32))[1]
+    assert isinstance(unit.body.relu, LeanReLU)
+    plain = copy.deepcopy(unit)
+    plain.body.relu = torch.nn.ReLU(inplace=True)
+    x, w = torch.randn(4, 64, 32, 32), torch.randn(64, 32, 32)
+    grads = []
+    for net in (unit, plain):
+        ops = Ops()
+        with ops:
+            ((net(x)[0] * w).square().mean()).backward()
+        grads.append([p.grad for p in net.parameters()])
+        in_place = ops.names.count("aten.threshold_backward.grad_input")
+        assert in_place == (2 if net is unit else 0)  # the block's two ReLU calls
+    for mine, torchs in zip(*grads):
+        assert torch.equal(mine, torchs)
+    # an expanded gradient (of a sum) is not written: a new tensor, the same values
+    z = torch.randn(3, 5, requires_grad=True)
+    LeanReLU()(z * 1).sum().backward()
+    assert torch.equal(z.grad, (z > 0).float())
