@@ -55,11 +55,13 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], shapes: list[U
     return [c * cfg.train.batch_size / batch for c in costs]
 
 
-def measure_loader_cost(cfg: Config, data, device: torch.device, batches: int = 4) -> float:
+def measure_loader_cost(cfg: Config, data, device: torch.device, dtype: torch.dtype | None = None,
+                        batches: int = 4) -> float:
     """Seconds per training batch of stage 0's loader (gather, copy, crop, flip, normalise): work
     stage 0 does besides its units, at the run's batch size (scaled on CPU, as the units)."""
     batch = profile_batch(cfg, device)
-    stream = training_loader(data, cfg.data, batch, cfg.train.seed, device).batches(0)
+    stream = training_loader(data, cfg.data, batch, cfg.train.seed, device,
+                             dtype=dtype or torch.float32).batches(0)  # stage 0's input dtype
     next(stream)  # warm-up
     synchronize(device)
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from ffpipe.models import dry_run
 from ffpipe.pipeline.partition import balanced_with_replicas, stage_ranges, stage_seconds, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
-from ffpipe.pipeline.stage import use_cuda_graphs
+from ffpipe.pipeline.stage import input_dtype, use_cuda_graphs
 from ffpipe.pipeline.topology import Topology, auto_replicas
 from ffpipe.run.checkpoints import load_stage, resume_step
 from ffpipe.run.folder import RunFolder
@@ -117,7 +117,7 @@ def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | Non
     shapes = dry_run([learner.body for learner in learners], info.in_shape)  # once, for both
     costs = measure_learner_costs(cfg, learners, shapes, info.in_shape, info.num_classes, device)
     if data is not None:
-        costs[0] += measure_loader_cost(cfg, data, device)
+        costs[0] += measure_loader_cost(cfg, data, device, input_dtype(cfg.train.precision, learners[0], device))
     crossing = boundary_bytes(cfg, shapes, device)
     cut_costs = [0.0, *((link or 0.0) * b for b in crossing[:-1]), 0.0]
     return costs, cut_costs
