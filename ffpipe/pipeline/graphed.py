@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from ffpipe.pipeline.sync import synchronize
+
 WARMUP_STEPS = 3
 # train.cuda_graphs = 'auto' keeps a step eager when its last warm-up took longer than this. A
 # graph saves kernel launches, which a long step hides behind its own GPU work (ResNet-50 SFF at
@@ -105,10 +107,10 @@ class GraphedStep:
 
     def _timed_warm_up(self, x, skips, y, share):
         """The last warm-up step, timed (two host syncs, once): is a graph worth it?"""
-        torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         out = self._warm_up(x, skips, y, share)
-        torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         self.declined = time.perf_counter() - start > self.max_step_s
         return out
 
