@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffpipe.ff import row_norm
-from ffpipe.layout import is_nhwc
+from ffpipe.kernels import row_norm, triton_runs
+from ffpipe.kernels.layout import is_nhwc
 
 LOG_EPS = 1e-6
 TENSOR_CORE_CHANNELS = 8
@@ -188,7 +188,7 @@ def normalize_output(z: torch.Tensor) -> torch.Tensor:
     with torch.autocast(z.device.type, enabled=False):
         nhwc = is_nhwc(z)
         rows = z.permute(0, 2, 3, 1) if nhwc else z
-        if row_norm.available(rows) and rows.is_contiguous() and rows[0].numel() >= row_norm.MIN_ROW:
+        if triton_runs(rows) and rows.is_contiguous() and rows[0].numel() >= row_norm.MIN_ROW:
             out = row_norm.layer_norm_rows(rows.reshape(rows.shape[0], -1)).view(rows.shape)
         else:
             out = F.layer_norm(rows, rows.shape[1:])

@@ -7,7 +7,7 @@ pushes the block's input as a skip, the last adds it back through the shortcut (
 units, Bottleneck: 3, the middle one passing the skip through).
 Inputs up to 64 px a side get the CIFAR stem (3x3 stride-1 conv, no max-pool); larger ones
 torchvision's ImageNet stem (7x7 stride-2 conv and a max-pool). Their ReLUs mask the incoming
-gradient in place (models/relu.py: same values, one batch-sized tensor less at a block's end).
+gradient in place (kernels/relu.py: same values, one batch-sized tensor less at a block's end).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ffpipe.models.relu import lean_relus
+from ffpipe.kernels.relu import lean_relus
 from ffpipe.models.units import SkipUnit, adapt_stem
 
 SMALL_IMAGE_MAX = 64  # inputs up to this many pixels a side get the CIFAR stem

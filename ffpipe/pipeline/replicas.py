@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.autograd import Function
 
-from ffpipe.models.batchnorm import BatchNormCopy, replace_batchnorms
+from ffpipe.kernels.batchnorm import BatchNormCopy, replace_batchnorms
 
 
 class _SyncedNorm(Function):

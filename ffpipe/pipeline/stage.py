@@ -19,7 +19,7 @@ from torch import nn
 from ffpipe.config import Config, TrainConfig
 from ffpipe.errors import ConfigError, PipelineError, TrainingError
 from ffpipe.models import UnitShape
-from ffpipe.models.batchnorm import lean_batchnorms
+from ffpipe.kernels.batchnorm import lean_batchnorms
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from ffpipe.pipeline.graphed import GRAPH_MAX_STEP_S, GraphedStep
 from ffpipe.pipeline.messages import Message
@@ -81,7 +81,7 @@ class Stage:
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
         if replica_group is not None:
             sync_batchnorm(self.learners, replica_group)
-        elif device.type == "cuda":  # models/batchnorm.py: past 2^31 elements, and lean on memory
+        elif device.type == "cuda":  # kernels/batchnorm.py: past 2^31 elements, and lean on memory
             lean_batchnorms(self.learners)
         train = options.train
         self.channels_last = device.type == "cuda" and train.channels_last

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ffpipe.errors import NeighbourError, PipelineError
-from ffpipe.layout import is_nhwc
+from ffpipe.kernels.layout import is_nhwc
 from ffpipe.pipeline.messages import Message, Phase
 
 HEADER_LEN = 64

@@ -6,7 +6,7 @@ import gc
 import pytest
 import torch
 
-from ffpipe.ff import row_norm
+from ffpipe.kernels import row_norm
 from ffpipe.ff.goodness import goodness, normalize_output
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
@@ -49,7 +49,7 @@ def test_long_rows_go_to_the_chunked_kernels_and_match_the_plain_formula(shape):
 def test_lean_batch_norm_in_slices_matches_fp64_and_overwrites_only_a_conv_output(monkeypatch, after_conv):
     """Past the index limit the batch is normalised in slices with the whole batch's statistics;
     after a convolution the input's gradient is written over the conv output."""
-    from ffpipe.models import batchnorm
+    from ffpipe.kernels import batchnorm
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 1, bias=False) if after_conv else torch.nn.Identity()
@@ -79,7 +79,7 @@ def test_lean_batch_norm_in_slices_matches_fp64_and_overwrites_only_a_conv_outpu
 
 
 def test_lean_batch_norm_backward_allocates_nothing_batch_sized():
-    from ffpipe.models import batchnorm
+    from ffpipe.kernels import batchnorm
 
     net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 1, bias=False), torch.nn.BatchNorm2d(64)).to(CUDA)
     net = batchnorm.lean_batchnorms(net.to(memory_format=torch.channels_last))

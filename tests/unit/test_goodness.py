@@ -151,7 +151,7 @@ def test_pooling_over_windows_that_divide_the_map_is_adaptive_pooling_in_either_
 
 
 def test_row_statistics_combined_from_chunks_are_those_of_the_whole_row():
-    from ffpipe.ff import row_norm
+    from ffpipe.kernels import row_norm
 
     row_len = 2 * row_norm.BLOCK * row_norm.CHUNK_BLOCKS + 1000  # three chunks, the last short
     rows = torch.randn(4, row_len, dtype=torch.float64) * 5 + 3

@@ -65,7 +65,7 @@ def test_granularity_the_model_lacks_is_a_clear_error():
 
 
 def test_lean_batch_norm_is_batch_norm_off_the_gpu_with_the_same_state_keys():
-    from ffpipe.models.batchnorm import LeanBatchNorm, lean_batchnorms
+    from ffpipe.kernels.batchnorm import LeanBatchNorm, lean_batchnorms
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
@@ -85,7 +85,7 @@ def test_lean_relu_masks_the_incoming_gradient_in_place_with_torchs_values():
     the ReLU backward written over the arriving gradient (no new tensor)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ffpipe.models.relu import LeanReLU
+    from ffpipe.kernels.relu import LeanReLU
 
     class Ops(TorchDispatchMode):
         def __init__(self):

@@ -21,14 +21,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
-from ffpipe.ff import row_norm
-from ffpipe.layout import is_nhwc
-
-try:  # Triton comes with torch's CUDA builds; CPU-only installs do without it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ffpipe.kernels import tl, triton, triton_runs
+from ffpipe.kernels.layout import is_nhwc
 
 INDEX_LIMIT = 2**31 - 1
 # Without Triton the gradient goes through torch's kernel slice by slice and is copied over the
@@ -73,7 +67,7 @@ if triton is not None:
 
 def _input_gradient(grad_out, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts, out):
     """The input's gradient written into `out` (which may be `x`; same format as x and grad_out)."""
-    if triton is not None and row_norm.available(x):
+    if triton_runs(x):
         total = counts.sum(dtype=torch.float32)
         grad_mean, proj = sum_dy / total, sum_dy_xmu / total * invstd * invstd
         scale = invstd * weight if weight is not None else invstd

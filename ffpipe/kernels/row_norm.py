@@ -10,35 +10,19 @@ reads x twice and writes it once, whatever the batch, as the plain layer norm do
 statistics are fp32 and every output is rounded once.
 
 Only for CUDA tensors whose samples are contiguous (NCHW, or channels_last through its NHWC
-view); `available()` says whether Triton can be used at all.
+view) on a device Triton compiles for (kernels.triton_runs).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
-try:  # Triton comes with torch's CUDA builds; CPU-only installs do without it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from ffpipe.kernels import tl, triton
 
 BLOCK = 4096          # elements per program step
 CHUNK_BLOCKS = 16     # program steps per chunk: a chunk is 64 Ki elements
 EPS = 1e-5            # F.layer_norm's default
 # Rows shorter than this go to F.layer_norm, which is as fast when there are many of them
 MIN_ROW = 2**17
-
-
-def available(z: torch.Tensor) -> bool:
-    return triton is not None and z.is_cuda and _triton_runs_on(z.device.index or 0)
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_runs_on(device_index: int) -> bool:
-    """Triton compiles for compute capability 7.0 (Volta) and later."""
-    return torch.cuda.get_device_capability(device_index)[0] >= 7
 
 
 if triton is not None:
