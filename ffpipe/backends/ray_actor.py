@@ -16,7 +16,7 @@ from ffpipe.data import DataInfo
 from ffpipe.run.setup import RunStart, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import stage_report
-from ffpipe.transport import open_channel
+from ffpipe.transport import groups, open_channel
 
 GROUPS = {"control": 1, "inbox": 1, "outbox": 1}
 
@@ -32,7 +32,7 @@ class StageWorker:
         # Only stage 0 reads images (on its own node); the others build from the shared summary.
         self.setup = prepare(self.cfg, info=None if stage_id == 0 else info, starts=start.starts)
         self.device = stage_device(self.cfg, rank, local_rank=0)  # Ray shows each actor its GPU
-        self.group = None
+        self.groups = groups.StageGroups(None)  # joined in join() (p2p transport, replicas)
         self.abort = threading.Event()
         pipeline = self.cfg.pipeline
         self.inbox = open_channel("threads", pipeline, name=f"stage {stage_id} inbox", abort=self.abort)
@@ -45,29 +45,21 @@ class StageWorker:
     @ray.method(concurrency_group="control")
     def address(self) -> tuple[str, int]:
         """This node's address and a free port: stage 0 hosts the torch.distributed rendezvous."""
-        from ffpipe.backends.torchrun import socket_for
-
         host = ray.util.get_node_ip_address()
-        with socket_for(host) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        return host, port
+        return host, groups.free_port(host)
 
     @ray.method(concurrency_group="control")
     def join(self, host: str, port: int) -> None:
-        from ffpipe.backends.torchrun import init_groups, pair_groups, rendezvous_store, replica_group
-
         timeout, world = self.cfg.pipeline.timeout_s, self.topology.world
-        store, self._rendezvous_socket = rendezvous_store(host, port, self.rank, world, timeout)
-        self.control = init_groups(self.device, timeout, self.rank, world, store=store)
-        self.group = replica_group(self.topology, self.place)
-        self.pairs = pair_groups(self.topology) if self.transport == "p2p" else {}
+        store, self._rendezvous_socket = groups.rendezvous_store(host, port, self.rank, world, timeout)
+        control = groups.init_groups(self.device, timeout, self.rank, world, store=store)
+        self.groups = groups.stage_groups(self.topology, self.place, control, channels=self.transport == "p2p")
 
     # -- the stage loop -----------------------------------------------------------------------
     def run(self) -> dict:
         try:
             logger, sink = run_one_stage(self.setup, self.start, self.place, self.device, self._link,
-                                         self._note, self.results.append, self.group)
+                                         self._note, self.results.append, self.groups.replica)
         except BaseException:
             self.abort.set()  # unblocks deliver/collect calls waiting on this stage
             raise
@@ -77,11 +69,7 @@ class StageWorker:
     def _link(self, peer: int):
         """The channel to the actor of rank `peer`."""
         if self.transport == "p2p":
-            from ffpipe.backends.torchrun import data_group
-
-            groups = (data_group(self.pairs, self.rank, peer), self.control)
-            return open_channel("p2p", self.cfg.pipeline, peer=peer, device=self.device, groups=groups,
-                                peer_stage=self.topology.place(peer).stage)
+            return self.groups.p2p_links(self.cfg.pipeline, self.topology, self.rank, self.device)(peer)
         # the Ray transport (unreplicated): the driver fills the inbox and drains the outbox
         return self.inbox if peer < self.rank else self.outbox
 

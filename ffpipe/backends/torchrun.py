@@ -14,15 +14,11 @@ run (torchrun's --max-restarts, or launch/torchrun.sh) resumes from the run fold
 """
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from ffpipe.config import Config
@@ -33,11 +29,9 @@ from ffpipe.run.folder import RunFolder, run_location
 from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.pipeline.profile import measure_link
-from ffpipe.pipeline.topology import Place, Topology, describe_topology
+from ffpipe.pipeline.topology import describe_topology
 from ffpipe.run.summary import finish_run, stage_report, stage_reports
-from ffpipe.transport import open_channel
-
-TEARDOWN_S = 60.0  # the longest the end of a finished run waits for its process groups to close
+from ffpipe.transport.groups import abort_groups, destroy_groups, init_groups, share, stage_groups
 
 
 def _world() -> tuple[int, int, int]:
@@ -71,78 +65,6 @@ def resolve_stages(cfg: Config, world: int) -> Config:
     return cfg
 
 
-def init_groups(device: torch.device, timeout_s: float, rank: int, world: int, store=None):
-    """The default group (NCCL on GPU, gloo on CPU); returns a gloo group for the channels'
-    headers and acknowledgements (None on CPU: the default group is gloo). Without a `store`,
-    torchrun's environment tells the ranks where to meet."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    control = dist.new_group(backend="gloo") if backend == "nccl" else None
-    return control
-
-
-def socket_for(host: str) -> socket.socket:
-    """A TCP socket of the family of `host` (an IPv6 address has colons)."""
-    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-
-
-def rendezvous_store(host: str, port: int, rank: int, world: int, timeout_s: float):
-    """Where stage processes started by Ray meet: a TCP store hosted by rank 0 on `host` only;
-    returns (store, listening socket or None: the caller keeps it open as long as the store).
-    (Given just an address, torch's store listens on every interface; a socket bound to the
-    node's own address, 127.0.0.1 for a local cluster, keeps it there.)"""
-    timeout = datetime.timedelta(seconds=timeout_s)
-    if rank != 0:
-        return dist.TCPStore(host, port, world, False, timeout), None
-    listener = socket_for(host)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen()
-    store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
-                          master_listen_fd=listener.fileno())
-    return store, listener
-
-
-def replica_group(topology: Topology, place: Place):
-    """The process group of this rank's stage replicas (None when its stage has one). Every rank
-    creates every group, in the same order: new_group is collective."""
-    mine = None
-    for stage in range(topology.num_stages):
-        if topology.replicas[stage] > 1:
-            group = dist.new_group(topology.stage_ranks(stage))
-            mine = group if stage == place.stage else mine
-    return mine
-
-
-def pair_groups(topology: Topology) -> dict[tuple[int, int], object]:
-    """A process group for each pair of ranks that exchange batches (every rank creates every
-    group, in the same order). On the default group NCCL runs all of a rank's sends and receives
-    on one stream, one after another: a middle stage could not take in batch k+1 while its send
-    of batch k waited for the next stage, and the stage before it waited in turn."""
-    groups = {}
-    for pair in topology.channel_pairs():
-        group = dist.new_group(list(pair))
-        if dist.get_rank() in pair:
-            groups[pair] = group
-    return groups
-
-
-def data_group(groups: dict, rank: int, peer: int):
-    """The group of the channel between `rank` and `peer` (see pair_groups)."""
-    return groups[(min(rank, peer), max(rank, peer))]
-
-
-def share(obj, group=None):
-    """Rank 0's `obj` on every rank (an exception from rank 0 is raised on every rank)."""
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=group)
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
-
-
 def train_torchrun(cfg: Config, resume: Path | None):
     rank, world, local_rank = _world()
     restarts = recovery.restarts_from_env()
@@ -155,19 +77,8 @@ def train_torchrun(cfg: Config, resume: Path | None):
         result = _run_rank(cfg, resume, restarts, rank, world, device, control, ctx)
     except BaseException as err:  # noqa: BLE001 - every way out of a failed rank is the one below
         _exit_failed(err, ctx)
-    _destroy_groups(TEARDOWN_S)
+    destroy_groups()
     return result
-
-
-def _destroy_groups(timeout_s: float) -> None:
-    """Destroy the process groups, waiting at most `timeout_s`: the run is done and saved, and a
-    teardown that blocks (NCCL waiting on something that will never come) must not hang it; the
-    process ends with os._exit (cli.run), which stops the waiting thread."""
-    done = threading.Event()
-    threading.Thread(target=lambda: (dist.destroy_process_group(), done.set()), daemon=True).start()
-    if not done.wait(timeout_s):
-        print(f"ffpipe: warning: the process groups were not torn down within {timeout_s:g} s; "
-              "leaving without it (the run itself is complete)", file=sys.stderr, flush=True)
 
 
 def _run_rank(cfg, resume, restarts, rank, world, device, control, ctx):
@@ -190,13 +101,10 @@ def _run_rank(cfg, resume, restarts, rank, world, device, control, ctx):
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress and rank == last)
     if rank == 0:
         announce(start, describe_topology(topology, "torchrun"))
-    group = replica_group(topology, place)
-    pairs = pair_groups(topology)
-    channel = lambda peer: open_channel("p2p", cfg.pipeline, peer=peer, device=device,  # noqa: E731
-                                        peer_stage=topology.place(peer).stage,
-                                        groups=(data_group(pairs, rank, peer), control))
+    groups = stage_groups(topology, place, control)
+    link = groups.p2p_links(cfg.pipeline, topology, rank, device)
     t0 = time.perf_counter()
-    logger, sink = run_one_stage(setup, start, place, device, channel, progress.update, progress.result, group)
+    logger, sink = run_one_stage(setup, start, place, device, link, progress.update, progress.result, groups.replica)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object((stage_report(logger), sink.history if sink else None), gathered, dst=0, group=control)
     if rank != 0:
@@ -258,18 +166,9 @@ def _exit_failed(err: BaseException, ctx: dict) -> None:
     if not isinstance(err, FFPipeError) and not interrupted and not isinstance(err, recovery.StageFailed):
         import traceback
         traceback.print_exception(err, file=sys.stderr)
-    _abort_groups()
+    abort_groups()
     sys.stdout.flush()
     sys.stderr.flush()
     user = (setup_error and not isinstance(err, PipelineError)) or getattr(err, "user_error", False)
     os._exit(130 if interrupted else USER_ERROR_EXIT if user else 1)
 
-
-def _abort_groups() -> None:
-    """Abort every process group without waiting for peers (NCCL: ncclCommAbort)."""
-    if not dist.is_initialized():
-        return
-    try:
-        dist.distributed_c10d._abort_process_group()
-    except Exception:  # noqa: BLE001 - gloo cannot abort and needs not: the process exits next
-        pass

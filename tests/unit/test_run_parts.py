@@ -158,12 +158,12 @@ def test_metric_rows_are_replaced_whole(tmp_path, monkeypatch):
 
 
 def test_a_blocking_process_group_teardown_is_left_after_its_bound(monkeypatch, capsys):
-    from ffpipe.backends import torchrun
+    from ffpipe.transport import groups
 
     release = threading.Event()
-    monkeypatch.setattr(torchrun.dist, "destroy_process_group", release.wait)  # blocks until set
+    monkeypatch.setattr(groups.dist, "destroy_process_group", release.wait)  # blocks until set
     t0 = time.perf_counter()
-    torchrun._destroy_groups(0.3)
+    groups.destroy_groups(0.3)
     took = time.perf_counter() - t0
     release.set()  # let the daemon thread end
     assert 0.3 <= took < 5
@@ -171,9 +171,9 @@ def test_a_blocking_process_group_teardown_is_left_after_its_bound(monkeypatch, 
 
 
 def test_a_prompt_teardown_says_nothing(monkeypatch, capsys):
-    from ffpipe.backends import torchrun
+    from ffpipe.transport import groups
 
     called = []
-    monkeypatch.setattr(torchrun.dist, "destroy_process_group", lambda: called.append(1))
-    torchrun._destroy_groups(5.0)
+    monkeypatch.setattr(groups.dist, "destroy_process_group", lambda: called.append(1))
+    groups.destroy_groups(5.0)
     assert called == [1] and capsys.readouterr().err == ""
