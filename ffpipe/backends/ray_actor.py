@@ -1,9 +1,7 @@
 """One pipeline stage as a Ray actor: it builds its part of the model and runs its stage loop.
 
 Concurrency groups keep the stage loop apart from the small calls the driver makes while it runs:
-`progress` (latest metrics), and for the Ray-native transport `deliver` (a message into this
-stage's inbox) and `collect` (the next message out of its outbox), each single-threaded so that
-messages keep their order.
+`progress` (latest metrics) and, for the Ray transport, the mailbox's (transport/ray.py).
 """
 from __future__ import annotations
 
@@ -16,12 +14,13 @@ from ffpipe.data import DataInfo
 from ffpipe.run.setup import RunStart, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import stage_report
-from ffpipe.transport import groups, open_channel
+from ffpipe.transport import groups
+from ffpipe.transport.ray import MAILBOX_GROUPS, RayMailbox
 
-GROUPS = {"control": 1, "inbox": 1, "outbox": 1}
+GROUPS = {"control": 1, **MAILBOX_GROUPS}
 
 
-class StageWorker:
+class StageWorker(RayMailbox):
     def __init__(self, cfg_tree: dict, rank: int, start: RunStart, info: DataInfo, transport: str):
         self.cfg = config_mod.from_dict(cfg_tree)
         setup_process(self.cfg)
@@ -34,12 +33,9 @@ class StageWorker:
         self.device = stage_device(self.cfg, rank, local_rank=0)  # Ray shows each actor its GPU
         self.groups = groups.StageGroups(None)  # joined in join() (p2p transport, replicas)
         self.abort = threading.Event()
-        pipeline = self.cfg.pipeline
-        self.inbox = open_channel("threads", pipeline, name=f"stage {stage_id} inbox", abort=self.abort)
-        self.outbox = open_channel("threads", pipeline, name=f"stage {stage_id} outbox", abort=self.abort)
+        self.open_mailbox(self.cfg.pipeline, stage_id, self.abort)  # the Ray transport's ends
         self.latest: tuple[int, list[dict]] = (0, [])
         self.results: list[dict] = []
-        self._expected_seq = 0
 
     # -- start-up -----------------------------------------------------------------------------
     @ray.method(concurrency_group="control")
@@ -61,7 +57,7 @@ class StageWorker:
             logger, sink = run_one_stage(self.setup, self.start, self.place, self.device, self._link,
                                          self._note, self.results.append, self.groups.replica)
         except BaseException:
-            self.abort.set()  # unblocks deliver/collect calls waiting on this stage
+            self.abort.set()  # unblocks the mailbox calls waiting on this stage
             raise
         report = {**stage_report(logger), "node": ray.get_runtime_context().get_node_id()}
         return {"report": report, "rows": logger.rows, "history": sink.history if sink else None}
@@ -70,8 +66,7 @@ class StageWorker:
         """The channel to the actor of rank `peer`."""
         if self.transport == "p2p":
             return self.groups.p2p_links(self.cfg.pipeline, self.topology, self.rank, self.device)(peer)
-        # the Ray transport (unreplicated): the driver fills the inbox and drains the outbox
-        return self.inbox if peer < self.rank else self.outbox
+        return self.mailbox_link(peer, self.rank)  # the Ray transport (unreplicated)
 
     def _note(self, stage_id: int, step: int, rows: list[dict]) -> None:
         self.latest = (step, rows)
@@ -81,34 +76,3 @@ class StageWorker:
         """(step, latest rows, evaluation results so far): polled by the driver."""
         step, rows = self.latest
         return step, rows, list(self.results)
-
-    # -- the Ray-native transport: the driver moves references, data goes actor to actor -------
-    @ray.method(concurrency_group="inbox")
-    def deliver(self, seq: int, msg) -> None:
-        if seq != self._expected_seq:  # Ray keeps one caller's calls in order; check it anyway
-            raise RuntimeError(f"stage {self.stage_id} received message {seq}, expected {self._expected_seq}")
-        self._expected_seq += 1
-        self.inbox.send(msg)
-
-    # Ray Direct Transport allows one return value, so the driver learns what comes next (peek)
-    # and takes it (take_*) in two calls of the same single-threaded group, in that order.
-    @ray.method(concurrency_group="outbox")
-    def peek(self) -> tuple[int, int]:
-        self._staged = self.outbox.recv()
-        return int(self._staged.phase), self._staged.step
-
-    @ray.method(concurrency_group="outbox")
-    def take_object_store(self):
-        return self._take()
-
-    @ray.method(concurrency_group="outbox", tensor_transport="nccl")
-    def take_nccl(self):
-        return self._take()
-
-    @ray.method(concurrency_group="outbox", tensor_transport="gloo")
-    def take_gloo(self):
-        return self._take()
-
-    def _take(self):
-        msg, self._staged = self._staged, None
-        return msg

@@ -128,16 +128,6 @@ def _start_actors(cfg, setup, start, gpus: int):
     return pg, actors
 
 
-def tensor_transport(cfg, gpus: int) -> str:
-    choice = cfg.pipeline.ray_tensor_transport
-    if choice == "auto":
-        return "nccl" if gpus else "object_store"
-    if choice == "nccl" and not gpus:
-        raise PipelineError("pipeline.ray_tensor_transport = 'nccl' needs GPU actors; use 'auto', "
-                            "'object_store' or 'gloo' on CPUs")
-    return choice
-
-
 def _connect_stages(cfg, actors, gpus: int) -> None:
     """p2p: a torch.distributed group; ray: a Ray collective group where RDT needs one."""
     if cfg.pipeline.transport == "p2p":
@@ -145,11 +135,9 @@ def _connect_stages(cfg, actors, gpus: int) -> None:
         _get([a.join.remote(host, port) for a in actors], None, cfg)
         return
     _get([a.progress.remote() for a in actors], None, cfg)  # every actor constructed
-    backend = {"nccl": "nccl", "gloo": "torch_gloo"}.get(tensor_transport(cfg, gpus))
-    if backend:
-        from ray.experimental.collective import create_collective_group
+    from ffpipe.transport import ray as ray_transport
 
-        create_collective_group(actors, backend=backend)
+    ray_transport.connect(actors, cfg.pipeline, gpus)
 
 
 def _get(refs, stage, cfg):
@@ -167,12 +155,12 @@ def _watch(cfg, setup, start, actors, gpus: int, nodes: dict[int, str]) -> list[
     stopping everything at the first failure with the failing stage named."""
     import ray
 
-    from ffpipe.transport.ray_refs import RefRouter
+    from ffpipe.transport.ray import RefRouter
 
     runs = [a.run.remote() for a in actors]
     router = None
     if cfg.pipeline.transport == "ray":
-        router = RefRouter(actors, cfg.pipeline.queue_depth, tensor_transport(cfg, gpus))
+        router = RefRouter(actors, cfg.pipeline, gpus)
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
     shown_results, last_poll, steps = 0, 0.0, [None] * len(actors)
     pending = list(runs)

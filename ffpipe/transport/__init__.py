@@ -5,8 +5,14 @@ taken yet; a stage that is that far ahead waits. Each transport keeps it so:
   threads  a queue of that size between two stage threads (transport/local.py);
   p2p      that many unacknowledged messages per direction (transport/p2p.py);
   ray      each actor's inbox and outbox hold that many and the driver moves that many at a
-           time (transport/ray_refs.py): the Ray transport's hops each keep the bound.
+           time (transport/ray.py): the Ray transport's hops each keep the bound.
 Every wait on a neighbour ends after `pipeline.timeout_s` with an error naming it.
+
+  base.py    the Channel protocol
+  local.py   QueueChannel: a bounded in-process queue (stage threads; a Ray actor's mailbox)
+  p2p.py     P2PChannel: torch.distributed point-to-point, NCCL between GPUs, gloo on CPU
+  ray.py     the Ray transport: the actors' mailboxes and the driver's router of references
+  groups.py  every torch.distributed process group of a pipeline (torchrun and Ray alike)
 """
 from __future__ import annotations
 
@@ -19,11 +25,12 @@ from ffpipe.transport.base import Channel
 def open_channel(kind: str, pipeline: PipelineConfig, *, name: str = "", abort: threading.Event | None = None,
                  peer: int | None = None, device=None, groups: tuple = (None, None),
                  peer_stage: int | None = None) -> Channel:
-    """`threads` (and a Ray actor's own inbox/outbox): an in-process queue named `name`, ended
-    early by `abort`; `p2p`: torch.distributed point-to-point with rank `peer` (of stage
+    """`threads`: an in-process queue named `name` between stage threads, ended early by `abort`;
+    `ray`: the same queue as a Ray actor's inbox or outbox, which the driver fills or drains
+    (transport/ray.py); `p2p`: torch.distributed point-to-point with rank `peer` (of stage
     `peer_stage`; default: the rank) over `groups` (tensors, headers/acknowledgements)."""
     depth, timeout = pipeline.queue_depth, pipeline.timeout_s
-    if kind == "threads":
+    if kind in ("threads", "ray"):
         from ffpipe.transport.local import QueueChannel
         return QueueChannel(depth, timeout, abort or threading.Event(), name)
     if kind == "p2p":
