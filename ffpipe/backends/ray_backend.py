@@ -20,7 +20,8 @@ from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import announce, begin_run, restart_point, setup_process, stage_device
-from ffpipe.pipeline.topology import describe_topology
+from ffpipe.pipeline.replicas import choice
+from ffpipe.pipeline.replicas.topology import describe_topology
 from ffpipe.run.summary import finish_run, stage_reports
 
 POLL_S = 0.5
@@ -30,7 +31,7 @@ FAILURE_GRACE_S = 3.0
 def train_ray(cfg: Config, resume: Path | None):
     setup_process(cfg)
     folder = RunFolder.open(resume) if resume else None
-    auto = cfg.pipeline.replicas == "auto"  # needs the cluster's size: set up after joining it
+    auto = choice.wants_auto(cfg.pipeline)  # needs the cluster's size: set up after joining it
     if not auto:  # before starting Ray: bad data or config end the run at once
         setup, start = begin_run(cfg, folder, stage_device(cfg, 0))
     started = connect(cfg, start.topology.world if not auto else 0)

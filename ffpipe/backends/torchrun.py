@@ -29,7 +29,8 @@ from ffpipe.run.folder import RunFolder, run_location
 from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.pipeline.profile import measure_link
-from ffpipe.pipeline.topology import describe_topology
+from ffpipe.pipeline.replicas import choice
+from ffpipe.pipeline.replicas.topology import describe_topology
 from ffpipe.run.summary import finish_run, stage_report, stage_reports
 from ffpipe.transport.groups import abort_groups, destroy_groups, init_groups, share, stage_groups
 
@@ -45,16 +46,7 @@ def _world() -> tuple[int, int, int]:
 def resolve_stages(cfg: Config, world: int) -> Config:
     """One stage per process: pipeline.stages left at 1 means 'as many as torchrun started';
     with pipeline.replicas, one process per replica."""
-    replicas = cfg.pipeline.replicas
-    if replicas == "auto":
-        if cfg.pipeline.stages > world:
-            raise ConfigError(f"pipeline.stages = {cfg.pipeline.stages} but torchrun started {world} "
-                              "processes; pipeline.replicas = 'auto' needs at least one per stage")
-        return cfg
-    if replicas:
-        if sum(replicas) != world:
-            raise ConfigError(f"pipeline.replicas = {replicas} needs {sum(replicas)} processes but "
-                              f"torchrun started {world}; use --nproc-per-node={sum(replicas)}")
+    if choice.fix_processes(cfg.pipeline, world, "torchrun started"):
         return cfg
     if cfg.pipeline.stages not in (1, world):
         raise ConfigError(f"pipeline.stages = {cfg.pipeline.stages} but torchrun started {world} "

@@ -18,7 +18,7 @@ import sys
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
-from ffpipe.pipeline.topology import Topology
+from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
 

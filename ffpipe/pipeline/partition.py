@@ -5,7 +5,6 @@ A stage is given by the index of its first unit; stage k owns units [starts[k], 
 from __future__ import annotations
 
 from ffpipe.errors import ConfigError
-from ffpipe.pipeline.topology import auto_replicas
 
 
 def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] | None = None,
@@ -68,28 +67,6 @@ def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None =
                               f"(the model has {num_units} units)")
         return [0, *boundaries]
     return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas)
-
-
-def balanced_with_replicas(costs: list[float], cut_costs: list[float], num_stages: int,
-                           processes: int) -> tuple[list[int], list[int]]:
-    """A split and replicas per stage for `processes` processes, together: replicas go to the
-    slowest stages of a split, then the split is balanced again over those replicas (a
-    replicated stage takes more units), until the split stays; the best pair seen wins."""
-    def slowest(starts, replicas):
-        return max(stage_seconds(costs, cut_costs, starts, tuple(replicas)))
-
-    starts = balanced_starts(costs, num_stages, cut_costs)
-    best = None
-    for _ in range(2 * num_stages):  # a handful of rounds settle it; the bound stops a cycle
-        replicas = auto_replicas(stage_seconds(costs, cut_costs, starts), processes)
-        rebalanced = balanced_starts(costs, num_stages, cut_costs, replicas)
-        for pair in ((starts, replicas), (rebalanced, replicas)):
-            if best is None or slowest(*pair) < slowest(*best) - 1e-12:
-                best = pair
-        if rebalanced == starts:
-            break
-        starts = rebalanced
-    return best
 
 
 def stage_ranges(starts: list[int], num_units: int) -> list[range]:

@@ -23,7 +23,7 @@ from ffpipe.kernels.batchnorm import lean_batchnorms
 from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from ffpipe.pipeline.graphed import GRAPH_MAX_STEP_S, GraphedStep
 from ffpipe.pipeline.messages import Message
-from ffpipe.pipeline.replicas import GradientSum, share_of, sync_batchnorm
+from ffpipe.pipeline.replicas.synced import GradientSum, share_of, sync_batchnorm
 from ffpipe.pipeline.sync import wait_for_device
 
 
@@ -76,7 +76,7 @@ class Stage:
         self.unit_ids = [learner.index for learner in learners]
         self.device = device
         self.learners = nn.ModuleList(learners).to(device)
-        # Replicas of this stage (pipeline/replicas.py): whole-batch batch norm, summed gradients.
+        # Replicas of this stage (pipeline/replicas/synced.py): whole-batch batch norm, summed gradients.
         self.replica_group = replica_group
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
         if replica_group is not None:

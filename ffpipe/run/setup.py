@@ -15,11 +15,12 @@ from ffpipe.data import DataBundle, DataInfo, load_data
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.learners import build_learners
 from ffpipe.models import dry_run
-from ffpipe.pipeline.partition import balanced_with_replicas, stage_ranges, stage_seconds, stage_starts
+from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
 from ffpipe.pipeline.stage import input_dtype, use_cuda_graphs
-from ffpipe.pipeline.topology import Topology, auto_replicas
+from ffpipe.pipeline.replicas import choice
+from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run.checkpoints import load_stage, resume_step
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import Attempt
@@ -96,9 +97,8 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     if starts is None:
         costs, cut_costs = measure_costs(cfg, learners, data, info, profile_device, link)
         # listed replicas shape the split; 'auto' ones are chosen with it (choose_replicas)
-        listed = cfg.pipeline.replicas if cfg.pipeline.replicas != "auto" else None
         starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None,
-                              costs, cut_costs, listed or None)
+                              costs, cut_costs, choice.listed(cfg.pipeline))
     return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes),
                     costs, cut_costs)
 
@@ -109,7 +109,7 @@ def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | Non
     always runs beside it) and of every possible cut, where the split or the replicas are to be
     balanced by them (None, None otherwise)."""
     stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries
-    auto = cfg.pipeline.replicas == "auto"
+    auto = choice.wants_auto(cfg.pipeline)
     if stages > 1 or auto:
         stage_starts(len(learners), stages)  # too many stages: say so before profiling
     if device is None or not (auto or (stages > 1 and len(learners) > stages and not boundaries)):
@@ -123,22 +123,12 @@ def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | Non
     return costs, cut_costs
 
 
-def choose_replicas(cfg: Config, setup: "RunSetup", processes: int | None) -> tuple[int, ...]:
-    """Replicas per stage: the config's list, or for 'auto' the `processes` shared out by the
-    measured cost of each stage (equal costs where none were measured). Where the split was
-    balanced on measured costs (a new run without boundaries; a resumed run keeps its split and
-    measures nothing), it is balanced again together with the replicas: setup.starts changes."""
-    wanted = cfg.pipeline.replicas
-    if wanted != "auto":
-        return tuple(wanted) or (1,) * setup.num_stages
-    if processes is None or processes < setup.num_stages:
-        raise ConfigError(f"pipeline.replicas = 'auto' needs at least as many processes (GPUs) as "
-                          f"stages ({setup.num_stages}), got {processes}; use fewer pipeline.stages")
-    if setup.costs and not cfg.pipeline.boundaries:
-        setup.starts, replicas = balanced_with_replicas(setup.costs, setup.cut_costs, setup.num_stages, processes)
-        return tuple(replicas)
-    costs = setup.costs or [1.0] * len(setup.learners)
-    return tuple(auto_replicas(stage_seconds(costs, [0.0] * (len(costs) + 1), setup.starts), processes))
+def choose_replicas(setup: RunSetup, processes: int | None) -> tuple[int, ...]:
+    """Replicas per stage (pipeline/replicas/choice.py); for 'auto' on measured costs the split
+    is balanced again together with them: setup.starts changes."""
+    setup.starts, replicas = choice.choose_replicas(setup.cfg.pipeline, setup.starts, len(setup.learners),
+                                                    processes, setup.costs, setup.cut_costs)
+    return replicas
 
 
 def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
@@ -150,14 +140,14 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
     attempt = attempt if attempt is not None else Attempt.first_of(resume)
     if resume is None:
         setup = prepare(cfg, profile_device=profile_device, link=link)  # before the folder: bad data leaves nothing
-        replicas = choose_replicas(cfg, setup, processes)
+        replicas = choose_replicas(setup, processes)
         folder = RunFolder.create(cfg)
         folder.write_partition(setup.starts)
         return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
     starts = resume.partition()
     setup = prepare(cfg, starts=starts)
     # Replicas learn as their unreplicated stage does, so a run may resume with other counts.
-    replicas = choose_replicas(cfg, setup, processes)
+    replicas = choose_replicas(setup, processes)
     step = resume_step(resume, setup.num_stages) or 0
     if step >= setup.plan.total_steps:
         raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")

@@ -14,17 +14,16 @@ import torch
 from ffpipe.data import DeviceLoader, check_model_input, training_loader
 from ffpipe.errors import FFPipeError
 from ffpipe.models import UnitShape, dry_run
+from ffpipe.pipeline.replicas.fan import inbox_from, outbox_to, outbox_to_sink, source_rows
+from ffpipe.pipeline.replicas.topology import Place
 from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
-from ffpipe.pipeline.shards import ShardedSource
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.source import DataSource
 from ffpipe.pipeline.stage import Stage, StageOptions, input_dtype
-from ffpipe.pipeline.topology import Place
 from ffpipe.run.checkpoints import load_stage, save_stage
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
 from ffpipe.run.setup import RunSetup, RunStart
-from ffpipe.transport.fan import FanIn, FanOut, GatheringSink, ShardToLead
 
 
 def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
@@ -114,32 +113,20 @@ def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopC
 
 def open_inbox(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link):
     """Stage 0: the data (its own rows of every batch, for a replica); else the channel(s) from
-    the previous stage's replicas whose rows this replica takes."""
-    topology = start.topology
+    the previous stage."""
     if place.stage == 0:
-        source = make_source(setup, device, start.start_step)
-        return ShardedSource(source, place.replicas, place.replica) if place.replicas > 1 else source
-    channels = [link(rank) for rank in topology.senders(place)]
-    return FanIn(channels) if topology.replicated else channels[0]
+        return source_rows(make_source(setup, device, start.start_step), place)
+    return inbox_from(start.topology, place, link)
 
 
 def open_outbox(setup: RunSetup, start: RunStart, place: Place, link, on_result=None):
-    """The channel(s) to the next stage's replicas; the last stage's replica 0 holds the
-    evaluation sink (gathering the other replicas' shards), its other replicas send it theirs.
+    """The channel(s) to the next stage; the last stage's (replica 0's) evaluation sink.
     Returns (outbox, sink or None)."""
-    topology, last = start.topology, setup.num_stages - 1
-    if place.stage < last:
-        receivers = topology.receivers(place)
-        channels = [link(rank) for rank in receivers]
-        if not topology.replicated:
-            return channels[0], None
-        return FanOut(channels, topology.replicas[place.stage + 1],
-                      [topology.place(rank).replica for rank in receivers]), None
-    if not place.lead:
-        return ShardToLead(link(topology.rank(last, 0))), None
-    sink = open_sink(start, setup.plan.num_units, setup.cfg.pipeline.timeout_s, on_result, setup.cfg.algo.vote)
-    others = topology.stage_ranks(last)[1:]
-    return (GatheringSink(sink, [link(rank) for rank in others]) if others else sink), sink
+    if place.stage < setup.num_stages - 1:
+        return outbox_to(start.topology, place, link), None
+    cfg = setup.cfg
+    return outbox_to_sink(start.topology, place, link, lambda: open_sink(
+        start, setup.plan.num_units, cfg.pipeline.timeout_s, on_result, cfg.algo.vote))
 
 
 def run_one_stage(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link,

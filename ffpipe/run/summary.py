@@ -10,7 +10,7 @@ import torch
 
 from ffpipe.pipeline.partition import stage_seconds
 from ffpipe.pipeline.runtime import StageLogger
-from ffpipe.pipeline.topology import Topology
+from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import RunSetup
 

@@ -6,7 +6,7 @@ Named operations, one message at a time:
 The header and the acknowledgements travel on a CPU (gloo) group even when tensors go over NCCL:
 the receiver learns shapes as soon as the sender has *queued* a batch, so it can queue its own
 kernels without waiting for the GPU, and every wait on a neighbour has a deadline. The tensors
-travel on a group of the two ranks alone (backends/torchrun.py pair_groups), so that a stage's
+travel on a group of the two ranks alone (transport/groups.py pair_groups), so that a stage's
 receive from the previous stage and its send to the next run on separate NCCL streams.
 """
 from __future__ import annotations

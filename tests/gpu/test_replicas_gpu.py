@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from ffpipe.pipeline.replicas import SyncedBatchNorm
+from ffpipe.pipeline.replicas.synced import SyncedBatchNorm
 
 pytestmark = pytest.mark.gpu
 

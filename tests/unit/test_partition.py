@@ -3,8 +3,8 @@ from itertools import combinations
 import pytest
 
 from ffpipe.errors import ConfigError
-from ffpipe.pipeline.partition import (balanced_starts, balanced_with_replicas, stage_ranges, stage_seconds,
-                                       stage_starts)
+from ffpipe.pipeline.partition import balanced_starts, stage_ranges, stage_seconds, stage_starts
+from ffpipe.pipeline.replicas.choice import balanced_with_replicas
 
 
 def test_balanced_split_minimises_the_slowest_stage():

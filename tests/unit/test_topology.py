@@ -5,8 +5,9 @@ import torch
 from ffpipe import config as config_mod
 from ffpipe.errors import ConfigError, PipelineError
 from ffpipe.pipeline.messages import Message, Phase, control
-from ffpipe.pipeline.shards import ShardedSource, join, split
-from ffpipe.pipeline.topology import Topology, auto_replicas, shard_rows
+from ffpipe.pipeline.replicas.shards import ShardedSource, join, split
+from ffpipe.pipeline.replicas.choice import auto_replicas
+from ffpipe.pipeline.replicas.topology import Topology, shard_rows
 
 
 def test_ranks_go_stage_by_stage_and_shards_cover_the_batch_in_order():

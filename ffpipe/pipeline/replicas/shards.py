@@ -12,7 +12,7 @@ import torch
 
 from ffpipe.errors import PipelineError
 from ffpipe.pipeline.messages import Message
-from ffpipe.pipeline.topology import shard_rows
+from ffpipe.pipeline.replicas.topology import shard_rows
 
 
 def rows_of(msg: Message, lo: int, hi: int, counts: bool = True) -> Message:

@@ -96,18 +96,6 @@ class Topology:
         return [self.rank(stage, r) for r in range(count) if _meet(place.replicas, place.replica, count, r)]
 
 
-def auto_replicas(costs: list[float], processes: int) -> list[int]:
-    """Replicas per stage for `processes` processes: each extra one goes to the stage that is
-    slowest per replica (its cost divided by its replicas), the stage a replica helps most."""
-    if processes < len(costs):
-        raise ValueError(f"{processes} processes cannot hold {len(costs)} stages")
-    replicas = [1] * len(costs)
-    for _ in range(processes - len(costs)):
-        slowest = max(range(len(costs)), key=lambda k: (costs[k] / replicas[k], -k))
-        replicas[slowest] += 1
-    return replicas
-
-
 def describe_topology(topology: Topology, how: str) -> str:
     """'4 stages (torchrun)', or with replicas '2 stages x [2, 2] replicas on 4 processes (torchrun)'."""
     stages = f"{topology.num_stages} stage{'s' if topology.num_stages > 1 else ''}"

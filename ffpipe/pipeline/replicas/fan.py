@@ -1,14 +1,52 @@
-"""Channels of a replicated stage: pieces from several senders, pieces to several receivers.
+"""A stage process's inbox and outbox where replicas meet: pieces from several senders, pieces to
+several receivers.
 
-Built on the plain channels (one per pair of ranks that exchange rows, see pipeline/topology.py)
-and used only where a neighbouring stage is replicated; an unreplicated pipeline keeps its plain
+Built on the plain channels (one per pair of ranks that exchange rows, see topology.py) and used
+only where a stage of the pipeline is replicated; an unreplicated pipeline keeps its plain
 channels. The last stage's replicas hand their evaluated shards to replica 0, which alone holds
-the evaluation sink.
+the evaluation sink. `link(rank)` is the channel between this process and the process `rank`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from ffpipe.pipeline.messages import Message, Phase
-from ffpipe.pipeline.shards import join, split
+from ffpipe.pipeline.replicas.shards import ShardedSource, join, split
+from ffpipe.pipeline.replicas.topology import Place, Topology
+
+Link = Callable[[int], object]
+
+
+def source_rows(source, place: Place):
+    """Stage 0's inbox: the data source, or for one of several replicas its rows of every batch."""
+    return ShardedSource(source, place.replicas, place.replica) if place.replicas > 1 else source
+
+
+def inbox_from(topology: Topology, place: Place, link: Link):
+    """A later stage's inbox: the channel(s) from the previous stage's replicas whose rows this
+    replica takes, joined in row order."""
+    channels = [link(rank) for rank in topology.senders(place)]
+    return FanIn(channels) if topology.replicated else channels[0]
+
+
+def outbox_to(topology: Topology, place: Place, link: Link):
+    """A stage before the last: the channel(s) to the next stage's replicas, each its rows."""
+    receivers = topology.receivers(place)
+    channels = [link(rank) for rank in receivers]
+    if not topology.replicated:
+        return channels[0]
+    return FanOut(channels, topology.replicas[place.stage + 1], [topology.place(rank).replica for rank in receivers])
+
+
+def outbox_to_sink(topology: Topology, place: Place, link: Link, open_sink: Callable[[], object]):
+    """The last stage: replica 0 holds the evaluation sink (opened here) and gathers the other
+    replicas' shards into it; they send it theirs. Returns (outbox, sink or None)."""
+    last = topology.num_stages - 1
+    if not place.lead:
+        return ShardToLead(link(topology.rank(last, 0))), None
+    sink = open_sink()
+    others = topology.stage_ranks(last)[1:]
+    return (GatheringSink(sink, [link(rank) for rank in others]) if others else sink), sink
 
 
 class FanIn:
