@@ -13,8 +13,6 @@ from torch import nn
 
 from ffpipe.config import Config
 from ffpipe.ff.unit import UnitOutput
-from ffpipe.pipeline.messages import Phase
-from ffpipe.pipeline.source import InputTransform
 
 EPS = 1e-8
 
@@ -73,15 +71,15 @@ class FFUnit(nn.Module):
         return torch.softmax(scores_BC, dim=1)
 
 
-def input_transform(cfg: Config, num_classes: int) -> InputTransform | None:
-    """What stage 0 does to a batch before the first unit: classic FF overlays labels (other
-    algorithms take the batch as it is)."""
+def input_transform(cfg: Config, num_classes: int):
+    """What stage 0 does to a batch before the first unit (pipeline/source.py InputTransform):
+    classic FF overlays labels (other algorithms take the batch as it is: None)."""
     if cfg.algo.name != "ff":
         return None
     seed = cfg.train.seed
 
-    def transform(x: torch.Tensor, y: torch.Tensor, phase: Phase, step: int) -> torch.Tensor:
-        if phase in (Phase.EVAL, Phase.VAL):
+    def transform(x: torch.Tensor, y: torch.Tensor, training: bool, step: int) -> torch.Tensor:
+        if not training:  # an evaluation batch (test or validation)
             return prepare_eval(x, num_classes)
         # One generator per step: the negatives of step s are the same on every backend and resume.
         gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step)

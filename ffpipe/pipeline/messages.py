@@ -1,15 +1,18 @@
-"""The only things that cross a stage boundary.
+"""The only things that cross a stage boundary, and the channels they cross it by.
 
 A Message is one batch (or a control marker) on its way down the pipeline: the activations, the
 detached skip tensors that residual blocks still need, the labels, where it belongs (phase, epoch,
 step), and while evaluating the running sum of goodness votes and per-unit correct counts so the
-last stage can report every accuracy without a second pass.
+last stage can report every accuracy without a second pass. A stage receives from its Inbox and
+sends to its Outbox; between two stages both are one Channel, which every transport implements
+(ffpipe/transport); stage 0's inbox is the data source, the last stage's outbox the evaluation sink.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -65,3 +68,24 @@ class Message:
 
 def control(phase: Phase, epoch: int, step: int) -> Message:
     return Message(phase=phase, epoch=epoch, step=step)
+
+
+class Inbox(Protocol):
+    def recv(self) -> Message:
+        """The next message, in the order sent; raises PipelineError when the sender is gone or
+        silent for longer than the pipeline timeout."""
+
+    def close(self) -> None: ...
+
+
+class Outbox(Protocol):
+    def send(self, msg: Message) -> None:
+        """Blocks once `queue_depth` messages are in flight, so a fast stage waits instead of
+        filling memory."""
+
+    def close(self) -> None:
+        """Only once the other end has everything sent (a process may exit after it)."""
+
+
+class Channel(Inbox, Outbox, Protocol):
+    """One direction between two neighbouring stages: one stage's outbox, the next one's inbox."""

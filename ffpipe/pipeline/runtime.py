@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 from ffpipe.metrics import Stopwatch, peak_memory_mib
-from ffpipe.pipeline.messages import Message, Phase
+from ffpipe.pipeline.messages import Inbox, Outbox, Phase
 from ffpipe.pipeline.stage import Stage
-
-
-class Inbox(Protocol):
-    def recv(self) -> Message: ...
-
-
-class Outbox(Protocol):
-    def send(self, msg: Message) -> None: ...
-
 
 @dataclass
 class LoopConfig:

@@ -18,9 +18,9 @@ from ffpipe.data.loader import batches_per_epoch
 from ffpipe.errors import DataError
 from ffpipe.pipeline.messages import Message, Phase, control
 
-# What stage 0 may do to a batch before the first unit: (x, y, phase, step) -> x
-# (classic Forward-Forward overlays labels: baselines/classic_ff.py).
-InputTransform = Callable[[torch.Tensor, torch.Tensor, Phase, int], torch.Tensor]
+# What stage 0 may do to a batch before the first unit: (x, y, training, step) -> x, `training`
+# False for evaluation batches (classic Forward-Forward overlays labels: baselines/classic_ff.py).
+InputTransform = Callable[[torch.Tensor, torch.Tensor, bool, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -99,5 +99,5 @@ class DataSource:
 
     def _message(self, phase: Phase, epoch: int, step: int, x, y) -> Message:
         if self.transform is not None:
-            x = self.transform(x, y, phase, step)
+            x = self.transform(x, y, phase is Phase.TRAIN, step)
         return Message(phase, epoch, step, x=x, y=y)

@@ -8,7 +8,6 @@ taken yet; a stage that is that far ahead waits. Each transport keeps it so:
            time (transport/ray.py): the Ray transport's hops each keep the bound.
 Every wait on a neighbour ends after `pipeline.timeout_s` with an error naming it.
 
-  base.py    the Channel protocol
   local.py   QueueChannel: a bounded in-process queue (stage threads; a Ray actor's mailbox)
   p2p.py     P2PChannel: torch.distributed point-to-point, NCCL between GPUs, gloo on CPU
   ray.py     the Ray transport: the actors' mailboxes and the driver's router of references
@@ -19,7 +18,7 @@ from __future__ import annotations
 import threading
 
 from ffpipe.config import PipelineConfig
-from ffpipe.transport.base import Channel
+from ffpipe.pipeline.messages import Channel
 
 
 def open_channel(kind: str, pipeline: PipelineConfig, *, name: str = "", abort: threading.Event | None = None,

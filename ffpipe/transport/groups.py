@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ffpipe.config import PipelineConfig
 from ffpipe.transport import open_channel
-from ffpipe.transport.base import Channel
+from ffpipe.pipeline.messages import Channel
 
 TEARDOWN_S = 60.0  # the longest the end of a finished run waits for its process groups to close
 
