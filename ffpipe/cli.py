@@ -1,4 +1,5 @@
-"""Command line: ffpipe train | eval | data prepare | bench data | bench step | bench memory. User errors end with one line and exit status 2."""
+"""Command line: ffpipe train | eval | data prepare | bench step | memory | data | pipeline. User errors end
+with one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import os
 import sys
 
 from ffpipe import config as config_mod
-from ffpipe.bench import add_parser as add_step_parser
+from ffpipe.bench import add_parsers as add_bench_parsers
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError, say_error
 
 
@@ -24,11 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
     e = sub.add_parser("eval", help="test accuracy of a finished run's checkpoints")
     e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train (a local path or the storage URI it printed)")
-    _data_parsers(sub)
+    _data_parser(sub)
+    add_bench_parsers(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True))
     return p
 
 
-def _data_parsers(sub) -> None:
+def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = d.add_parser("prepare", help="write a dataset's train and test splits as Parquet shards")
     p.add_argument("--dataset", required=True, choices=[n for n in config_mod.DATASETS if n != "parquet"])
@@ -37,22 +39,6 @@ def _data_parsers(sub) -> None:
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="another data key (e.g. data.test_fraction=0.1 for an image folder)")
-    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    bd = b.add_parser("data", help="images/s of each source through the loader")
-    bd.add_argument("--dataset", action="append", choices=config_mod.DATASETS,
-                    help="repeatable; default: every built-in dataset found on this machine")
-    bd.add_argument("--root", default="", help="data.root for the datasets named")
-    bd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                    help="auto = cuda when a GPU is visible")
-    bd.add_argument("--batch-size", type=int, default=512)
-    bd.add_argument("--seconds", type=float, default=3.0, help="time spent batching per source")
-    bd.add_argument("--placement", default="auto", choices=("auto", "device", "host"),
-                    help="where the uint8 images live: by data.on_device_max_mib, or forced")
-    bd.add_argument("--via-parquet", action="store_true",
-                    help="also measure each dataset through Parquet shards in a temporary folder")
-    bd.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE")
-    bd.add_argument("--json", help="also write the results to this JSON file")
-    add_step_parser(b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "data":
             return _prepare(args)
-        if args.command == "bench" and args.bench_command == "step":
-            from ffpipe.bench.step import run_bench_step
-            return run_bench_step(args)
-        if args.command == "bench" and args.bench_command == "memory":
-            from ffpipe.bench.memory import bench_memory
-            bench_memory(args)
-            return 0
         if args.command == "bench":
-            from ffpipe.data.bench import run_bench
-            return run_bench(args)
+            return _bench(args)
         return _eval(args)
     except FFPipeError as err:
         say_error(f"ffpipe: error: {err}")  # under torchrun: from rank 0 only
@@ -136,6 +114,21 @@ def _eval(args) -> int:
     print(f"test accuracy {r['test_accuracy']:.4f} (vote), {r['test_accuracy_last']:.4f} (last unit); "
           f"per unit: {per_unit}")
     return 0
+
+
+def _bench(args) -> int:
+    if args.bench_command == "step":
+        from ffpipe.bench.step import run_bench_step
+        return run_bench_step(args)
+    if args.bench_command == "memory":
+        from ffpipe.bench.memory import bench_memory
+        bench_memory(args)
+        return 0
+    if args.bench_command == "pipeline":
+        from ffpipe.bench.pipeline import bench_pipeline
+        return bench_pipeline(args)
+    from ffpipe.bench.data import run_bench
+    return run_bench(args)
 
 
 def _prepare(args) -> int:

@@ -1,7 +1,16 @@
-"""Benchmarks that print figures; `ffpipe bench step` (bench/step.py) is the training step.
+"""Benchmarks that print figures (images/s, peak memory, ratios to a baseline of the same run):
+
+  step.py        `ffpipe bench step`: BP's and SFF's training step on one device
+  memory.py      `ffpipe bench memory`: the largest batch BP, the sequential trainer and each
+                 stage train on one device
+  data.py        `ffpipe bench data`: how fast each source feeds stage 0
+  pipeline.py    `ffpipe bench pipeline`: every backend beside BP and its peers on N GPUs
+  peers.py, pipelining.py   the peers (DDP, torch.distributed.pipelining) run under torchrun
 
 This module holds only what the command line needs (it must not import torch)."""
 from __future__ import annotations
+
+import argparse
 
 from ffpipe import config as config_mod
 
@@ -11,9 +20,18 @@ VARIANTS = {
     "sff-layer": ["algo.name=sff", "model.granularity=layer"],
 }
 MODES = ("eager", "graphed", "compiled")
+MICROBATCHES = (2, 4, 8)  # what bench pipeline tries for GPipe and 1F1B
 
 
-def add_parser(bench_sub) -> None:
+def add_parsers(bench_sub) -> None:
+    """`ffpipe bench step | memory | data | pipeline`."""
+    _add_step_parser(bench_sub)
+    _add_memory_parser(bench_sub)
+    _add_data_parser(bench_sub)
+    _add_pipeline_parser(bench_sub)
+
+
+def _add_step_parser(bench_sub) -> None:
     s = bench_sub.add_parser("step", help="img/s and peak memory of one training step: BP vs SFF")
     s.add_argument("--model", default="resnet18", choices=config_mod.MODELS)
     s.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 2048])
@@ -32,7 +50,6 @@ def add_parser(bench_sub) -> None:
     s.add_argument("--profile", metavar="FILE", help="append each row's top kernels (torch.profiler, "
                    "3 steps after the timed ones) to this text file")
     s.add_argument("--json", help="also write the results to this JSON file")
-    _add_memory_parser(bench_sub)
 
 
 def _add_memory_parser(bench_sub) -> None:
@@ -56,3 +73,40 @@ def _add_memory_parser(bench_sub) -> None:
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     m.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _add_data_parser(bench_sub) -> None:
+    d = bench_sub.add_parser("data", help="images/s of each source through the loader")
+    d.add_argument("--dataset", action="append", choices=config_mod.DATASETS,
+                   help="repeatable; default: every built-in dataset found on this machine")
+    d.add_argument("--root", default="", help="data.root for the datasets named")
+    d.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto = cuda when a GPU is visible")
+    d.add_argument("--batch-size", type=int, default=512)
+    d.add_argument("--seconds", type=float, default=3.0, help="time spent batching per source")
+    d.add_argument("--placement", default="auto", choices=("auto", "device", "host"),
+                   help="where the uint8 images live: by data.on_device_max_mib, or forced")
+    d.add_argument("--via-parquet", action="store_true",
+                   help="also measure each dataset through Parquet shards in a temporary folder")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE")
+    d.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _add_pipeline_parser(bench_sub) -> None:
+    p = bench_sub.add_parser("pipeline", help="every backend beside BP, DDP and torch's pipeline schedules")
+    p.add_argument("--config", default="configs/bench_resnet18.toml", help="TOML config of every run")
+    p.add_argument("--stages", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--ray", action="store_true", help="also run the Ray backend (needs ray)")
+    p.add_argument("--replicas", nargs="*", default=[], metavar="SxR|R0,R1,..|Sxauto",
+                   help="also SFF under torchrun with stage replicas, e.g. 2x2 (2 stages x 2 replicas), "
+                        "3xauto (3 stages, replicas and split balanced together over --gpus)")
+    p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES),
+                   help="microbatch counts tried for GPipe and 1F1B (the best is reported)")
+    p.add_argument("--gpus", type=int, help="GPUs of the DDP and pipelining peers (default: the largest of --stages)")
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the DDP, GPipe and 1F1B peers (--no-peers: skip them)")
+    p.add_argument("--peer-steps", type=int, default=50, help="timed steps of each peer run")
+    p.add_argument("--peer-warmup", type=int, default=10, help="untimed steps before them")
+    p.add_argument("--timeout-s", type=float, default=900, help="a run taking longer is stopped and marked failed")
+    p.add_argument("--out", default="runs/bench", help="folder of the table, summaries and logs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

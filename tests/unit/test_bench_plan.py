@@ -1,13 +1,5 @@
-"""launch/bench_pipeline.py's plan: which runs a command line asks for, in which order."""
-import importlib.util
-import sys
-
-from tests.conftest import REPO
-
-_spec = importlib.util.spec_from_file_location("bench_pipeline", REPO / "launch" / "bench_pipeline.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_pipeline"] = bench  # its dataclasses look their module up
-_spec.loader.exec_module(bench)
+"""`ffpipe bench pipeline`'s plan: which runs a command line asks for, in which order."""
+from ffpipe.bench import pipeline as bench
 
 
 def test_replica_texts():

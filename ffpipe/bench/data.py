@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.config import DataConfig, from_dict, merge
+from ffpipe.config import DATASETS, DataConfig, from_dict, merge
 from ffpipe.data import DataBundle, DeviceLoader, load_data
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.errors import DataError, FFPipeError
 from ffpipe.pipeline.sync import synchronize
 
-DEFAULT_DATASETS = ("synthetic", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette")
+# The built-in datasets (not the user's folders or shards), synthetic first.
+DEFAULT_DATASETS = ("synthetic", *(n for n in DATASETS if n not in ("synthetic", "image_folder", "parquet")))
 # CIFAR-10-sized synthetic data, so that the synthetic row is comparable to the real ones.
 SYNTHETIC = {"synthetic_train": 50_000, "synthetic_test": 10_000, "synthetic_shape": [3, 32, 32]}
 
