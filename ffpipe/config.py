@@ -40,9 +40,6 @@ class Config:
                  "classic FF units have no separate head to probe with; use algo.name = 'sff' or 'bp'")
         _require(self.algo.vote not in ("best_range", "weighted") or self.data.val_fraction > 0, "algo.vote",
                  f"'{self.algo.vote}' chooses on the validation split: set data.val_fraction (e.g. 0.1)")
-        _require(not (self.model.dropout and self.train.cuda_graphs == "on"), "train.cuda_graphs",
-                 "'on' cannot go with model.dropout (its masks are drawn on the host every step, a "
-                 "graph would replay one): use 'auto' (stages with dropout run eagerly) or no dropout")
         _require(not self.algo.deep_supervision or self.algo.name == "bp", "algo.deep_supervision",
                  "is BP's option (SFF units each have their head already); set algo.name = 'bp'")
         most = max(self.pipeline.replicas) if isinstance(self.pipeline.replicas, list) and self.pipeline.replicas else 1

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ffpipe.errors import ConfigError
 from ffpipe.pipeline.sync import synchronize
 
 WARMUP_STEPS = 3
@@ -37,6 +39,35 @@ GRAPH_MAX_STEP_S = 0.5
 # One capture at a time in a process: entering a capture synchronises the device and empties the
 # allocator's cache, which must not happen while another stage thread is capturing.
 _CAPTURE_LOCK = threading.Lock()
+
+@dataclass(frozen=True)
+class GraphPlan:
+    capture: bool                    # the step replays as a CUDA graph once warmed up
+    max_step_s: float | None = None  # ...unless its last warm-up took longer (None: always)
+
+
+def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, replicated: bool = False,
+                training: bool = True) -> GraphPlan:
+    """train.cuda_graphs for a stage on `device`: the one place it is decided.
+
+    'auto' graphs every CUDA stage that trains (training shapes are static: every training batch
+    is full), except a step too long to gain from it (GRAPH_MAX_STEP_S; replicated stages always
+    capture, as every replica must replay the same collectives) and a stage with dropout (its
+    masks are drawn on the host every step: a graph would replay one). 'on' insists, and says
+    where it cannot be; 'off' keeps the eager step. Evaluation has no training step to capture."""
+    if not training:
+        return GraphPlan(False)
+    if setting == "on" and dropout:
+        raise ConfigError("config key 'train.cuda_graphs' 'on' cannot go with model.dropout (its masks "
+                          "are drawn on the host every step, a graph would replay one): use 'auto' "
+                          "(stages with dropout run eagerly) or no dropout")
+    if setting == "on" and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
+                          f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
+    if setting == "off" or device.type != "cuda" or dropout:
+        return GraphPlan(False)
+    return GraphPlan(True, GRAPH_MAX_STEP_S if setting == "auto" and not replicated else None)
+
 
 StepFn = Callable[[torch.Tensor, tuple, torch.Tensor, float], tuple[torch.Tensor, tuple]]
 

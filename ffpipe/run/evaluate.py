@@ -2,7 +2,6 @@
 on one device and run through the same stage loop as training, with an evaluation-only stream."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,9 +29,7 @@ def evaluate(run_dir: str | Path) -> dict:
         r = setup.unit_range(k)
         state = load_stage(folder, k, step)["learners"]
         torch.nn.ModuleList(setup.learners[r.start:r.stop]).load_state_dict(state)
-    # Evaluation runs no training step: nothing to capture in a graph.
-    options = StageOptions(dataclasses.replace(cfg.train, cuda_graphs="off"), cfg.algo.grad_clip)
-    stage = Stage(0, setup.learners, options, setup.plan.total_steps, device)
+    stage = Stage(0, setup.learners, StageOptions.of(cfg, training=False), setup.plan.total_steps, device)
     sink = EvalSink(setup.plan.num_units, vote=cfg.algo.vote)
     run_stage_loop(stage, make_source(setup, device, eval_only=True), sink, LoopConfig(log_every=1))
     result = {**sink.history[-1], "step": step}

@@ -18,7 +18,8 @@ from ffpipe.models import dry_run
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
 from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
-from ffpipe.pipeline.stage import input_dtype, use_cuda_graphs
+from ffpipe.pipeline.graphed import plan_graphs
+from ffpipe.pipeline.stage import input_dtype
 from ffpipe.pipeline.replicas import choice
 from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run.checkpoints import load_stage, resume_step
@@ -84,7 +85,8 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
     of each learner measured on `profile_device` (equal costs without one) and of each cut at
     the measured `link` (seconds per byte between two stage processes; None: cuts cost nothing)."""
-    use_cuda_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0))  # 'on' without a GPU: say so now
+    # 'on' where graphs cannot be (no GPU, dropout): say so now, before any data is read
+    plan_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0), dropout=cfg.model.dropout > 0)
     data = None
     if info is None:
         data = load_data(cfg.data, cfg.train.seed)

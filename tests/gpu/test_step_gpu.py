@@ -141,9 +141,9 @@ def test_a_graphed_stage_learns_what_the_eager_stage_learns(optimizer, granulari
 
 @pytest.mark.parametrize("limit_s, graphed", [(0.0, False), (60.0, True)])
 def test_auto_graphs_leave_a_long_step_eager_and_it_learns_the_same(monkeypatch, limit_s, graphed):
-    from ffpipe.pipeline import stage as stage_mod
+    from ffpipe.pipeline import graphed as graphed_mod
 
-    monkeypatch.setattr(stage_mod, "GRAPH_MAX_STEP_S", limit_s)  # every step is "long" at 0 s
+    monkeypatch.setattr(graphed_mod, "GRAPH_MAX_STEP_S", limit_s)  # every step is "long" at 0 s
     common = ["train.precision=fp32", "train.lr=0.01"]
     auto, eager = _stage("auto", *common), _stage("off", *common)
     _train(auto)
@@ -174,7 +174,7 @@ def test_a_graphed_stage_resumes_from_a_checkpoint_and_names_a_non_finite_unit()
     state = copy.deepcopy(stage.state_dict())
     resumed = _stage("on", "train.lr=0.01")
     resumed.load_state_dict(state)
-    assert resumed.step == 6 and int(resumed._step_t) == 6
+    assert resumed.step == 6 and int(resumed.meter.step_t) == 6
     _train(resumed, steps=6)
     broken = _stage("on", "train.lr=1e12", "train.warmup_fraction=0", "train.optimizer=sgd")
     with pytest.raises(Exception, match="became non-finite"):

@@ -1,6 +1,7 @@
 import copy
 import weakref
 
+import pytest
 import torch
 
 from ffpipe.learners import build_learners
@@ -177,3 +178,20 @@ def test_a_checkpoint_with_one_optimizer_group_per_unit_still_loads():
     for p, q in zip(stage.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
         assert all(torch.equal(p[k], q[k]) for k in p)
     assert len(resumed.optimizer.param_groups) == 1 and resumed.step == 1
+
+
+def test_cuda_graphs_are_decided_in_one_place_for_every_case():
+    from ffpipe.errors import ConfigError
+    from ffpipe.pipeline.graphed import GRAPH_MAX_STEP_S, plan_graphs
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # a device name: no GPU needed to decide
+    assert plan_graphs("auto", gpu).capture and plan_graphs("auto", gpu).max_step_s == GRAPH_MAX_STEP_S
+    assert plan_graphs("on", gpu).max_step_s is None  # 'on' captures whatever the step's length
+    assert plan_graphs("auto", gpu, replicated=True).max_step_s is None  # replicas replay alike
+    assert not plan_graphs("auto", cpu).capture and not plan_graphs("off", gpu).capture
+    assert not plan_graphs("auto", gpu, dropout=True).capture  # host-drawn masks: eager
+    assert not plan_graphs("on", cpu, training=False).capture  # evaluation: nothing to capture
+    for setting, device, dropout, says in (("on", cpu, False, "needs a CUDA device"),
+                                           ("on", gpu, True, "cannot go with model.dropout")):
+        with pytest.raises(ConfigError, match=f"train.cuda_graphs.*{says}"):
+            plan_graphs(setting, device, dropout=dropout)
