@@ -7,8 +7,14 @@ from dataclasses import dataclass, field
 
 from ffpipe.errors import ConfigError
 
-MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
-          "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn", "mlp")
+# Every model a user may name, with the granularities it can be cut into (ffpipe/models builds them).
+MODEL_GRANULARITIES = {
+    **{name: ("layer", "block", "stage") for name in (
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+        "mobilenet_v3_small", "mobilenet_v3_large", "small_cnn")},
+    "mlp": ("layer",),
+}
+MODELS = tuple(MODEL_GRANULARITIES)
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
 
@@ -38,6 +44,10 @@ class ModelConfig:
                         "BP gets the same")
 
     def validate(self):
+        allowed = MODEL_GRANULARITIES[self.name]
+        if self.granularity not in allowed:
+            raise ConfigError(f"model '{self.name}' has no '{self.granularity}' granularity; "
+                              f"set model.granularity to one of: {', '.join(allowed)}")
         _require(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1) (0 = off)")
         _require(self.width >= 0, "model.width", "must be >= 0")
         _require(self.depth >= 0, "model.depth", "must be >= 0")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.run.checkpoints import load_stage, resume_step, saved_steps
+from ffpipe.run.checkpoints import load_stage, resume_step, saved_steps, unit_states
 from ffpipe.run.folder import RunFolder
 from tests.conftest import REPO
 
@@ -79,12 +79,8 @@ def wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subproces
 def final_parameters(run_dir: Path) -> list[torch.Tensor]:
     """Every stage's learner tensors (weights, BN buffers) at the newest common checkpoint."""
     folder = RunFolder.open(run_dir)
-    starts = folder.partition()
-    step = resume_step(folder, len(starts))
-    tensors = []
-    for k in range(len(starts)):
-        tensors += list(load_stage(folder, k, step)["learners"].values())
-    return tensors
+    units = unit_states(folder, resume_step(folder, len(folder.partition())))
+    return [t for unit in sorted(units) for t in units[unit].values()]
 
 
 def newest_state(run_dir: Path, stage_id: int) -> dict:

@@ -10,22 +10,10 @@ from ffpipe.models.mobilenet import mobilenet_v3_units
 from ffpipe.models.resnet import RESNETS, resnet_units, small_cnn_units
 from ffpipe.models.units import SkipUnit, UnitShape, by_resolution, dry_run, with_dropout
 
-GRANULARITIES = {
-    **{name: ("layer", "block", "stage") for name in RESNETS},
-    "mobilenet_v3_small": ("layer", "block", "stage"),
-    "mobilenet_v3_large": ("layer", "block", "stage"),
-    "small_cnn": ("layer", "block", "stage"),
-    "mlp": ("layer",),
-}
-
-
 def build_units(cfg: ModelConfig, in_shape: tuple[int, ...], seed: int = 0) -> list[nn.Module]:
     """The model named by `cfg` for inputs of `in_shape` (C, H, W), as an ordered list of units
     (`seed`: of their dropout masks, where model.dropout is on)."""
-    allowed = GRANULARITIES[cfg.name]
-    if cfg.granularity not in allowed:
-        raise ConfigError(f"model '{cfg.name}' has no '{cfg.granularity}' granularity; "
-                          f"set model.granularity to one of: {', '.join(allowed)}")
+    cfg.validate()  # the granularity is one the model has (config_sections.MODEL_GRANULARITIES)
     if cfg.name == "mlp":
         return with_dropout(mlp_units(in_shape, cfg.width, cfg.depth), cfg.dropout, seed)
     if len(in_shape) != 3:
@@ -42,4 +30,4 @@ def build_units(cfg: ModelConfig, in_shape: tuple[int, ...], seed: int = 0) -> l
     return with_dropout(units, cfg.dropout, seed)
 
 
-__all__ = ["GRANULARITIES", "SkipUnit", "UnitShape", "build_units", "dry_run"]
+__all__ = ["SkipUnit", "UnitShape", "build_units", "dry_run"]

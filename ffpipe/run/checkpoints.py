@@ -67,6 +67,18 @@ def load_stage(folder: RunFolder, stage_id: int, step: int, map_location="cpu", 
                           "delete it to fall back to the one before") from None
 
 
+def unit_states(folder: RunFolder, step: int) -> dict[int, dict]:
+    """Every unit's tensors (its learner's: body, head, aux) after `step` steps, keyed by unit,
+    whatever stages held them: what evaluation, transfer and the tests load."""
+    units = {}
+    for k in range(len(folder.partition())):
+        state = load_stage(folder, k, step)
+        for i, unit in enumerate(state["unit_ids"]):
+            prefix = f"{i}."  # the stage's learners are a ModuleList: '<its index>.<name>'
+            units[unit] = {name[len(prefix):]: t for name, t in state["learners"].items() if name.startswith(prefix)}
+    return units
+
+
 def resume_step(folder: RunFolder, num_stages: int) -> int | None:
     """The newest step every stage has a readable checkpoint of (None: there is none).
 

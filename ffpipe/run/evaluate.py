@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ffpipe.errors import FFPipeError
 from ffpipe.pipeline.runtime import LoopConfig, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.stage import Stage, StageOptions
-from ffpipe.run.checkpoints import load_stage, resume_step
+from ffpipe.run.checkpoints import resume_step, unit_states
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import prepare, setup_process, stage_device
 from ffpipe.run.stage_process import make_source
@@ -25,10 +23,9 @@ def evaluate(run_dir: str | Path) -> dict:
     if step is None:
         raise FFPipeError(f"{folder} has no checkpoint that every stage can read; nothing to evaluate")
     device = stage_device(cfg, 0)
-    for k in range(setup.num_stages):
-        r = setup.unit_range(k)
-        state = load_stage(folder, k, step)["learners"]
-        torch.nn.ModuleList(setup.learners[r.start:r.stop]).load_state_dict(state)
+    units = unit_states(folder, step)
+    for learner in setup.learners:
+        learner.load_state_dict(units[learner.index])
     stage = Stage(0, setup.learners, StageOptions.of(cfg, training=False), setup.plan.total_steps, device)
     sink = EvalSink(setup.plan.num_units, vote=cfg.algo.vote)
     run_stage_loop(stage, make_source(setup, device, eval_only=True), sink, LoopConfig(log_every=1))

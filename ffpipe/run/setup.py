@@ -22,7 +22,7 @@ from ffpipe.pipeline.graphed import plan_graphs
 from ffpipe.pipeline.stage import input_dtype
 from ffpipe.pipeline.replicas import choice
 from ffpipe.pipeline.replicas.topology import Topology
-from ffpipe.run.checkpoints import load_stage, resume_step
+from ffpipe.run.checkpoints import resume_step, unit_states
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import Attempt
 
@@ -183,13 +183,9 @@ def load_bodies(learners: list[nn.Module], cfg: Config) -> None:
                               f"this run's {getattr(cfg.model, key)!r}; they must be the same model")
     if (theirs.algo.name == "bp") != (cfg.algo.name == "bp"):
         raise ConfigError("train.init_from: BP bodies transfer to BP runs and unit bodies to SFF/FF runs")
-    num_stages = len(source.partition())
-    step = resume_step(source, num_stages)
+    step = resume_step(source, len(source.partition()))
     if step is None:
         raise ConfigError(f"train.init_from = {source} has no checkpoint that every stage can read")
-    for k in range(num_stages):
-        state = load_stage(source, k, step)
-        for i, unit in enumerate(state["unit_ids"]):
-            prefix = f"{i}.body."
-            body = {n[len(prefix):]: t for n, t in state["learners"].items() if n.startswith(prefix)}
-            learners[unit].body.load_state_dict(body)
+    for unit, state in unit_states(source, step).items():
+        body = {name[len("body."):]: t for name, t in state.items() if name.startswith("body.")}
+        learners[unit].body.load_state_dict(body)
