@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local base image for running docker/compose.yaml with THIS machine's Python where no image
-# registry can be reached (tests/test_docker.py): a minimal Debian 12 root filesystem made by
+# registry can be reached (tests/integration/test_docker.py): a minimal Debian 12 root filesystem made by
 # debootstrap from Debian's packages and loaded with `docker import`. It holds no Python: the
 # test mounts the host's interpreter, its .venv and the repository read-only at their own paths,
 # so torch, Ray and ffpipe come from the host and nothing has to be installed into an image.

@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.pipeline_helpers import wait_for_checkpoint
-from tests.test_recovery import _processes
+from tests.helpers import REPO
+from tests.helpers.runs import wait_for_checkpoint
+from tests.helpers.machine import processes_with
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]
 TIMEOUT_S = 20
@@ -59,8 +59,8 @@ def test_a_killed_gpu_stage_process_is_restarted_and_the_run_completes(launch, t
     reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in proc.stderr))
     reader.start()
     wait_for_checkpoint(run_dir, 1, 40, proc, timeout=240)
-    victims = (_processes("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1") if launch is _torchrun
-               else _processes("StageWorker"))
+    victims = (processes_with("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1") if launch is _torchrun
+               else processes_with("StageWorker"))
     killed = time.time()
     os.kill(max(victims), signal.SIGKILL)
     proc.wait(timeout=420)

@@ -48,7 +48,7 @@ def test_graphed_replicas_learn_as_eager_replicas(tmp_path):
     """One stage x 2 replicas on 2 GPUs: the step replayed as a CUDA graph, its NCCL collectives
     (synced batch norm, gradient sum) captured in it, learns what the eager step learns; prints
     each one's GPU time per step (the summary's busy_step_s)."""
-    from tests.pipeline_helpers import assert_same_parameters, run_ffpipe, summary
+    from tests.helpers.runs import assert_same_parameters, run_ffpipe, summary
 
     common = ["model.name=resnet18", "model.granularity=block", "data.name=synthetic",
               "data.synthetic_train=8192", "data.synthetic_test=1024", "data.synthetic_shape=[3, 32, 32]",

@@ -11,7 +11,7 @@ from ffpipe.ff.goodness import goodness, normalize_output
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)

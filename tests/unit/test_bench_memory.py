@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from ffpipe.bench.memory import largest_batch
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("limit", [1000, 1024, 33, 5000])

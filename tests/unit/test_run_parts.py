@@ -19,7 +19,7 @@ from ffpipe.run.checkpoints import checkpoint_name, load_stage, resume_step, sav
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import Attempt, StageFailed, restart_verdict, root_cause
 from ffpipe.transport import open_channel
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def test_lr_warms_up_linearly_then_follows_a_cosine_to_zero():

@@ -7,7 +7,7 @@ import torch
 from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def _learners(*overrides):

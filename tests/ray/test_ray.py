@@ -8,8 +8,8 @@ import pytest
 from ffpipe import config as config_mod
 from ffpipe.backends import train
 from ffpipe.errors import PipelineError
-from tests.conftest import REPO
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+from tests.helpers import REPO
+from tests.helpers.runs import EXACT, assert_same_parameters, run_ffpipe, summary
 
 # One xdist worker runs every Ray test in turn: they start and stop local clusters.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]

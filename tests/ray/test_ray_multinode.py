@@ -16,8 +16,8 @@ import pytest
 from ffpipe import config as config_mod
 from ffpipe.backends import train
 from ffpipe.run.folder import RunFolder
-from tests.conftest import REPO
-from tests.pipeline_helpers import (EXACT, LONG, assert_same_parameters, launch, run_ffpipe, summary,
+from tests.helpers import REPO
+from tests.helpers.runs import (EXACT, LONG, assert_same_parameters, launch, run_ffpipe, summary,
                                     wait_for_checkpoint)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]

@@ -11,8 +11,8 @@ from ffpipe.run.evaluate import evaluate
 from ffpipe.errors import FFPipeError
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
-from tests.conftest import make_config
-from tests.pipeline_helpers import assert_same_parameters, newest_state
+from tests.helpers import make_config
+from tests.helpers.runs import assert_same_parameters, newest_state
 
 
 def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
@@ -92,7 +92,7 @@ def test_a_non_finite_loss_stops_the_run_naming_unit_and_step(tmp_path):
 
 
 def test_local_run_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
-    from tests.pipeline_helpers import assert_same_parameters
+    from tests.helpers.runs import assert_same_parameters
 
     common = ["model.granularity=layer", "train.epochs=2", "run.checkpoint_every=3", "pipeline.stages=2",
               "train.deterministic=true"]

@@ -8,8 +8,8 @@ from ffpipe.data.idx import read_idx
 from ffpipe.data.loader import channel_stats, crop_and_flip
 from ffpipe.data.subset import per_class_subset
 from ffpipe.errors import DataError
-from tests.conftest import needs_fashion
-from tests.data_helpers import fake_idx_dataset
+from tests.helpers import needs_fashion
+from tests.helpers.datasets import fake_idx_dataset
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -5,8 +5,8 @@ import torch
 from ffpipe.backends import train
 from ffpipe.errors import ConfigError
 from ffpipe.report import report
-from tests.conftest import make_config
-from tests.pipeline_helpers import newest_state
+from tests.helpers import make_config
+from tests.helpers.runs import newest_state
 
 
 def _bodies(run_dir):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.helpers import REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
 COMPOSE = REPO / "docker" / "compose.yaml"

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from ffpipe.backends import train
 from ffpipe.run.evaluate import evaluate
 from ffpipe.run.folder import RunFolder
-from tests.conftest import REPO, make_config
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe
+from tests.helpers import REPO, make_config
+from tests.helpers.runs import EXACT, assert_same_parameters, run_ffpipe
 
 TWO_STAGES = ["pipeline.stages=2", "train.max_steps=6", "run.checkpoint_every=2"]
 

@@ -13,7 +13,7 @@ import torch
 
 from ffpipe.run.checkpoints import load_stage, resume_step, saved_steps, unit_states
 from ffpipe.run.folder import RunFolder
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Small and exact: deterministic kernels, one thread per process (thread count changes CPU
 # reduction order, so the reference must use the same count as the stage processes).
@@ -24,6 +24,13 @@ EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=
 # Long enough (240 steps) to be killed in the middle, checkpointed every 4 steps.
 LONG = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=40",
                 "train.eval_every=100", "run.checkpoint_every=4"]
+# Stage replicas (tests/multiprocess/test_replicas.py, tests/ray/test_ray_replicas.py): 6 steps of
+# a small CNN, cut in two at unit 3 where the stages are replicated; SGD (Adam amplifies the
+# reduction-order differences of near-zero gradients).
+REPLICA_RUN = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=6",
+                       "train.eval_batch_size=30"]
+REPLICA_SPLIT = ["pipeline.boundaries=[3]"]
+SGD = ["train.optimizer=sgd", "train.lr=0.05"]
 LAUNCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
 
 
@@ -55,6 +62,12 @@ def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None
     if check and done.returncode != 0:
         raise AssertionError(f"ffpipe failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return done
+
+
+def sequential_run(folder: Path, overrides: list[str]) -> Path:
+    """The sequential trainer's run of `overrides` in `folder`: what every pipeline must equal."""
+    run_ffpipe(overrides + [f"run.dir={folder}"], timeout=600)
+    return folder
 
 
 def launch(args: list[str], **env: str) -> subprocess.Popen:

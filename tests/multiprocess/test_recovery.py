@@ -1,6 +1,6 @@
-"""A run that loses a stage process goes on by itself and ends where an uninterrupted run ends,
-bit for bit (torchrun through launch/torchrun.sh, and Ray actors); a failure that repeats is
-not restarted; a user error under torchrun (launch/torchrun.sh or plain torchrun) is said once."""
+"""A torchrun run that loses a stage process goes on by itself (launch/torchrun.sh) and ends where
+an uninterrupted run ends, bit for bit; a failure that repeats is not restarted; a user error under
+torchrun (launch/torchrun.sh or plain torchrun) is said once. Ray's: tests/ray/test_ray_recovery.py."""
 from __future__ import annotations
 
 import os
@@ -12,32 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.pipeline_helpers import (EXACT, LAUNCH_ENV, LONG, assert_same_parameters, launch, run_ffpipe, summary,
-                                    wait_for_checkpoint)
+from tests.helpers import REPO
+from tests.helpers.machine import processes_with
+from tests.helpers.runs import (EXACT, LAUNCH_ENV, LONG, assert_same_parameters, launch, sequential_run, summary,
+                                wait_for_checkpoint)
 
 pytestmark = pytest.mark.slow
 
 
-def _processes(*needles: str, env_needle: str | None = None) -> list[int]:
-    """Pids whose command line holds every needle (and whose environment holds env_needle)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            if all(n in cmdline for n in needles) and (
-                    env_needle is None or env_needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "sequential"
-    run_ffpipe(LONG + [f"run.dir={out}"], timeout=600)
-    return out
+    return sequential_run(tmp_path_factory.mktemp("ref") / "sequential", LONG)
 
 
 def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tmp_path):
@@ -45,7 +30,7 @@ def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tm
     sets = [a for o in LONG + [f"run.dir={run_dir}"] for a in ("--set", o)]
     proc = launch(["bash", "launch/torchrun.sh", "2", *sets])
     wait_for_checkpoint(run_dir, 1, 40, proc)
-    victims = _processes("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1")
+    victims = processes_with("ffpipe", f"run.dir={run_dir}", env_needle="RANK=1")
     assert len(victims) == 1, victims
     killed_at = time.time()
     os.kill(victims[0], signal.SIGKILL)
@@ -58,24 +43,6 @@ def test_torchrun_recovers_from_a_killed_stage_process_bit_for_bit(reference, tm
     primary = [(r["stage"], r["attempt"]) for r in result["restarts"] if not r["secondary"]]
     assert result["completed"] and primary == [(1, 0)]
     print(f"torchrun: SIGKILL to the end of the run {time.time() - killed_at:.1f} s")
-
-
-@pytest.mark.xdist_group("ray")  # one Ray at a time on the machine: their agents' default ports collide
-def test_ray_recovers_from_a_killed_stage_actor_bit_for_bit(reference, tmp_path):
-    run_dir = tmp_path / "ray"
-    sets = [a for o in LONG + [f"run.dir={run_dir}", "pipeline.backend=ray", "pipeline.stages=2"]
-            for a in ("--set", o)]
-    proc = launch([sys.executable, "-m", "ffpipe", "train", *sets])
-    wait_for_checkpoint(run_dir, 1, 40, proc, timeout=180)
-    victims = _processes("StageWorker")
-    assert len(victims) == 2, victims
-    os.kill(max(victims), signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-4000:]
-    assert "the stage actor died" in err and "restarting (1 of 3)" in err
-    assert_same_parameters(reference, run_dir)
-    restarts = summary(run_dir)["restarts"]
-    assert len([r for r in restarts if not r["secondary"]]) == 1 and restarts[0]["attempt"] == 0
 
 
 def test_a_failure_that_repeats_is_restarted_once_then_named(tmp_path):

@@ -6,27 +6,17 @@ Replicas differ from the unreplicated stage only in the order of floating-point 
 reduction-order difference in a near-zero gradient becomes a visible (lr-sized) step: with AdamW
 the bound is looser.
 """
-import os
-
 import pytest
 
-from ffpipe import config as config_mod
-from ffpipe.backends import train
-from tests.conftest import REPO
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+from tests.helpers.runs import REPLICA_RUN as COMMON
+from tests.helpers.runs import REPLICA_SPLIT as SPLIT
+from tests.helpers.runs import SGD, assert_same_parameters, run_ffpipe, sequential_run, summary
 
 pytestmark = pytest.mark.slow
 
-COMMON = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=6",
-                  "train.eval_batch_size=30"]
-SPLIT = ["pipeline.boundaries=[3]"]
-SGD = ["train.optimizer=sgd", "train.lr=0.05"]
-
 
 def _sequential(tmp_path, extra: list[str]):
-    ref = tmp_path / "sequential"
-    run_ffpipe(COMMON + extra + [f"run.dir={ref}"])
-    return ref
+    return sequential_run(tmp_path / "sequential", COMMON + extra)
 
 
 @pytest.mark.parametrize("replicas, batch", [([2, 2], 16), ([3, 2], 17)])
@@ -48,25 +38,6 @@ def test_torchrun_replicas_with_adamw_stay_close(tmp_path):
     rep = tmp_path / "replicated"
     run_ffpipe(COMMON + SPLIT + [f"run.dir={rep}"], replicas=[2, 2])
     assert_same_parameters(ref, rep, atol=1e-4)
-
-
-@pytest.mark.xdist_group("ray")
-def test_ray_replicas_match_the_unreplicated_run(tmp_path):
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-
-    ref = _sequential(tmp_path, SGD)
-    ray.init(address="local", num_cpus=3, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
-    try:
-        cfg = config_mod.load(None, COMMON + SPLIT + SGD + ["pipeline.backend=ray", "pipeline.replicas=[2, 1]",
-                                                    f"run.dir={tmp_path / 'ray'}"])
-        run_dir, result = train(cfg)
-    finally:
-        ray.shutdown()
-    assert_same_parameters(ref, run_dir, atol=1e-5)
-    assert result["replicas"] == [2, 1] and result["completed"]
-    assert result["test_accuracy_per_unit"] == summary(ref)["test_accuracy_per_unit"]
 
 
 def test_torchrun_auto_replicas_fill_the_processes_and_still_match(tmp_path):

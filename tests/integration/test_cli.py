@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FAST = ["--set", "data.name=synthetic", "--set", "data.synthetic_train=128", "--set",
         "data.synthetic_test=32", "--set", "data.synthetic_shape=[1, 12, 12]", "--set", "train.batch_size=32",

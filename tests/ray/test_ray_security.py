@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.pipeline_helpers import summary
-from tests.test_ray_job import (assert_loopback, descendants, fresh_machine_env, listening_sockets,
+from tests.helpers import REPO, free_port
+from tests.helpers.runs import summary
+from tests.helpers.machine import (assert_loopback, descendants, fresh_machine_env, listening_sockets,
                                 processes_mentioning, start_head, stop_head)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]

@@ -10,7 +10,7 @@ from ffpipe.data import load_data
 from ffpipe.data import locate as locate_mod
 from ffpipe.data.cifar import read_pickle
 from ffpipe.errors import ConfigError, DataError
-from tests.data_helpers import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
+from tests.helpers.datasets import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
 
 
 @pytest.mark.parametrize("num_classes", [10, 100])

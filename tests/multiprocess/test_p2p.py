@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ffpipe.errors import PipelineError
 from ffpipe.pipeline.messages import Message, Phase, control
 from ffpipe.transport.p2p import P2PChannel, decode_header, encode_header
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 

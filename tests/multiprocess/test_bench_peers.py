@@ -14,7 +14,7 @@ from ffpipe.bench.peers import load_config, train_batches
 from ffpipe.data import load_data
 from ffpipe.ff.optim import build_optimizer
 from ffpipe.learners import build_learners
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

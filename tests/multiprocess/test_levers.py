@@ -6,7 +6,7 @@ import torch
 
 from ffpipe import config as config_mod
 from ffpipe.learners import build_learners
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+from tests.helpers.runs import EXACT, assert_same_parameters, run_ffpipe, summary
 
 ALL_LEVERS = ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=4", "algo.head=pooled",
               "algo.head_pool=2", "algo.head_depth=1", "algo.head_schedule=decreasing", "algo.aux=similarity",

@@ -14,8 +14,8 @@ from ffpipe.data.parquet import META_KEY
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.data.shards import read_split
 from ffpipe.errors import ConfigError, DataError
-from tests.conftest import needs_fashion
-from tests.data_helpers import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
+from tests.helpers import needs_fashion
+from tests.helpers.datasets import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
 
 
 def prepare(capsys, dataset: str, root, out, *extra: str) -> str:

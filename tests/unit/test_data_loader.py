@@ -11,7 +11,7 @@ from ffpipe.data.loader import channel_stats
 from ffpipe.errors import DataError
 from ffpipe.run.setup import prepare
 from ffpipe.run.stage_process import make_source
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 def small_set(n=70, shape=(3, 8, 8)):

@@ -1,6 +1,8 @@
-"""`ray job submit` against a local head from launch/ray_head.sh, on what a fresh machine has (no
-Ray token yet). The helpers here start and stop such a head and list its listening sockets;
-tests/test_ray_security.py uses them too."""
+"""This machine's processes and sockets, read from /proc: a Ray head started and stopped as a
+fresh machine would (its own HOME and temp folder), what a process tree listens on, the processes
+a test kills."""
+from __future__ import annotations
+
 import ipaddress
 import os
 import shutil
@@ -9,17 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pytest
+from tests.helpers import REPO, free_port
 
-from ffpipe.run.folder import RunFolder
-from tests.conftest import REPO, free_port
-from tests.pipeline_helpers import summary
-
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 BIN = Path(sys.executable).parent
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Ray settings a developer's shell may hold; a fresh machine has none of them.
@@ -27,39 +22,18 @@ RAY_SETTINGS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKE
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_API_SERVER_ADDRESS")
 
 
-def test_ray_job_submit_to_a_local_head(tmp_path):
-    env = fresh_machine_env(tmp_path)
-    env.update(PYTHON_ON_HEAD=sys.executable, RUN_DIR=str(tmp_path / "job-run"))
-    try:
-        start_head(env, "--num-cpus=3")
-        token = Path(env["HOME"]) / ".ray" / "auth_token"
-        assert token.stat().st_mode & 0o077 == 0, "the head's token is readable by other users"
-        api = f"http://127.0.0.1:{env['DASHBOARD_PORT']}"
-        with pytest.raises(urllib.error.HTTPError, match="401"):  # the Jobs API wants the token
-            urllib.request.urlopen(f"{api}/api/jobs/", timeout=10)
-        assert_loopback(listening_sockets(head_processes(env)))
-        done = submit(api, env)
-        assert "succeeded" in done.stdout + done.stderr
-        assert f"run folder: {tmp_path / 'job-run'}" in done.stdout
-        result = summary(tmp_path / "job-run")
-        assert result["backend"] == "ray" and result["num_stages"] == 2 and result["completed"]
-        # the same into a store every node would reach, the run named by the script
-        store = (tmp_path / "bucket").as_uri()
-        env.pop("RUN_DIR")
-        done = submit(api, env, "--set", f"run.storage={store}")
-        where = done.stdout.split("run folder: ")[-1].strip()
-        assert where.startswith(f"{store}/ray-") and RunFolder.open(where).summary()["completed"]
-    finally:
-        stop_head(env)
-
-
-def submit(api: str, env: dict, *options: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(["bash", "launch/ray_submit.sh", "--address", api, "--set", "data.name=synthetic",
-                           "--set", "train.max_steps=6", "--set", "pipeline.stages=2", "--set", "train.device=cpu",
-                           "--set", "run.plots=false", *options], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+def processes_with(*needles: str, env_needle: str | None = None) -> list[int]:
+    """Pids whose command line holds every needle (and whose environment holds env_needle)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            if all(n in cmdline for n in needles) and (
+                    env_needle is None or env_needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def fresh_machine_env(tmp_path: Path) -> dict:

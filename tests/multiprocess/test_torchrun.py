@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.pipeline_helpers import EXACT, assert_same_parameters, run_ffpipe, summary
+from tests.helpers import REPO
+from tests.helpers.runs import EXACT, assert_same_parameters, run_ffpipe, summary
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 import pytest
 
 from ffpipe.backends import train
-from tests.conftest import make_config, needs_fashion
+from tests.helpers import make_config, needs_fashion
 
 # 2,000 images per class, one pass of 300 steps, one evaluation on the full 10,000 test images.
 REAL = ["data.name=fashion_mnist", "data.train_subset=2000", "train.batch_size=64",
