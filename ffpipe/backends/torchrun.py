@@ -110,7 +110,7 @@ def _measure_link(cfg: Config, resume: Path | None, restarts: int, device) -> fl
     """Seconds per byte between ranks 0 and 1, where a new run balances its split by measured
     costs (every rank decides alike and joins the measurement)."""
     balanced = cfg.pipeline.stages > 1 and not cfg.pipeline.boundaries
-    if resume or restarts or not (balanced or cfg.pipeline.replicas == "auto"):
+    if resume or restarts or not (balanced or choice.wants_auto(cfg.pipeline)):
         return None
     return measure_link(device)
 

@@ -18,6 +18,7 @@ import sys
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
+from ffpipe.pipeline.replicas import choice
 from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
@@ -51,14 +52,15 @@ def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tupl
 
 def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:
     """N processes are N stages, unless the config gives replicas (then they say how many)."""
-    replicas = config_mod.load_tree(args.config, args.overrides).get("pipeline", {}).get("replicas")
+    pipeline = config_mod.load(args.config, args.overrides).pipeline
+    replicas = choice.listed(pipeline) or choice.wants_auto(pipeline)
     return ["pipeline.backend=torchrun"] + ([] if replicas else [f"pipeline.stages={n}"])
 
 
 def _stage_of(rank: int, folder: RunFolder) -> int:
     """The stage a rank ran (ranks are replicas of stages, stage by stage)."""
-    replicas = folder.config().pipeline.replicas
-    if isinstance(replicas, list) and replicas and sum(replicas) > rank:
+    replicas = choice.listed(folder.config().pipeline)
+    if replicas and sum(replicas) > rank:
         return Topology.of(replicas).place(rank).stage
     return rank
 
