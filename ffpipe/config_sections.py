@@ -227,6 +227,10 @@ class PipelineConfig:
     placement: str = _f("STRICT_PACK", "ray: placement-group strategy for the stage actors",
                         ("STRICT_PACK", "PACK", "SPREAD"))
     cpus_per_stage: float = _f(1.0, "ray: CPUs reserved for each stage actor")
+    elastic: bool = _f(True, "ray: when a restart finds fewer GPUs/CPU slots than the layout needs (a "
+                       "lost node), go on with what is left, units re-partitioned over fewer replicas "
+                       "or stages (what is learned is the same); the next restart uses capacity that "
+                       "came back. false: the restart waits pipeline.timeout_s for the full layout")
 
     def validate(self):
         _require(self.stages >= 1, "pipeline.stages", "must be >= 1")
@@ -266,6 +270,9 @@ class RunConfig:
     checkpoint_every: int = _f(0, "save every stage every N steps (0 = at the end of each epoch)")
     stop_after_step: int = _f(0, "stop (checkpointed) once this many steps are done, to go on "
                               "later with --resume; 0 = train to the end")
+    start_over: bool = _f(False, "with --resume: where the run has checkpoints but none is usable "
+                          "(damaged, or another model's), train it again from step 0 in the same folder "
+                          "(without it the resume stops and says so)")
 
     def validate(self):
         _require(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")

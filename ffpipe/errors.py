@@ -34,6 +34,14 @@ class DataError(FFPipeError):
     """A dataset is missing, truncated, corrupted or disagrees with the model."""
 
 
+class StorageError(FFPipeError):
+    """The run folder cannot be written (a full disk, no permission); nothing saved is lost."""
+
+
+class CheckpointError(FFPipeError):
+    """A checkpoint that does not fit the run: another model's, or the run folder's is incomplete."""
+
+
 class TrainingError(FFPipeError):
     """Training cannot go on (for example a unit's loss became non-finite)."""
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from ffpipe.config import Config
 from ffpipe.progress import Progress
 from ffpipe.run.folder import RunFolder
-from ffpipe.run.setup import RunSetup, RunStart, announce, begin_run, setup_process, stage_device
+from ffpipe.run.setup import RunSetup, setup_process, stage_device
+from ffpipe.run.start import RunStart, announce, begin_run
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import finish_run, stage_report
 from ffpipe.transport import open_channel

@@ -11,7 +11,8 @@ import ray
 
 from ffpipe import config as config_mod
 from ffpipe.data import DataInfo
-from ffpipe.run.setup import RunStart, prepare, setup_process, stage_device
+from ffpipe.run.setup import prepare, setup_process, stage_device
+from ffpipe.run.start import RunStart
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import stage_report
 from ffpipe.transport import groups

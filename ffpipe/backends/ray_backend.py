@@ -19,7 +19,8 @@ from ffpipe.errors import PipelineError
 from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
-from ffpipe.run.setup import announce, begin_run, restart_point, setup_process, stage_device
+from ffpipe.run.setup import setup_process, stage_device
+from ffpipe.run.start import announce, begin_run, restart_point
 from ffpipe.pipeline.replicas import choice
 from ffpipe.pipeline.replicas.topology import describe_topology
 from ffpipe.run.summary import finish_run, stage_reports

@@ -26,7 +26,8 @@ from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineErr
 from ffpipe.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, run_location
-from ffpipe.run.setup import announce, begin_run, prepare, setup_process, stage_device
+from ffpipe.run.setup import prepare, setup_process, stage_device
+from ffpipe.run.start import announce, begin_run
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.pipeline.profile import measure_link
 from ffpipe.pipeline.replicas import choice

@@ -18,7 +18,6 @@ import sys
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
-from ffpipe.pipeline.replicas import choice
 from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
@@ -40,29 +39,39 @@ def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
 
 def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[RunFolder, int, list[str]]:
     """The run folder every attempt uses (fixed here, so restarts find it) and max_restarts."""
-    if args.resume:
+    if args.resume:  # on N processes: the layout may change (checkpoints are keyed by unit)
         folder = RunFolder.open(args.resume)
-        return folder, folder.resume_config(args.overrides).pipeline.max_restarts, train_args
-    cfg = config_mod.load(args.config, [*_stage_sets(n, args), *args.overrides])  # as the ranks will
+        cfg = folder.resume_config(args.overrides)
+        return folder, cfg.pipeline.max_restarts, [*_sets(_stage_sets(n, cfg.pipeline)), *train_args]
+    cfg = config_mod.load(args.config, [*_stage_sets(n, _asked(args)), *args.overrides])  # as the ranks will
     if cfg.run.dir:
         return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, train_args
     run_dir = new_run_dir(cfg)
     return RunFolder(run_location(cfg, run_dir)), cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={run_dir}"]
 
 
-def _stage_sets(n: int, args: argparse.Namespace) -> list[str]:
+def _asked(args: argparse.Namespace) -> dict:
+    """The [pipeline] table the file and --set ask for (not yet checked: the stages come next)."""
+    return config_mod.load_tree(args.config, args.overrides).get("pipeline", {})
+
+
+def _stage_sets(n: int, pipeline) -> list[str]:
     """N processes are N stages, unless the config gives replicas (then they say how many)."""
-    pipeline = config_mod.load(args.config, args.overrides).pipeline
-    replicas = choice.listed(pipeline) or choice.wants_auto(pipeline)
+    replicas = pipeline.get("replicas") if isinstance(pipeline, dict) else pipeline.replicas
     return ["pipeline.backend=torchrun"] + ([] if replicas else [f"pipeline.stages={n}"])
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def _stage_of(rank: int, folder: RunFolder) -> int:
-    """The stage a rank ran (ranks are replicas of stages, stage by stage)."""
-    replicas = choice.listed(folder.config().pipeline)
-    if replicas and sum(replicas) > rank:
-        return Topology.of(replicas).place(rank).stage
-    return rank
+    """The stage a rank ran, by the layout of the attempt (ranks are replicas of stages, stage by stage)."""
+    try:
+        replicas = folder.layout()["replicas"]
+    except FFPipeError:  # the ranks failed before rank 0 chose the layout
+        return rank
+    return Topology.of(replicas).place(rank).stage if sum(replicas) > rank else rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    sets = [] if args.resume else [a for o in _stage_sets(n, args) for a in ("--set", o)]
+    sets = [] if args.resume else _sets(_stage_sets(n, _asked(args)))
     command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
                *sets, *train_args]
     attempt = recovery.Attempt.first_of(folder)

@@ -18,13 +18,14 @@ from torch import nn
 
 from ffpipe.config import Config, TrainConfig
 from ffpipe.errors import PipelineError
-from ffpipe.models import UnitShape
+from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
 from ffpipe.kernels.batchnorm import lean_batchnorms
-from ffpipe.ff.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from ffpipe.models import UnitShape
 from ffpipe.pipeline.graphed import GraphedStep, plan_graphs
 from ffpipe.pipeline.messages import Message
 from ffpipe.pipeline.meter import StageMeter
 from ffpipe.pipeline.replicas.synced import GradientSum, share_of, sync_batchnorm
+from ffpipe.pipeline.stage_state import load_unit_states, trainable, unit_states
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -91,7 +92,7 @@ class Stage:
                              replicated=replica_group is not None, training=options.training)
         # One parameter group for the whole stage: one fused optimizer launch instead of one per
         # unit (every update is per parameter, so this changes no value).
-        params = [p for p in self.learners.parameters() if p.requires_grad]
+        self._slots, params = trainable(self.learners)
         self.optimizer = build_optimizer([{"params": params}], train, device, capturable=graphs.capture)
         self.amp_dtype = autocast_dtype(train.precision, device)
         self.input_dtype = input_dtype(train.precision, learners[0], device)
@@ -218,11 +219,10 @@ class Stage:
         return self.meter.read()
 
     def state_dict(self) -> dict:
-        return {"learners": self.learners.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "unit_ids": self.unit_ids}
+        """Its position and, by unit, each unit's learner and optimizer state (stage_state.py)."""
+        return {"step": self.step, "units": unit_states(self.learners, self.optimizer, self._slots)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.learners.load_state_dict(state["learners"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
+        load_unit_states(self.learners, self.optimizer, self._slots, state["units"], state["step"])
         self.step = state["step"]
         self.meter.at_step(self.step)

@@ -1,107 +1,185 @@
-"""Per-stage checkpoints: each stage saves its learners, optimizer and position on its own.
+"""Checkpoints keyed by unit: what each unit has learned after n steps, whatever stage held it.
 
-checkpoints/stage-<k>/step-<n>.pt holds stage k after n optimizer steps (it has applied batches
-0..n-1). Stages run ahead of each other by a few batches, so each keeps its last few; a run
-resumes from the newest step that every stage has, readable.
+    checkpoints/step-<n>-units-<a>-<b>.pt   units a..b (inclusive) after n optimizer steps
 
-A checkpoint is written to a temporary name (flushed to disk where it is local) and renamed, so a
-file under its final name is whole; one that cannot be read anyway (a damaged disk, a copy cut short) is
-skipped with a warning that names it, and the run resumes from the step before. Checkpoints
-hold tensors and plain values only and load with `weights_only=True`: a run folder from someone
-else cannot run code.
+Each stage saves its units on its own, in one file: for every unit its learner's tensors and its
+optimizer state by parameter name. Every unit learns alone, so a run resumes from any step whose
+files hold every unit once (a *complete* step) on any layout: other stages, boundaries, replicas
+or backend learn bit for bit what the saving layout would have learned (CPU).
+
+Whole or absent, and proven whole: a file is written to a temporary name and renamed; before a
+step is chosen every one of its files is read in full and each record's CRC checked (torch writes
+zip archives with CRC-32s), so a flipped bit or a file cut short is named and the step before is
+taken. Files hold tensors and plain values only and load with `weights_only=True`.
+
+Retention cannot lose the common step: after saving, a stage deletes only files of steps older
+than the two newest complete steps, and only those holding its own units. Run folders of the earlier
+layout (checkpoints/stage-<k>/step-<n>.pt) are read by run/legacy.py.
 """
 from __future__ import annotations
 
 import io
 import re
+import shutil
 import sys
+import zipfile
+from dataclasses import dataclass
 
 import torch
 
-from ffpipe.errors import FFPipeError
+from ffpipe.errors import FFPipeError, StorageError
+from ffpipe.run import legacy
 from ffpipe.run.folder import RunFolder
 
-_NAME = re.compile(r"step-(\d+)\.pt$")
+FORMAT = 2
+FOLDER = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)-units-(\d+)-(\d+)\.pt$")
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]+$")
 
 
-def stage_dir(stage_id: int) -> str:
-    return f"checkpoints/stage-{stage_id}"
+@dataclass(frozen=True, order=True)
+class Saved:
+    """One checkpoint file: units first..last after `step` steps."""
+    step: int
+    first: int
+    last: int
+
+    @property
+    def name(self) -> str:
+        return f"{FOLDER}/step-{self.step:09d}-units-{self.first:04d}-{self.last:04d}.pt"
+
+    @property
+    def units(self) -> range:
+        return range(self.first, self.last + 1)
 
 
-def checkpoint_name(stage_id: int, step: int) -> str:
-    """Its name inside the run folder."""
-    return f"{stage_dir(stage_id)}/step-{step:09d}.pt"
+def saved(folder: RunFolder) -> list[Saved]:
+    """Every checkpoint file in the run folder, oldest first."""
+    return sorted(Saved(*map(int, m.groups())) for n in folder.store.list(FOLDER) if (m := _NAME.match(n)))
 
 
-def saved_steps(folder: RunFolder, stage_id: int) -> list[int]:
-    return sorted(int(m.group(1)) for name in folder.store.list(stage_dir(stage_id)) if (m := _NAME.search(name)))
+def complete_steps(files: list[Saved], num_units: int) -> dict[int, list[Saved]]:
+    """The steps whose files hold every unit exactly once, with those files."""
+    by_step: dict[int, list[Saved]] = {}
+    for f in files:
+        by_step.setdefault(f.step, []).append(f)
+    return {step: fs for step, fs in by_step.items()
+            if sorted(u for f in fs for u in f.units) == list(range(num_units))}
 
 
-def save_stage(folder: RunFolder, stage_id: int, state: dict, epoch: int, keep: int = 3) -> str:
-    """Write whole or not at all (the store's temporary name, then a rename), then drop all but
-    the newest `keep`."""
-    step = state["step"]
-    name = checkpoint_name(stage_id, step)
-    record = {**state, "stage_id": stage_id, "epoch": epoch, "last_step_applied": step - 1}
-    folder.store.write(name, lambda f: torch.save(record, f))
-    for old in saved_steps(folder, stage_id)[:-keep]:
-        folder.store.delete(checkpoint_name(stage_id, old))
-    return name
+def save_units(folder: RunFolder, step: int, epoch: int, units: dict[int, dict], num_units: int) -> str:
+    """Write a stage's units after `step` steps (whole or not at all), then drop what retention allows."""
+    file = Saved(step, min(units), max(units))
+    record = {"format": FORMAT, "step": step, "epoch": epoch, "units": units}
+    try:
+        folder.store.write(file.name, lambda f: torch.save(record, f))
+    except (OSError, RuntimeError) as err:
+        raise StorageError(_unwritable(folder, file.name, err)) from None
+    prune(folder, file.units, num_units)
+    return file.name
 
 
-def load_stage(folder: RunFolder, stage_id: int, step: int, map_location="cpu", mmap: bool = False) -> dict:
-    """Stage `stage_id` after `step` steps; with `mmap` (a local folder) the tensors stay on disk
-    until used."""
-    name, store = checkpoint_name(stage_id, step), folder.store
-    if not store.exists(name):
-        raise FFPipeError(f"no checkpoint of stage {stage_id} at step {step} in {folder}/checkpoints; "
-                          "the run folder is incomplete (was the run stopped before its first checkpoint?)")
+def _unwritable(folder: RunFolder, name: str, err: BaseException) -> str:
+    """Why a checkpoint could not be written, in one line: the path, and the free space."""
+    cause = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    local = folder.store.local_path(name)
+    free = ""
+    if local is not None:
+        usage = shutil.disk_usage(next(p for p in local.parents if p.exists()))
+        free = f"; {usage.free / 2**20:,.0f} MiB free of {usage.total / 2**30:,.1f} GiB on its disk"
+        if usage.free < 64 * 2**20:
+            cause = f"the disk is full ({cause})"
+    return (f"cannot write checkpoint {folder}/{name}: {cause}{free}; make room (or move run.dir) and "
+            f"go on with ffpipe train --resume {folder}")
+
+
+def prune(folder: RunFolder, mine: range, num_units: int) -> None:
+    """Delete files that hold any of `mine`, of steps older than the two newest complete steps
+    (the older of them is there in case a file of the newer one turns out damaged). A complete
+    step any stage has seen is deleted only by one that has seen two newer ones."""
+    files = saved(folder)
+    complete = sorted(complete_steps(files, num_units))
+    if not complete:
+        return
+    keep_from = complete[-2] if len(complete) > 1 else complete[-1]
+    for f in files:
+        if f.step < keep_from and set(f.units) & set(mine):
+            folder.store.delete(f.name)
+
+
+def discard_after(folder: RunFolder, step: int) -> None:
+    """Before an attempt that starts after `step` steps: the files of later steps (none of them
+    complete, or they would have been chosen; the attempt writes them again, perhaps on another
+    layout) and the temporaries of writers that were killed."""
+    for f in saved(folder):
+        if f.step > step:
+            folder.store.delete(f.name)
+    for name in folder.store.list(FOLDER):
+        if _TEMPORARY.search(name):
+            folder.store.delete(f"{FOLDER}/{name}")
+
+
+def resume_step(folder: RunFolder, num_units: int) -> int | None:
+    """The newest complete step whose files are all whole (None: there is none). A damaged file
+    is named in a warning and the step before is tried."""
+    complete = complete_steps(saved(folder), num_units)
+    if not complete:
+        return legacy.resume_step(folder, num_units, _whole)
+    for step in sorted(complete, reverse=True):
+        damaged = [f for f in complete[step] if not _whole(folder, f.name)]
+        if not damaged:
+            return step
+        print(f"ffpipe: warning: checkpoint {folder}/{damaged[0].name} is damaged (a CRC or the archive "
+              "does not check out); resuming from the step before", file=sys.stderr)
+    return None
+
+
+def has_checkpoints(folder: RunFolder) -> bool:
+    """Whether the run has saved any checkpoint (usable or not)."""
+    return bool(saved(folder)) or legacy.has_checkpoints(folder)
+
+
+def _whole(folder: RunFolder, name: str) -> bool:
+    """Every byte read and every record's CRC-32 checked (zipfile.testzip), and safe to load."""
+    try:
+        data = folder.store.read_bytes(name)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if archive.testzip() is not None:
+                return False
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return True
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is not a usable checkpoint
+        return False
+
+
+def read_units(folder: RunFolder, step: int, wanted: list[int] | range, map_location="cpu",
+               trainable=None) -> dict[int, dict]:
+    """The units `wanted` after `step` steps: {unit: {"learner": tensors, "optimizer": {parameter
+    name: state}}}. `trainable(unit)`: its parameters the optimizer holds, in order (needed only to
+    name the optimizer states of the earlier layout's files)."""
+    files = [f for f in saved(folder) if f.step == step]
+    if files:
+        out = {}
+        for f in files:
+            if set(f.units) & set(wanted):
+                out.update(_load(folder, f.name, map_location)["units"])
+    else:
+        out = legacy.read_units(folder, step, wanted, trainable, map_location)
+    missing = sorted(set(wanted) - set(out))
+    if missing:
+        raise FFPipeError(f"{folder}: no checkpoint holds unit(s) {missing} at step {step}; the run "
+                          "folder is incomplete")
+    return {u: out[u] for u in wanted}
+
+
+def _load(folder: RunFolder, name: str, map_location) -> dict:
+    store = folder.store
     local = store.local_path(name)
     try:
         if local is not None:
-            return torch.load(local, map_location=map_location, weights_only=True, mmap=mmap)
+            return torch.load(local, map_location=map_location, weights_only=True)
         # whole, in one read: torch.load's many small reads would each be a request to the store
         return torch.load(io.BytesIO(store.read_bytes(name)), map_location=map_location, weights_only=True)
     except Exception as err:  # a damaged file or one holding code: name it, no pickle traceback
         raise FFPipeError(f"checkpoint {folder}/{name} cannot be read ({str(err).splitlines()[0][:200]}); "
                           "delete it to fall back to the one before") from None
-
-
-def unit_states(folder: RunFolder, step: int) -> dict[int, dict]:
-    """Every unit's tensors (its learner's: body, head, aux) after `step` steps, keyed by unit,
-    whatever stages held them: what evaluation, transfer and the tests load."""
-    units = {}
-    for k in range(len(folder.partition())):
-        state = load_stage(folder, k, step)
-        for i, unit in enumerate(state["unit_ids"]):
-            prefix = f"{i}."  # the stage's learners are a ModuleList: '<its index>.<name>'
-            units[unit] = {name[len(prefix):]: t for name, t in state["learners"].items() if name.startswith(prefix)}
-    return units
-
-
-def resume_step(folder: RunFolder, num_stages: int) -> int | None:
-    """The newest step every stage has a readable checkpoint of (None: there is none).
-
-    A step whose checkpoint of some stage cannot be read is skipped with a warning naming the
-    file, and the step before is tried: a run killed while saving resumes, a little earlier.
-    """
-    common = set(saved_steps(folder, 0))
-    for k in range(1, num_stages):
-        common &= set(saved_steps(folder, k))
-    for step in sorted(common, reverse=True):
-        bad = [k for k in range(num_stages) if not _readable(folder, k, step)]
-        if not bad:
-            return step
-        print(f"ffpipe: warning: checkpoint {folder}/{checkpoint_name(bad[0], step)} cannot be read; "
-              "resuming from the step before", file=sys.stderr)
-    return None
-
-
-def _readable(folder: RunFolder, stage_id: int, step: int) -> bool:
-    """Whole and safe to load: its index and every record it names parse (on a local disk
-    without reading the tensors in: each stage process loads its own checkpoint afterwards)."""
-    try:
-        load_stage(folder, stage_id, step, mmap=True)
-        return True
-    except FFPipeError:
-        return False

@@ -1,8 +1,9 @@
 """The run folder: the one place that knows where a run keeps what.
 
     <run>/config.toml              the resolved config (ffpipe train --config <run>/config.toml repeats it)
-    <run>/partition.json           the stage split: the first unit of every stage
-    <run>/checkpoints/stage-<k>/   stage k's checkpoints (run/checkpoints.py)
+    <run>/partition.json           the layout: the first unit of every stage, the replicas, and
+                                   every earlier layout of the run ("history", from which step)
+    <run>/checkpoints/             step-<n>-units-<a>-<b>.pt: units a..b after n steps (run/checkpoints.py)
     <run>/metrics/stage-<k>.parquet  each stage's metric rows; merged into <run>/metrics.parquet
     <run>/history.jsonl            every evaluation, written as it happens
     <run>/failures.jsonl           every stage failure of the run (what automatic restarts read)
@@ -26,11 +27,12 @@ from ffpipe.config import Config
 from ffpipe.errors import ConfigError, FFPipeError
 from ffpipe.run.store import Store, is_uri, join
 
-# What may change when a run is resumed: nothing that changes the arithmetic, the stage split
-# or where the run is.
+# What may change when a run is resumed: nothing that changes the arithmetic or where the run is.
+# The layout may (checkpoints are keyed by unit: every layout learns the same).
 RESUMABLE_SECTIONS = ("run.",)
 FIXED_RUN_KEYS = {"run.dir", "run.storage"}
 RESUMABLE_KEYS = {"pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backend", "pipeline.transport",
+                  "pipeline.stages", "pipeline.boundaries", "pipeline.elastic",
                   "pipeline.ray_tensor_transport", "pipeline.address", "pipeline.placement",
                   "pipeline.cpus_per_stage", "pipeline.max_restarts", "pipeline.replicas",
                   "train.log_every"}
@@ -96,15 +98,33 @@ class RunFolder:
     def __str__(self) -> str:
         return self.location
 
-    # -- the stage split ---------------------------------------------------------------------
-    def write_partition(self, starts: list[int]) -> None:
-        self.store.write_text("partition.json", json.dumps({"starts": starts}) + "\n")
+    # -- the layout: stage split and replicas ---------------------------------------------------
+    def write_partition(self, starts: list[int], replicas=(), step: int = 0) -> None:
+        """The layout from `step` on; partition.json keeps every earlier one under "history"."""
+        history = self._partition().get("history", []) if self.store.exists("partition.json") else []
+        layout = {"starts": list(starts), "replicas": list(replicas or [1] * len(starts))}
+        history.append({"step": step, **layout})
+        self.store.write_text("partition.json", json.dumps({**layout, "history": history}) + "\n")
 
     def partition(self) -> list[int]:
+        """The stage split: the first unit of every stage."""
+        return self._partition()["starts"]
+
+    def layout(self) -> dict:
+        """{"starts", "replicas", "history"}: the run's layout now (replicas: one each by default)."""
+        saved = self._partition()
+        return {**saved, "replicas": saved.get("replicas") or [1] * len(saved["starts"]),
+                "history": saved.get("history") or [{"step": 0, "starts": saved["starts"]}]}
+
+    def _partition(self) -> dict:
         if not self.store.exists("partition.json"):
             raise FFPipeError(f"{self} has no partition.json: the run stopped before its stages "
                               "were chosen; start it again instead of resuming it")
-        return json.loads(self.store.read_text("partition.json"))["starts"]
+        return json.loads(self.store.read_text("partition.json"))
+
+    def record_layout(self, attempt: int, step: int, change: str) -> None:
+        """A layout change in failures.jsonl, beside the failures that caused it (never a cause)."""
+        self.record_failure(None, step, change, attempt, secondary=True, layout=True)
 
     # -- metrics and evaluations ------------------------------------------------------------
     def write_stage_metrics(self, stage_id: int, rows: list[dict]) -> None:
@@ -115,6 +135,21 @@ class RunFolder:
     def read_stage_metrics(self, stage_id: int, up_to_step: int) -> list[dict]:
         """The rows a stage had logged up to `up_to_step`: what a resumed stage starts from."""
         return [r for r in self._read_metrics([_stage_metrics(stage_id)]) if r["step"] <= up_to_step]
+
+    def regroup_metrics(self, starts: list[int], num_units: int) -> None:
+        """The stages' metric files after a layout change: each new stage's file holds the rows
+        of its units (the rows keep the stage that logged them)."""
+        from ffpipe.metrics import rows_to_parquet
+
+        names = [f"metrics/{n}" for n in self.store.list("metrics") if n.startswith("stage-")]
+        rows = self._read_metrics(names)
+        ends = [*starts[1:], num_units]
+        for k, (first, end) in enumerate(zip(starts, ends)):
+            mine = [r for r in rows if first <= r["unit"] < end]
+            self.store.write_bytes(_stage_metrics(k), rows_to_parquet(mine))
+        for name in names:
+            if name not in {_stage_metrics(k) for k in range(len(starts))}:
+                self.store.delete(name)
 
     def merge_metrics(self, num_stages: int, extra_rows: list[dict]) -> list[dict]:
         from ffpipe.metrics import rows_to_parquet
@@ -136,9 +171,11 @@ class RunFolder:
 
     # -- failures and restarts ----------------------------------------------------------------
     def record_failure(self, stage_id: int | None, step: int | None, cause: str, attempt: int,
-                       secondary: bool = False) -> dict:
+                       secondary: bool = False, layout: bool = False) -> dict:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "attempt": attempt, "stage": stage_id,
                  "step": step, "cause": cause, "secondary": secondary}
+        if layout:
+            entry["layout"] = True
         self.store.append_line("failures.jsonl", json.dumps(entry))
         return entry
 

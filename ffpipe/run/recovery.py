@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ffpipe.errors import ConfigError, DataError, NeighbourError, PipelineError
+from ffpipe.errors import CheckpointError, ConfigError, DataError, NeighbourError, PipelineError, StorageError
 from ffpipe.run.folder import RunFolder
 
 
@@ -30,8 +30,9 @@ class StageFailed(PipelineError):
 
     @classmethod
     def of(cls, stage_id: int, step: int, err: BaseException) -> "StageFailed":
-        # Bad config or data fails every attempt the same way: not worth a restart.
-        user = isinstance(err, (ConfigError, DataError))
+        # Bad config, data or checkpoints, or a full disk, fail every attempt the same way: not
+        # worth a restart.
+        user = isinstance(err, (ConfigError, DataError, CheckpointError, StorageError))
         return cls(stage_id, step, describe(err), isinstance(err, NeighbourError), user)
 
     def __str__(self) -> str:
@@ -82,7 +83,7 @@ def record(folder: RunFolder, failure: StageFailed, attempt: int) -> dict:
 
 
 def root_cause(failures: list[dict], attempt: int) -> dict | None:
-    mine = [f for f in failures if f["attempt"] == attempt]
+    mine = [f for f in failures if f["attempt"] == attempt and not f.get("layout")]
     primary = [f for f in mine if not f.get("secondary")]
     return (primary or mine or [None])[0]
 

@@ -1,9 +1,8 @@
-"""Setting a run up, or picking it up again: its pieces (data, learners, plan, stage split), where
-it starts (a new folder at step 0, or the newest step every stage has checkpointed), and the
-per-process numerics every stage process applies first."""
+"""Setting a run up: its pieces (data, learners, plan, stage split and replicas, on measured
+costs), transfer from another run's bodies, and the per-process numerics every stage process
+applies first. Where the run starts (a new folder, or a run folder's checkpoints): run/start.py."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -12,19 +11,18 @@ from torch import nn
 from ffpipe.baselines.classic_ff import input_transform
 from ffpipe.config import Config
 from ffpipe.data import DataBundle, DataInfo, load_data
-from ffpipe.errors import ConfigError, FFPipeError
+from ffpipe.errors import ConfigError
 from ffpipe.learners import build_learners
 from ffpipe.models import dry_run
+from ffpipe.pipeline.graphed import plan_graphs
 from ffpipe.pipeline.partition import stage_ranges, stage_starts
 from ffpipe.pipeline.profile import boundary_bytes, measure_learner_costs, measure_loader_cost
-from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
-from ffpipe.pipeline.graphed import plan_graphs
-from ffpipe.pipeline.stage import input_dtype
 from ffpipe.pipeline.replicas import choice
-from ffpipe.pipeline.replicas.topology import Topology
-from ffpipe.run.checkpoints import resume_step, unit_states
+from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
+from ffpipe.pipeline.stage import input_dtype
+from ffpipe.run.checkpoints import read_units, resume_step
 from ffpipe.run.folder import RunFolder
-from ffpipe.run.recovery import Attempt
+
 
 @dataclass
 class RunSetup:
@@ -44,20 +42,6 @@ class RunSetup:
 
     def unit_range(self, stage_id: int) -> range:
         return stage_ranges(self.starts, len(self.learners))[stage_id]
-
-
-@dataclass
-class RunStart:
-    """Where a run begins, as every stage process needs to know it (small, picklable)."""
-    folder: RunFolder
-    start_step: int
-    starts: list[int]
-    attempt: Attempt = Attempt()  # its number in failures.jsonl; one more for each automatic restart
-    replicas: tuple[int, ...] = ()  # per stage ((): one each)
-
-    @property
-    def topology(self) -> Topology:
-        return Topology.of(self.replicas or [1] * len(self.starts))
 
 
 def setup_process(cfg: Config) -> None:
@@ -133,45 +117,6 @@ def choose_replicas(setup: RunSetup, processes: int | None) -> tuple[int, ...]:
     return replicas
 
 
-def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.device | None,
-              attempt: Attempt | None = None, processes: int | None = None,
-              link: float | None = None) -> tuple[RunSetup, RunStart]:
-    """Coordinator side: load the data, choose (or read back) the stage split and the replicas
-    (over `processes` for 'auto'), make the folder (a new run) or find the step to go on from
-    (a resumed or restarted one). `attempt` None: the first of a new session on `resume`."""
-    attempt = attempt if attempt is not None else Attempt.first_of(resume)
-    if resume is None:
-        setup = prepare(cfg, profile_device=profile_device, link=link)  # before the folder: bad data leaves nothing
-        replicas = choose_replicas(setup, processes)
-        folder = RunFolder.create(cfg)
-        folder.write_partition(setup.starts)
-        return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
-    starts = resume.partition()
-    setup = prepare(cfg, starts=starts)
-    # Replicas learn as their unreplicated stage does, so a run may resume with other counts.
-    replicas = choose_replicas(setup, processes)
-    step = resume_step(resume, setup.num_stages) or 0
-    if step >= setup.plan.total_steps:
-        raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")
-    return setup, RunStart(resume, step, starts, attempt, replicas)
-
-
-def restart_point(setup: RunSetup, start: RunStart) -> RunStart:
-    """The next attempt of a failed run: from the newest step every stage has checkpointed."""
-    return RunStart(start.folder, resume_step(start.folder, setup.num_stages) or 0, start.starts,
-                    start.attempt.next(), start.replicas)
-
-
-def announce(start: RunStart, detail: str = "") -> None:
-    """The one line every backend prints when a run starts, resumes or restarts."""
-    where = f"ffpipe: run folder {start.folder}" + (f", {detail}" if detail else "")
-    if start.start_step:
-        where += f"; resuming at step {start.start_step}"
-    elif start.attempt.restarts:
-        where += "; restarting from the beginning (no checkpoint yet)"
-    print(where, file=sys.stderr, flush=True)
-
-
 def load_bodies(learners: list[nn.Module], cfg: Config) -> None:
     """Transfer: the unit bodies of the run in `train.init_from` (its newest checkpoints); heads
     and the BP classifier keep their fresh initialisation, for the new task."""
@@ -183,9 +128,9 @@ def load_bodies(learners: list[nn.Module], cfg: Config) -> None:
                               f"this run's {getattr(cfg.model, key)!r}; they must be the same model")
     if (theirs.algo.name == "bp") != (cfg.algo.name == "bp"):
         raise ConfigError("train.init_from: BP bodies transfer to BP runs and unit bodies to SFF/FF runs")
-    step = resume_step(source, len(source.partition()))
+    step = resume_step(source, len(learners))
     if step is None:
-        raise ConfigError(f"train.init_from = {source} has no checkpoint that every stage can read")
-    for unit, state in unit_states(source, step).items():
-        body = {name[len("body."):]: t for name, t in state.items() if name.startswith("body.")}
+        raise ConfigError(f"train.init_from = {source} has no complete checkpoint whose files are whole")
+    for unit, state in read_units(source, step, range(len(learners))).items():
+        body = {name[len("body."):]: t for name, t in state["learner"].items() if name.startswith("body.")}
         learners[unit].body.load_state_dict(body)

@@ -20,10 +20,11 @@ from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.source import DataSource
 from ffpipe.pipeline.stage import Stage, StageOptions, input_dtype
-from ffpipe.run.checkpoints import load_stage, save_stage
+from ffpipe.run.checkpoints import read_units, save_units
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
-from ffpipe.run.setup import RunSetup, RunStart
+from ffpipe.run.setup import RunSetup
+from ffpipe.run.start import RunStart
 
 
 def stage_input_shape(setup: RunSetup, stage_id: int) -> UnitShape | None:
@@ -48,14 +49,18 @@ def open_stage(setup: RunSetup, start: RunStart, stage_id: int, device: torch.de
     `replica_group`: the process group of its replicas, if it has several."""
     stage = build_stage(setup, stage_id, device, replica_group)
     logger = StageLogger(stage)
-    if start.start_step:
-        state = load_stage(start.folder, stage_id, start.start_step, map_location=device)
-        if state["unit_ids"] != stage.unit_ids:
-            raise FFPipeError(f"checkpoint of stage {stage_id} holds units {state['unit_ids']}, "
-                              f"the stage now has {stage.unit_ids}: the stage split changed")
-        stage.load_state_dict(state)
+    if start.start_step:  # its units as saved, by whichever stages held them then
+        units = read_units(start.folder, start.start_step, stage.unit_ids, device, trainable_names(setup))
+        stage.load_state_dict({"step": start.start_step, "units": units})
         logger.rows = start.folder.read_stage_metrics(stage_id, start.start_step)
     return stage, logger
+
+
+def trainable_names(setup: RunSetup):
+    """unit -> the names of its parameters a stage's optimizer holds (its body's too unless frozen)."""
+    frozen = setup.cfg.train.freeze_bodies
+    return lambda unit: [name for name, _ in setup.learners[unit].named_parameters()
+                         if not (frozen and name.startswith("body."))]
 
 
 def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
@@ -95,20 +100,16 @@ def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None,
 def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopConfig:
     """How often the loop logs and saves; `folder` None: nothing is saved (evaluation)."""
     cfg = setup.cfg
-    every = cfg.run.checkpoint_every
-    # Stage 0 can be ahead of the last stage by about stages * (queue_depth + 1) batches: keep
-    # enough checkpoints that the slowest stage's newest one is still there in every stage.
-    ahead = setup.num_stages * (cfg.pipeline.queue_depth + 1)
-    keep = 2 + (-(-ahead // every) if every else 1)
 
     def save(logger: StageLogger, epoch: int) -> None:
-        """The stage and its metric rows, so that a crash loses neither."""
+        """The stage's units and its metric rows, so that a crash loses neither."""
         stage = logger.stage
         stage.sync("a checkpoint")
-        save_stage(folder, stage.stage_id, stage.state_dict(), epoch, keep)
+        state = stage.state_dict()
+        save_units(folder, state["step"], epoch, state["units"], setup.plan.num_units)
         folder.write_stage_metrics(stage.stage_id, logger.rows)
 
-    return LoopConfig(cfg.train.log_every, every, save if folder is not None else None, on_log)
+    return LoopConfig(cfg.train.log_every, cfg.run.checkpoint_every, save if folder is not None else None, on_log)
 
 
 def open_inbox(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link):

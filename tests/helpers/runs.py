@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.run.checkpoints import load_stage, resume_step, saved_steps, unit_states
+from ffpipe.run.checkpoints import read_units, resume_step, saved
 from ffpipe.run.folder import RunFolder
 from tests.helpers import REPO
 
@@ -77,29 +77,31 @@ def launch(args: list[str], **env: str) -> subprocess.Popen:
 
 
 def wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):
-    """Wait until stage `stage_id` of the run in `run_dir` has checkpointed `step` or a later step;
-    fail if the run (`proc`) ends first."""
-    folder = run_dir / "checkpoints" / f"stage-{stage_id}"
+    """Wait until stage `stage_id` of the run in `run_dir` has checkpointed `step` or a later step
+    (a file holding the stage's first unit); fail if the run (`proc`) ends first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if folder.is_dir() and any(int(p.stem.split("-")[1]) >= step for p in folder.glob("step-*.pt")):
-            return
+        if (run_dir / "partition.json").exists():
+            first = json.loads((run_dir / "partition.json").read_text())["starts"][stage_id]
+            if any(f.step >= step and first in f.units for f in saved(RunFolder(run_dir))):
+                return
         assert proc.poll() is None, f"the run ended before step {step}: {proc.communicate()[1][-3000:]}"
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint of stage {stage_id} at step {step} within {timeout} s")
 
 
+def newest_units(run_dir: Path) -> tuple[int, dict]:
+    """The newest complete step of a run and every unit's state at it ({"learner", "optimizer"})."""
+    folder = RunFolder.open(run_dir)
+    num_units = max(f.last for f in saved(folder)) + 1
+    step = resume_step(folder, num_units)
+    return step, read_units(folder, step, range(num_units))
+
+
 def final_parameters(run_dir: Path) -> list[torch.Tensor]:
-    """Every stage's learner tensors (weights, BN buffers) at the newest common checkpoint."""
-    folder = RunFolder.open(run_dir)
-    units = unit_states(folder, resume_step(folder, len(folder.partition())))
-    return [t for unit in sorted(units) for t in units[unit].values()]
-
-
-def newest_state(run_dir: Path, stage_id: int) -> dict:
-    """Stage `stage_id`'s newest checkpoint."""
-    folder = RunFolder.open(run_dir)
-    return load_stage(folder, stage_id, saved_steps(folder, stage_id)[-1])
+    """Every unit's learner tensors (weights, BN buffers) at the newest complete step, unit by unit."""
+    _, units = newest_units(run_dir)
+    return [t for unit in sorted(units) for t in units[unit]["learner"].values()]
 
 
 def assert_same_parameters(a: Path, b: Path, atol: float = 0.0) -> None:

@@ -12,7 +12,7 @@ from ffpipe.errors import FFPipeError
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import StageFailed
 from tests.helpers import make_config
-from tests.helpers.runs import assert_same_parameters, newest_state
+from tests.helpers.runs import assert_same_parameters, final_parameters, newest_units
 
 
 def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
@@ -33,7 +33,7 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in train_rows)
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
         "test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
-    assert newest_state(run_dir, 0)["step"] == 16 and summary["completed"]
+    assert newest_units(run_dir)[0] == 16 and summary["completed"]
     # eval reads the checkpoints back and finds the same accuracies
     result = evaluate(run_dir)
     assert result["test_accuracy"] == summary["test_accuracy"]
@@ -63,20 +63,13 @@ def test_every_algorithm_learns_the_synthetic_classes(tmp_path, algo, model, gra
     assert summary["test_accuracy"] > 0.8, summary["history"]
 
 
-def _params(run_dir, num_stages):
-    tensors = []
-    for k in range(num_stages):
-        tensors += list(newest_state(run_dir, k)["learners"].values())
-    return tensors
-
-
 def test_stages_as_threads_give_the_parameters_of_the_sequential_trainer(tmp_path):
     runs = {}
     for stages, extra in ((1, []), (3, ["pipeline.boundaries=[2, 5]"])):
         cfg = make_config("model.granularity=layer", f"pipeline.stages={stages}", *extra,
                           "train.max_steps=6", f"run.dir={tmp_path / str(stages)}")
         run_dir, summary = train(cfg)
-        runs[stages] = (_params(run_dir, stages), summary)
+        runs[stages] = (final_parameters(run_dir), summary)
     assert len(runs[1][0]) == len(runs[3][0])
     assert all(torch.equal(a, b) for a, b in zip(runs[1][0], runs[3][0]))
     assert runs[1][1]["test_accuracy_per_unit"] == runs[3][1]["test_accuracy_per_unit"]

@@ -6,11 +6,11 @@ from ffpipe.backends import train
 from ffpipe.errors import ConfigError
 from ffpipe.report import report
 from tests.helpers import make_config
-from tests.helpers.runs import newest_state
+from tests.helpers.runs import newest_units
 
 
 def _bodies(run_dir):
-    state = newest_state(run_dir, 0)["learners"]
+    state = {f"{u}.{k}": v for u, s in newest_units(run_dir)[1].items() for k, v in s["learner"].items()}
     return {k: v for k, v in state.items() if ".body." in k}, {k: v for k, v in state.items() if ".head." in k or "classifier" in k}
 
 

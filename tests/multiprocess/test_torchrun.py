@@ -1,5 +1,6 @@
 """The torchrun backend on CPU (gloo): bit-identical to the sequential trainer, resumable, and a
 failing stage ends the run with its name."""
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,29 @@ def test_a_failing_stage_ends_the_run_with_its_name(tmp_path):
                       check=False, timeout=120)
     assert done.returncode != 0
     assert "became non-finite" in done.stderr and "(stage " in done.stderr
+
+
+def test_a_run_goes_on_on_other_layouts_and_backends_and_learns_the_same_bit_for_bit(tmp_path):
+    """Checkpoints are keyed by unit: 2 torchrun stages, then 3, then the sequential trainer."""
+    common = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=2",
+                      "run.checkpoint_every=2"]  # 12 steps
+    whole = tmp_path / "whole"
+    run_ffpipe(common + [f"run.dir={whole}"])
+    run = tmp_path / "run"
+    run_ffpipe(common + [f"run.dir={run}", "run.stop_after_step=4"], stages=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
+    three = subprocess.run(["bash", "launch/torchrun.sh", "3", "--resume", str(run), "--set", "run.stop_after_step=8"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert three.returncode == 0, three.stderr[-3000:]
+    assert "resuming at step 4" in three.stderr and "layout 2 stage(s)" in three.stderr
+    assert summary(run)["num_stages"] == 3 and summary(run)["steps"] == 8
+    run_ffpipe(["pipeline.backend=local", "pipeline.stages=1"], resume=run)
+    assert_same_parameters(whole, run)
+    layouts = json.loads((run / "partition.json").read_text())["history"]
+    assert [(h["step"], len(h["starts"])) for h in layouts] == [(0, 2), (4, 3), (8, 1)]
+    changes = [f for f in map(json.loads, (run / "failures.jsonl").read_text().splitlines()) if f.get("layout")]
+    assert [c["step"] for c in changes] == [4, 8]
+    assert sorted(p.name for p in (run / "metrics").iterdir()) == ["stage-0.parquet"]  # regrouped
+    s = summary(run)
+    assert s["completed"] and s["num_stages"] == 1
+    assert [h["test_accuracy"] for h in s["history"]] == [h["test_accuracy"] for h in summary(whole)["history"]]

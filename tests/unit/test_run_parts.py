@@ -15,7 +15,6 @@ from ffpipe.config import PipelineConfig, TrainConfig
 from ffpipe.errors import FFPipeError, NeighbourError
 from ffpipe.ff.optim import lr_at
 from ffpipe.pipeline.messages import control, Phase
-from ffpipe.run.checkpoints import checkpoint_name, load_stage, resume_step, save_stage, saved_steps
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import Attempt, StageFailed, restart_verdict, root_cause
 from ffpipe.transport import open_channel
@@ -52,35 +51,6 @@ def test_a_thread_channel_stops_waiting_when_another_stage_failed():
 
 def _folder(tmp_path) -> RunFolder:
     return RunFolder.create(make_config(f"run.dir={tmp_path / 'run'}"))
-
-
-def _state(step: int) -> dict:
-    return {"step": step, "learners": {"w": torch.full((2,), float(step))}, "unit_ids": [0]}
-
-
-def test_checkpoints_keep_the_newest_few_and_load_only_tensors_and_plain_values(tmp_path):
-    folder = _folder(tmp_path)
-    for step in (2, 4, 6, 8):
-        save_stage(folder, 0, _state(step), epoch=0, keep=3)
-    assert saved_steps(folder, 0) == [4, 6, 8]
-    assert not list((folder.path / checkpoint_name(0, 8)).parent.glob("*.tmp*"))
-    assert load_stage(folder, 0, 8)["learners"]["w"].tolist() == [8.0, 8.0]
-    with open(folder.path / checkpoint_name(0, 10), "wb") as f:  # a "checkpoint" that would run code
-        pickle.dump({"step": 10, "hook": print}, f)
-    with pytest.raises(FFPipeError, match=r"step-000000010.pt cannot be read"):
-        load_stage(folder, 0, 10)
-
-
-def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
-    folder = _folder(tmp_path)
-    for stage_id in (0, 1):
-        for step in (4, 8):
-            save_stage(folder, stage_id, _state(step), epoch=0)
-    path = folder.path / checkpoint_name(1, 8)
-    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
-    assert resume_step(folder, 2) == 4
-    assert f"checkpoint {path} cannot be read; resuming from the step before" in capsys.readouterr().err
-    assert resume_step(folder, 3) is None  # stage 2 has none
 
 
 def _failure(attempt, stage=1, step=30, cause="TrainingError: non-finite", secondary=False):

@@ -162,24 +162,6 @@ def test_a_stage_refuses_activations_shaped_for_another_model():
         stage.train_step(good.replace(x=torch.randn(2, 8, 16, 16)))
 
 
-def test_a_checkpoint_with_one_optimizer_group_per_unit_still_loads():
-    """Stages once kept a parameter group per unit; their checkpoints resume into one group."""
-    cfg, learners = _learners("train.optimizer=adamw")
-    stage = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
-    _train([stage], [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))])
-    state = copy.deepcopy(stage.state_dict())
-    sizes = [len([p for p in l.parameters()]) for l in stage.learners]
-    flat = state["optimizer"]["param_groups"][0]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    state["optimizer"]["param_groups"] = [{**flat, "params": flat["params"][a:a + n]}
-                                          for a, n in zip(starts, sizes)]
-    resumed = Stage(0, copy.deepcopy(learners), StageOptions.of(cfg), 10, torch.device("cpu"))
-    resumed.load_state_dict(state)
-    for p, q in zip(stage.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
-        assert all(torch.equal(p[k], q[k]) for k in p)
-    assert len(resumed.optimizer.param_groups) == 1 and resumed.step == 1
-
-
 def test_cuda_graphs_are_decided_in_one_place_for_every_case():
     from ffpipe.errors import ConfigError
     from ffpipe.pipeline.graphed import GRAPH_MAX_STEP_S, plan_graphs
