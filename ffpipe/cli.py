@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except FFPipeError as err:
         say_error(f"ffpipe: error: {err}")  # under torchrun: from rank 0 only
         return USER_ERROR_EXIT
-    except KeyboardInterrupt:
-        print("ffpipe: interrupted; a run goes on from its newest checkpoints with "
-              "ffpipe train --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        again = f"{err.again} {err.folder}" if hasattr(err, "folder") else "ffpipe train --resume RUN_DIR"
+        print(f"ffpipe: interrupted; the run goes on from its newest checkpoints with: {again}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `ffpipe train --help-config | head`: the reader has gone
         sys.stderr.close()

@@ -13,7 +13,7 @@ from ffpipe.config import Config
 from ffpipe.progress import Progress
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import RunSetup, setup_process, stage_device
-from ffpipe.run.start import RunStart, announce, begin_run
+from ffpipe.run.start import RunStart, announce, begin_run, interrupted_names
 from ffpipe.run.stage_process import run_one_stage
 from ffpipe.run.summary import finish_run, stage_report
 from ffpipe.transport import open_channel
@@ -27,7 +27,8 @@ def train_local(cfg: Config, resume: Path | None) -> tuple[Path, dict]:
     announce(start)
     progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
     t0 = time.perf_counter()
-    reports, history = run_local(setup, start, progress.update, progress.result)
+    with interrupted_names(start.folder):
+        reports, history = run_local(setup, start, progress.update, progress.result)
     summary = finish_run(setup, start.folder, reports, history, time.perf_counter() - t0)
     return start.folder.path, summary
 

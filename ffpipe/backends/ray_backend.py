@@ -11,47 +11,67 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from ffpipe.backends.ray_cluster import connect
+from ffpipe.backends.ray_cluster import connect, stage_slots
+from ffpipe.backends.ray_watch import cause_of, watch
 from ffpipe.config import Config
 from ffpipe.errors import PipelineError
-from ffpipe.progress import Progress
+from ffpipe.pipeline.replicas import choice
+from ffpipe.pipeline.replicas.topology import describe_topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import setup_process, stage_device
-from ffpipe.run.start import announce, begin_run, restart_point
-from ffpipe.pipeline.replicas import choice
-from ffpipe.pipeline.replicas.topology import describe_topology
+from ffpipe.run.start import announce, begin_run, interrupted_names, pick_up, restart_point
 from ffpipe.run.summary import finish_run, stage_reports
 
-POLL_S = 0.5
-FAILURE_GRACE_S = 3.0
+# pipeline.elastic: how long a restart that cannot place its actors keeps trying, each try
+# pipeline.timeout_s long, for Ray to notice a lost node (its health checks: ~15 s) and the
+# layout to shrink to what is left
+LOST_NODE_S = 120.0
+# A stage actor starts within the longer of this and pipeline.timeout_s: it builds its part of
+# the model first (stage 0 also reads the data), which a neighbour's deadline should not bound.
+STAGE_START_S = 120.0
+KILL_GRACE_S = 10.0  # how long the driver waits for killed actors to end before it sweeps their temporaries
 
 
 def train_ray(cfg: Config, resume: Path | None):
     setup_process(cfg)
     folder = RunFolder.open(resume) if resume else None
     auto = choice.wants_auto(cfg.pipeline)  # needs the cluster's size: set up after joining it
+    setup = start = None
     if not auto:  # before starting Ray: bad data or config end the run at once
         setup, start = begin_run(cfg, folder, stage_device(cfg, 0))
-    started = connect(cfg, start.topology.world if not auto else 0)
+    try:
+        started = connect(cfg, start.topology.world if not auto else 0)
+    except BaseException:
+        if not auto and folder is None:
+            start.folder.forget_unstarted()  # no stage ran: the same run.dir may be used again
+        raise
     import ray  # after connect(): Ray reads its environment when first imported
 
     try:
         if auto:
             setup, start = begin_run(cfg, folder, stage_device(cfg, 0), processes=_cluster_processes(cfg))
-        t0 = time.perf_counter()
-        results, topology = _train_with_restarts(cfg, setup, start), start.topology
-        leads = [results[topology.rank(k)] for k in range(setup.num_stages)]
-        for k, result in enumerate(leads):  # the driver's folder gets every stage's rows
-            start.folder.write_stage_metrics(k, result["rows"])
-        reports = stage_reports([r["report"] for r in results], topology)
-        summary = finish_run(setup, start.folder, reports, leads[-1]["history"], time.perf_counter() - t0)
-        return start.folder.path, summary
+        with interrupted_names(start.folder):
+            t0 = time.perf_counter()
+            results, start = _train_with_restarts(cfg, setup, start)
+            return start.folder.path, _finish(setup, start, results, time.perf_counter() - t0)
     finally:
         if started:
-            ray.shutdown()
+            ray.shutdown()  # this cluster's processes end: nothing of the run writes any more
+            if start is not None:
+                start.folder.sweep_temporaries()
+
+
+def _finish(setup, start, results: list[dict], seconds: float) -> dict:
+    topology = start.topology
+    leads = [results[topology.rank(k)] for k in range(setup.num_stages)]
+    for k, result in enumerate(leads):  # the driver's folder gets every stage's rows
+        start.folder.write_stage_metrics(k, result["rows"])
+    reports = stage_reports([r["report"] for r in results], topology)
+    return finish_run(setup, start.folder, reports, leads[-1]["history"], seconds)
 
 
 def _cluster_processes(cfg: Config) -> int:
@@ -65,41 +85,80 @@ def _cluster_processes(cfg: Config) -> int:
     return int(have.get("CPU", 1) // cfg.pipeline.cpus_per_stage)
 
 
-def _train_with_restarts(cfg: Config, setup, start) -> list[dict]:
+def _train_with_restarts(cfg: Config, setup, start) -> tuple[list[dict], object]:
     """Attempts of the run: after a stage fails, new actors in a new placement group (a lost
-    node's bundle lands elsewhere) go on from the newest checkpoint every stage has."""
+    node's bundle lands elsewhere) go on from the newest complete checkpoint, on the layout
+    asked for where the cluster holds it, else (pipeline.elastic) on what fits."""
+    asked, waited_since = (list(setup.starts), start.replicas), None
     while True:
         try:
-            return _attempt(cfg, setup, start)
+            return _attempt(cfg, setup, start), start
+        except _NoRoom as short:  # after a failure, a lost node may be noticed only now
+            waited_since = waited_since or time.monotonic()
+            if not (start.attempt.restarts and cfg.pipeline.elastic) or time.monotonic() - waited_since > LOST_NODE_S:
+                raise PipelineError(str(short)) from None
+            setup.starts, replicas = _fit(cfg, setup, asked)  # the same attempt, on what fits now
+            start = pick_up(setup, replace(start, starts=setup.starts, replicas=replicas))
         except recovery.StageFailed as failure:
             if failure.user_error:
                 raise
-            failures = start.folder.failures()
-            verdict = recovery.restart_verdict(failures, start.attempt, cfg.pipeline.max_restarts)
+            verdict = recovery.restart_verdict(start.folder.failures(), start.attempt, cfg.pipeline.max_restarts)
             if verdict:
                 raise PipelineError(f"{failure}; {verdict}") from None
             print(f"ffpipe: {failure}; restarting ({start.attempt.restarts + 1} of "
                   f"{cfg.pipeline.max_restarts}) from the newest checkpoint", file=sys.stderr, flush=True)
-            start = restart_point(setup, start)
+            setup.starts, replicas = _fit(cfg, setup, asked)
+            start, waited_since = restart_point(setup, start, replicas), None
+
+
+def _fit(cfg: Config, setup, asked: tuple[list[int], tuple[int, ...]]) -> tuple[list[int], tuple[int, ...]]:
+    """The layout asked for, or with pipeline.elastic what the cluster's live nodes hold now."""
+    if not cfg.pipeline.elastic:
+        return asked
+    slots = stage_slots(_bundle(cfg, _gpus(cfg)))
+    return choice.fit_layout(*asked, len(setup.learners), max(slots, 1), setup.costs)
+
+
+class _NoRoom(PipelineError):
+    """The cluster did not place the stage actors within pipeline.timeout_s."""
+
+
+def _gpus(cfg: Config) -> int:
+    """GPUs per stage actor: one where the cluster has GPUs (and train.device allows)."""
+    import ray
+
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.train.device != "cpu" else 0
+
+
+def _bundle(cfg: Config, gpus: int) -> dict:
+    return {"CPU": cfg.pipeline.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
 
 
 def _attempt(cfg: Config, setup, start) -> list[dict]:
     import ray
 
-    actors, pg = [], None
+    actors, pg, runs = [], None, []
     try:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.train.device != "cpu" else 0
+        gpus = _gpus(cfg)
         pg, actors = _start_actors(cfg, setup, start, gpus)
         nodes = ray.util.placement_group_table(pg)["bundles_to_node_id"]  # rank -> its node's id
         announce(start, describe_topology(start.topology, f"Ray actors, {'GPU' if gpus else 'CPU'}, "
                                                           f"transport {cfg.pipeline.transport}"))
-        _connect_stages(cfg, actors, gpus)
-        return _watch(cfg, setup, start, actors, gpus, nodes)
+        try:
+            _connect_stages(cfg, actors, gpus)
+        except recovery.StageFailed as failure:
+            recovery.record(start.folder, failure, start.attempt.number)
+            raise
+        runs += [a.run.remote() for a in actors]
+        return watch(cfg, setup, start, actors, runs, gpus, nodes)
     finally:
         for actor in actors:
             ray.kill(actor)
+        if runs:  # the killed actors have stopped (and stopped writing) once their calls end
+            ray.wait(runs, num_returns=len(runs), timeout=KILL_GRACE_S)
         if pg is not None:
             ray.util.remove_placement_group(pg)
+        start.folder.sweep_temporaries()  # what a killed stage was writing
 
 
 def _start_actors(cfg, setup, start, gpus: int):
@@ -109,20 +168,20 @@ def _start_actors(cfg, setup, start, gpus: int):
     from ffpipe.backends.ray_actor import GROUPS, StageWorker
 
     n = start.topology.world  # one actor per stage replica
-    bundle = {"CPU": cfg.pipeline.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
+    bundle = _bundle(cfg, gpus)
     have = ray.cluster_resources()
     short = [r for r, v in bundle.items() if have.get(r, 0) < n * v]
     if short:
-        raise PipelineError(f"the cluster has {', '.join(f'{have.get(r, 0):g} {r}' for r in short)} "
-                            f"but {n} stage actors need {', '.join(f'{n * bundle[r]:g} {r}' for r in short)}; "
-                            "use fewer stages (pipeline.stages) or replicas (pipeline.replicas), less "
-                            "pipeline.cpus_per_stage, or a larger cluster")
+        raise _NoRoom(f"the cluster has {', '.join(f'{have.get(r, 0):g} {r}' for r in short)} "
+                      f"but {n} stage actors need {', '.join(f'{n * bundle[r]:g} {r}' for r in short)}; "
+                      "use fewer stages (pipeline.stages) or replicas (pipeline.replicas), less "
+                      "pipeline.cpus_per_stage, or a larger cluster")
     pg = ray.util.placement_group([dict(bundle) for _ in range(n)], strategy=cfg.pipeline.placement)
     if not pg.wait(timeout_seconds=cfg.pipeline.timeout_s):
         ray.util.remove_placement_group(pg)
-        raise PipelineError(f"the cluster cannot place {n} stages of {bundle} with strategy "
-                            f"{cfg.pipeline.placement} (it has {ray.cluster_resources()}); use fewer "
-                            "stages, another pipeline.placement, or a larger cluster")
+        raise _NoRoom(f"the cluster cannot place {n} stages of {bundle} with strategy "
+                      f"{cfg.pipeline.placement} within pipeline.timeout_s (it has {ray.cluster_resources()}); "
+                      "use fewer stages, another pipeline.placement, or a larger cluster")
     cls = ray.remote(concurrency_groups=GROUPS)(StageWorker)
     actors = [cls.options(num_cpus=cfg.pipeline.cpus_per_stage, num_gpus=gpus, max_restarts=0,
                           scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=k))
@@ -143,101 +202,21 @@ def _connect_stages(cfg, actors, gpus: int) -> None:
 
 
 def _get(refs, stage, cfg):
+    """What starting stage actors answer, within the longer of pipeline.timeout_s and
+    STAGE_START_S; a stage that fails or does not start in time is a StageFailed (a user error
+    in it, e.g. missing data, is not restarted)."""
     import ray
 
+    deadline = max(cfg.pipeline.timeout_s, STAGE_START_S)
     try:
-        return ray.get(refs, timeout=cfg.pipeline.timeout_s)
+        return ray.get(refs, timeout=deadline)
+    except ray.exceptions.GetTimeoutError:
+        raise recovery.StageFailed(stage, None, f"the stage actor did not start within {deadline:.0f} s (the "
+                                   f"longer of pipeline.timeout_s and {STAGE_START_S:.0f} s): it builds its "
+                                   "part of the model first, and stage 0 reads the data; on a loaded cluster "
+                                   "raise pipeline.timeout_s") from None
     except ray.exceptions.RayError as err:
-        where = f"stage {stage}" if stage is not None else "a stage actor"
-        raise PipelineError(f"{where} failed to start: {_cause(err)}") from None
-
-
-def _watch(cfg, setup, start, actors, gpus: int, nodes: dict[int, str]) -> list[dict]:
-    """Wait for every stage, routing references for the Ray transport, drawing progress, and
-    stopping everything at the first failure with the failing stage named."""
-    import ray
-
-    from ffpipe.transport.ray import RefRouter
-
-    runs = [a.run.remote() for a in actors]
-    router = None
-    if cfg.pipeline.transport == "ray":
-        router = RefRouter(actors, cfg.pipeline, gpus)
-    progress = Progress(setup.plan.total_steps, setup.num_stages, cfg.run.progress)
-    shown_results, last_poll, steps = 0, 0.0, [None] * len(actors)
-    pending = list(runs)
-    while pending:
-        waiting = pending + (router.refs() if router else [])
-        ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S)
-        if any(ref in pending and _failed(ref) for ref in ready):
-            raise _first_failure(runs, steps, nodes, start)
-        pending = [ref for ref in pending if ref not in ready]
-        if router:
-            router.advance()
-        if time.monotonic() - last_poll > 1.0:
-            last_poll = time.monotonic()
-            shown_results = _draw(actors, progress, shown_results, steps, start.topology)
-    _draw(actors, progress, shown_results, steps, start.topology)
-    return ray.get(runs)
-
-
-def _failed(ref) -> bool:
-    import ray
-
-    try:
-        ray.get(ref, timeout=0)
-        return False
-    except ray.exceptions.RayError:
-        return True
-
-
-def _first_failure(runs, steps: list, nodes: dict[int, str], start) -> recovery.StageFailed:
-    """Every stage's failure, recorded; the root cause returned. Neighbours of a failed stage
-    fail too (they lose it): a short grace lets the failed stage's own report arrive first.
-    An actor that died is named with its node: where a node is lost, that is what shows it."""
-    import ray
-
-    ray.wait(runs, num_returns=len(runs), timeout=FAILURE_GRACE_S)
-    failures = []
-    for k, ref in enumerate(runs):
-        try:
-            ray.get(ref, timeout=0)
-        except ray.exceptions.GetTimeoutError:
-            continue
-        except ray.exceptions.RayError as err:
-            cause = getattr(err, "cause", None)
-            if not isinstance(cause, recovery.StageFailed):  # the actor died without a report
-                logged = f" after logging step {steps[k]}" if steps[k] else ""
-                cause = recovery.StageFailed(start.topology.place(k).stage, None,
-                                             f"the stage actor died{logged} (rank {k}, node {nodes[k]}): "
-                                             f"{_cause(err)}")
-            failures.append(cause)
-    primary = [f for f in failures if not f.secondary] or failures
-    for failure in primary[:1] + [f for f in failures if f is not primary[0]]:
-        recovery.record(start.folder, failure, start.attempt.number)
-    return primary[0]
-
-
-def _cause(err) -> str:
-    """The user-facing cause inside a Ray error: the stage's own exception message if it has one."""
-    cause = getattr(err, "cause", None)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    return str(err).strip().splitlines()[-1][:500]
-
-
-def _draw(actors, progress: Progress, shown: int, steps: list, topology) -> int:
-    import ray
-
-    try:
-        states = ray.get([a.progress.remote() for a in actors], timeout=5)
-    except ray.exceptions.RayError:
-        return shown  # a dead actor shows up in its run() result; progress is best effort
-    for k, (step, rows, _) in enumerate(states):
-        steps[k] = step  # the last step each actor logged: where a dead actor had got to
-        if rows:  # only a stage's replica 0 logs
-            progress.update(topology.place(k).stage, step, rows)
-    results = states[topology.rank(topology.num_stages - 1)][2]
-    for result in results[shown:]:
-        progress.result(result)
-    return len(results)
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, BaseException):
+            raise recovery.StageFailed.of(stage, None, cause) from None
+        raise recovery.StageFailed(stage, None, f"the stage actor failed to start: {cause_of(err)}") from None

@@ -47,6 +47,18 @@ def connect(cfg: Config, processes: int) -> bool:
     return True
 
 
+def stage_slots(bundle: dict) -> int:
+    """How many stage actors of `bundle` (its CPUs and GPUs) the cluster's live nodes can hold."""
+    import ray
+
+    slots = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            slots += int(min(have.get(r, 0) // v for r, v in bundle.items() if v > 0))
+    return slots
+
+
 def _prepare_environment(address: str) -> None:
     """For a cluster on this machine: keep Ray on 127.0.0.1, and authenticate with the token."""
     if not _on_this_machine(address):

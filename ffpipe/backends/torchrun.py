@@ -61,7 +61,7 @@ def resolve_stages(cfg: Config, world: int) -> Config:
 def train_torchrun(cfg: Config, resume: Path | None):
     rank, world, local_rank = _world()
     restarts = recovery.restarts_from_env()
-    ctx = {"rank": rank, "folder": None, "attempt": None}
+    ctx = {"rank": rank, "world": world, "folder": None, "attempt": None}
     try:
         cfg = resolve_stages(cfg, world)
         setup_process(cfg)
@@ -154,8 +154,11 @@ def _exit_failed(err: BaseException, ctx: dict) -> None:
         recovery.record(folder, err, ctx["attempt"])
     if setup_error:
         say_error(f"ffpipe: error: {err}")  # every rank hits the same set-up error: rank 0 says it
-    elif rank == 0 or not interrupted:
-        print("ffpipe: interrupted" if interrupted else f"ffpipe: error: {err}", file=sys.stderr, flush=True)
+    elif interrupted and rank == 0:
+        again = f"; the run goes on with: launch/torchrun.sh {ctx['world']} --resume {folder}" if folder else ""
+        print(f"ffpipe: interrupted{again}", file=sys.stderr, flush=True)
+    elif not interrupted:
+        print(f"ffpipe: error: {err}", file=sys.stderr, flush=True)
     if not isinstance(err, FFPipeError) and not interrupted and not isinstance(err, recovery.StageFailed):
         import traceback
         traceback.print_exception(err, file=sys.stderr)

@@ -88,17 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
                *sets, *train_args]
     attempt = recovery.Attempt.first_of(folder)
-    while True:
-        os.environ["FFPIPE_ATTEMPT"] = str(attempt.restarts)
-        os.environ["FFPIPE_FIRST_ATTEMPT"] = str(attempt.first)
-        try:
-            torchrun(command)
-            return 0
-        except ChildFailedError as err:
-            verdict = _after_failure(err, folder, attempt, max_restarts, n)
-            if verdict is not None:
-                return verdict
-        attempt = attempt.next()
+    try:
+        while True:
+            os.environ["FFPIPE_ATTEMPT"] = str(attempt.restarts)
+            os.environ["FFPIPE_FIRST_ATTEMPT"] = str(attempt.first)
+            try:
+                torchrun(command)
+                return 0
+            except ChildFailedError as err:
+                verdict = _after_failure(err, folder, attempt, max_restarts, n)
+                if verdict is not None:
+                    return verdict
+            attempt = attempt.next()
+    finally:  # every rank has stopped: what a killed one was writing goes
+        if folder.exists():
+            folder.sweep_temporaries()
 
 
 def _culprit(err) -> tuple[int, object]:
@@ -111,15 +115,25 @@ def _culprit(err) -> tuple[int, object]:
     return err.get_first_failure()
 
 
+def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure) -> str:
+    """Why a rank that reported nothing failed: it stopped answering (its neighbours said so before
+    torchrun killed it: a stopped or hung process), or it died (out of memory, or killed)."""
+    how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+    silent = [f for f in folder.failures() if f["attempt"] == attempt.number and f"(rank {rank}) sent nothing" in f["cause"]]
+    if silent:
+        return (f"the stage process (rank {rank}) stopped answering: its neighbours heard nothing from it "
+                f"for pipeline.timeout_s (a stopped or hung process), then torchrun ended it ({how})")
+    return f"the stage process (rank {rank}) died without a report ({how}; out of memory, or killed)"
+
+
 def _after_failure(err, folder: RunFolder, attempt: recovery.Attempt, max_restarts: int, n: int) -> int | None:
     """Name the failed stage, record it, and return the exit status, or None to restart."""
     rank, failure = _culprit(err)
     if failure.exitcode == USER_ERROR_EXIT or not folder.exists():
         return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
     if not [f for f in folder.failures() if f["attempt"] == attempt.number and not f.get("secondary")]:
-        how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        folder.record_failure(_stage_of(rank, folder), None, f"the stage process (rank {rank}) died without a report ({how}; "
-                              "out of memory, or killed)", attempt.number)
+        folder.record_failure(_stage_of(rank, folder), None, _unreported(folder, attempt, rank, failure),
+                              attempt.number)
     root = recovery.root_cause(folder.failures(), attempt.number)
     at = f" at step {root['step']}" if root.get("step") is not None else ""
     what = f"ffpipe: stage {root['stage']} failed{at}: {root['cause']}"

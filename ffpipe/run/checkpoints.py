@@ -34,7 +34,6 @@ from ffpipe.run.folder import RunFolder
 FORMAT = 2
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)-units-(\d+)-(\d+)\.pt$")
-_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]+$")
 
 
 @dataclass(frozen=True, order=True)
@@ -114,9 +113,7 @@ def discard_after(folder: RunFolder, step: int) -> None:
     for f in saved(folder):
         if f.step > step:
             folder.store.delete(f.name)
-    for name in folder.store.list(FOLDER):
-        if _TEMPORARY.search(name):
-            folder.store.delete(f"{FOLDER}/{name}")
+    folder.sweep_temporaries()  # no process of the run writes before the attempt starts
 
 
 def resume_step(folder: RunFolder, num_units: int) -> int | None:
@@ -134,9 +131,18 @@ def resume_step(folder: RunFolder, num_units: int) -> int | None:
     return None
 
 
-def has_checkpoints(folder: RunFolder) -> bool:
-    """Whether the run has saved any checkpoint (usable or not)."""
-    return bool(saved(folder)) or legacy.has_checkpoints(folder)
+def unusable(folder: RunFolder, num_units: int) -> str | None:
+    """Why the run's checkpoints cannot be resumed although it saved complete steps: their units
+    are not this model's, or every complete step has a damaged file (None: it has no complete
+    step yet, nothing is lost by starting at 0, or there is a usable one)."""
+    files = saved(folder)
+    held = max((f.last for f in files), default=-1) + 1
+    if held > num_units or (not complete_steps(files, num_units) and complete_steps(files, held)):
+        return (f"its checkpoints hold units 0-{held - 1} but this model has {num_units}: they are another "
+                "model's (resume with the run's own config)")
+    if complete_steps(files, num_units) or legacy.has_checkpoints(folder):
+        return "every complete step has a damaged file (see the warnings above)"
+    return None
 
 
 def _whole(folder: RunFolder, name: str) -> bool:

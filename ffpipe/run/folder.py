@@ -25,7 +25,7 @@ from pathlib import Path
 from ffpipe import config as config_mod
 from ffpipe.config import Config
 from ffpipe.errors import ConfigError, FFPipeError
-from ffpipe.run.store import Store, is_uri, join
+from ffpipe.run.store import Store, is_temporary, is_uri, join
 
 # What may change when a run is resumed: nothing that changes the arithmetic or where the run is.
 # The layout may (checkpoints are keyed by unit: every layout learns the same).
@@ -97,6 +97,24 @@ class RunFolder:
 
     def __str__(self) -> str:
         return self.location
+
+    def sweep_temporaries(self) -> list[str]:
+        """Delete what writers killed midway left (`<name>.tmp-<hex>`: store.py writes there first);
+        only while no process of the run is writing. Returns the names deleted."""
+        gone = []
+        for folder in ("", "checkpoints", "metrics", "plots"):
+            for name in self.store.list(folder):
+                if is_temporary(name):
+                    gone.append(f"{folder}/{name}" if folder else name)
+                    self.store.delete(gone[-1])
+        return gone
+
+    def forget_unstarted(self) -> None:
+        """A new run that failed before any stage started (e.g. no Ray cluster to join): its
+        config and layout go, so the same run.dir can be used again. Never a run that trained."""
+        if not self.store.list("checkpoints") and not self.store.list("metrics") and not self.store.exists("history.jsonl"):
+            for name in ("partition.json", "config.toml"):
+                self.store.delete(name)
 
     # -- the layout: stage split and replicas ---------------------------------------------------
     def write_partition(self, starts: list[int], replicas=(), step: int = 0) -> None:

@@ -9,6 +9,7 @@ usable stops and says so (run.start_over = true trains the run again from step 0
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch
 from ffpipe.config import Config
 from ffpipe.errors import CheckpointError, FFPipeError
 from ffpipe.pipeline.replicas.topology import Topology
-from ffpipe.run.checkpoints import discard_after, has_checkpoints, resume_step
+from ffpipe.run.checkpoints import discard_after, resume_step, unusable
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.recovery import Attempt
 from ffpipe.run.setup import RunSetup, choose_replicas, prepare
@@ -68,16 +69,15 @@ def layout_asked(cfg: Config, saved: list[int]) -> bool:
 
 
 def usable_step(folder: RunFolder, setup: RunSetup) -> int:
-    """The newest complete step whose files are whole; 0 where the run saved nothing yet. Where it
-    saved checkpoints and none is usable, the run stops rather than train over them from 0."""
+    """The newest complete step whose files are whole; 0 where the run has no complete step yet.
+    Where it has complete steps and none is usable, the run stops rather than train over them."""
     step = resume_step(folder, len(setup.learners))
     if step is not None:
         return step
-    if has_checkpoints(folder) and not setup.cfg.run.start_over:
-        raise CheckpointError(f"{folder} has checkpoints but none usable: every complete step has a damaged "
-                              "file, or their units are not this model's (see the warnings above); to train "
-                              "this run again from step 0 in the same folder, resume it with --set "
-                              "run.start_over=true")
+    why = unusable(folder, len(setup.learners))
+    if why and not setup.cfg.run.start_over:
+        raise CheckpointError(f"{folder} cannot go on: {why}; to train this run again from step 0 in the "
+                              "same folder (its checkpoints are then deleted), resume it with --set run.start_over=true")
     return 0
 
 
@@ -121,3 +121,22 @@ def announce(start: RunStart, detail: str = "") -> None:
     elif start.attempt.restarts:
         where += "; restarting from the beginning (no checkpoint yet)"
     print(where, file=sys.stderr, flush=True)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with the run folder it can go on from (the CLI names it)."""
+
+    def __init__(self, folder: RunFolder, again: str):
+        super().__init__(str(folder))
+        self.folder, self.again = folder, again
+
+
+@contextlib.contextmanager
+def interrupted_names(folder: RunFolder, again: str = "ffpipe train --resume"):
+    """Turns Ctrl-C inside into RunInterrupted(folder): `again` + the folder goes on with the run."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(folder, again) from err

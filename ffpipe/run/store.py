@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,11 @@ def join(location: str, name: str) -> str:
     if is_uri(location):
         return f"{str(location).rstrip('/')}/{name}"
     return str(Path(location) / name)
+
+
+def is_temporary(name: str) -> bool:
+    """A file Store.write was still writing (its writer was killed, or is at work)."""
+    return re.search(r"\.tmp-[0-9a-f]{8}$", name) is not None
 
 
 _FILESYSTEMS: dict[str, object] = {}  # one filesystem object per scheme and bucket/host
@@ -106,7 +112,7 @@ class Store:
     def write(self, name: str, fill: Callable[[BinaryIO], None]) -> None:
         """`fill(file)` writes the content; it appears under `name` whole, or not at all."""
         final = self._path(name)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"  # unique: two writers never share one
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"  # unique: two writers never share one (is_temporary)
         try:
             if self.is_local:
                 Path(final).parent.mkdir(parents=True, exist_ok=True)

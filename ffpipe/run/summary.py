@@ -122,7 +122,8 @@ def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history:
         "dataset": cfg.data.name, "train_images": setup.info.num_train,
         "backend": cfg.pipeline.backend, "num_stages": setup.num_stages,
         "replicas": [len(r.get("replicas") or [r]) for r in reports], "stages": reports,
-        "restarts": folder.failures(),
+        "restarts": folder.failures(),  # and layout changes ("layout": true)
+        "layouts": folder.layout()["history"],  # every layout the run had, from which step
         "device": _device_name(reports[0]["device"]), "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
         "history": history,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,17 +24,23 @@ RAY_SETTINGS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKE
 
 
 def processes_with(*needles: str, env_needle: str | None = None) -> list[int]:
-    """Pids whose command line holds every needle (and whose environment holds env_needle)."""
+    """Running pids (not stopped, not exited) whose command line holds every needle (and whose
+    environment holds env_needle)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            if all(n in cmdline for n in needles) and (
+            if all(n in cmdline for n in needles) and _state(int(pid)) in "RSD" and (
                     env_needle is None or env_needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
                 found.append(int(pid))
-        except OSError:
+        except (OSError, IndexError):
             continue
     return found
+
+
+def _state(pid: int) -> str:
+    """R running, S/D sleeping, T stopped, Z exited (/proc/<pid>/stat's field after the name)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def fresh_machine_env(tmp_path: Path) -> dict:
@@ -177,3 +184,56 @@ def _alive(pids: set[int]) -> list[int]:
         except (OSError, IndexError):
             pass
     return alive
+
+
+# -- a Ray cluster of three nodes on this machine --------------------------------------------
+def three_node_cluster(tmp_path: Path):
+    """Head and two workers, each raylet (and so each of its worker processes) in its own folder."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported: set it first
+    from ray.cluster_utils import Cluster
+
+    home, dirs = os.getcwd(), [tmp_path / f"node-{k}" for k in range(3)]
+    try:
+        for k, folder in enumerate(dirs):
+            folder.mkdir()
+            os.chdir(folder)  # a raylet's workers start in the raylet's working directory
+            if k == 0:
+                cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+            else:
+                cluster.add_node(num_cpus=3)  # each node could hold every stage: SPREAD alone spreads them
+    finally:
+        os.chdir(home)
+    cluster.wait_for_nodes()
+    return cluster, dirs
+
+
+def node_processes(folder: Path) -> list[int]:
+    """The live processes of the node started in `folder`: its raylet, and the agents, workers and
+    actors the raylet started (they all run in the raylet's working directory)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(folder):
+                found.append(int(pid))
+        except OSError:  # gone, or a zombie
+            continue
+    return found
+
+
+def kill_node(folder: Path) -> str:
+    """SIGKILL every process of the node started in `folder`, as when its machine is gone;
+    returns the node's id (from its raylet's command line)."""
+    pids = node_processes(folder)
+    cmdlines = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids).replace(b"\0", b" ")
+    node_id = re.search(rb"/raylet --.*?--node_id=(\w+)", cmdlines).group(1).decode()
+    deadline = time.time() + 10
+    while pids and time.time() < deadline:  # again for anything the raylet started meanwhile
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+        pids = node_processes(folder)
+    assert not pids, f"processes of {folder} still alive: {pids}"
+    return node_id

@@ -55,8 +55,11 @@ def ffpipe_cmd(overrides: list[str], stages: int = 0, resume: Path | None = None
 
 
 def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None, check: bool = True,
-               timeout: int = 300, replicas: list[int] | None = None, processes: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+               timeout: int = 300, replicas: list[int] | None = None, processes: int = 0,
+               threads: int = 1) -> subprocess.CompletedProcess:
+    """`threads`: torch's per process (a reference must use the stages' count: it changes the
+    order of CPU reductions)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     done = subprocess.run(ffpipe_cmd(overrides, stages, resume, replicas, processes), capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=timeout)
     if check and done.returncode != 0:
@@ -64,16 +67,18 @@ def run_ffpipe(overrides: list[str], stages: int = 0, resume: Path | None = None
     return done
 
 
-def sequential_run(folder: Path, overrides: list[str]) -> Path:
-    """The sequential trainer's run of `overrides` in `folder`: what every pipeline must equal."""
-    run_ffpipe(overrides + [f"run.dir={folder}"], timeout=600)
+def sequential_run(folder: Path, overrides: list[str], threads: int = 1) -> Path:
+    """The sequential trainer's run of `overrides` in `folder`: what every pipeline must equal
+    (with as many torch threads as the pipeline's stage processes have)."""
+    run_ffpipe(overrides + [f"run.dir={folder}"], timeout=600, threads=threads)
     return folder
 
 
-def launch(args: list[str], **env: str) -> subprocess.Popen:
-    """A command started in the repository, one torch thread per process, its output captured."""
+def launch(args: list[str], new_session: bool = False, **env: str) -> subprocess.Popen:
+    """A command started in the repository, one torch thread per process, its output captured
+    (`new_session`: in a process group of its own, which os.killpg ends whole)."""
     return subprocess.Popen(args, cwd=REPO, env={**LAUNCH_ENV, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
 
 def wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):

@@ -5,7 +5,6 @@ space, and run folders of the earlier per-stage layout still read."""
 import copy
 import errno
 import pickle
-import zipfile
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from ffpipe.run.checkpoints import Saved, complete_steps, read_units, resume_ste
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.legacy import read_units as read_legacy
 from tests.helpers import make_config
+from tests.helpers.chaos import flip_tensor_bytes
 
 BATCHES = [(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)),
             torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(i))) for i in range(6)]
@@ -88,17 +88,6 @@ def test_retention_keeps_the_two_newest_complete_steps_whatever_the_pace(tmp_pat
     assert not list((folder.path / "checkpoints").glob("*.tmp*"))
 
 
-def _flip(path, offset_in_tensor=40, count=64):
-    """XOR `count` bytes inside the first tensor's data of a checkpoint (its zip record stays valid)."""
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as archive:
-        record = next(i for i in archive.infolist() if "/data/" in i.filename)
-    start = record.header_offset + 30 + len(record.filename) + len(record.extra) + offset_in_tensor
-    for i in range(start, start + count):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_a_flipped_bit_or_a_file_cut_short_is_named_and_the_step_before_taken(tmp_path, capsys):
     folder = _folder(tmp_path)
     for step in (4, 8):
@@ -106,7 +95,7 @@ def test_a_flipped_bit_or_a_file_cut_short_is_named_and_the_step_before_taken(tm
             save_units(folder, step, 0, {u: {"learner": {"w": torch.randn(1000)}, "optimizer": {}}
                                          for u in units}, num_units=4)
     newest = folder.path / Saved(8, 2, 3).name
-    _flip(newest)
+    flip_tensor_bytes(newest)
     torch.load(newest, weights_only=True)  # torch itself loads the damaged file without a word
     assert resume_step(folder, 4) == 4  # the retention kept it for this
     assert f"checkpoint {folder}/{Saved(8, 2, 3).name} is damaged" in capsys.readouterr().err

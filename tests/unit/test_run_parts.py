@@ -9,10 +9,9 @@ import threading
 import time
 
 import pytest
-import torch
 
 from ffpipe.config import PipelineConfig, TrainConfig
-from ffpipe.errors import FFPipeError, NeighbourError
+from ffpipe.errors import NeighbourError
 from ffpipe.ff.optim import lr_at
 from ffpipe.pipeline.messages import control, Phase
 from ffpipe.run.folder import RunFolder

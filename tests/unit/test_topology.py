@@ -106,3 +106,13 @@ def test_channel_pairs_are_every_pair_that_opens_a_channel():
         place = t.place(rank)
         for peer in t.senders(place) + t.receivers(place):
             assert (min(rank, peer), max(rank, peer)) in t.channel_pairs()
+
+
+def test_a_layout_shrinks_to_the_processes_left_replicas_first():
+    from ffpipe.pipeline.replicas.choice import fit_layout
+
+    assert fit_layout([0, 4], (2, 2), 8, 4) == ([0, 4], (2, 2))  # it fits: unchanged
+    assert fit_layout([0, 4], (2, 2), 8, 3) == ([0, 4], (2, 1))  # one replica less, split kept
+    assert fit_layout([0, 4], (1, 1), 8, 1) == ([0], (1,))  # one stage holds every unit
+    assert fit_layout([0, 2, 5], (1, 1, 1), 8, 2, costs=[1, 1, 1, 1, 1, 1, 1, 5]) == ([0, 6], (1, 1))
+    assert fit_layout([0, 2, 5], (1, 1, 1), 8, 2) == ([0, 4], (1, 1))

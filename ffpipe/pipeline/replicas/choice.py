@@ -86,3 +86,21 @@ def choose_replicas(pipeline: PipelineConfig, starts: list[int], num_units: int,
         return starts, tuple(replicas)
     costs = costs or [1.0] * num_units
     return starts, tuple(auto_replicas(stage_seconds(costs, [0.0] * (num_units + 1), starts), processes))
+
+
+def fit_layout(starts: list[int], replicas: tuple[int, ...], num_units: int, processes: int,
+               costs: list[float] | None = None) -> tuple[list[int], tuple[int, ...]]:
+    """The layout (split, replicas) for at most `processes` processes: as it is where it fits;
+    else fewer replicas first (the split kept, the rest shared out by stage cost), then fewer
+    stages (the units balanced over as many stages as there are processes). What is learned is
+    the same on every layout; only the speed changes."""
+    if sum(replicas) <= processes:
+        return starts, tuple(replicas)
+    if processes < 1:
+        raise ValueError("no process left to hold a stage")
+    costs = costs or [1.0] * num_units
+    if processes >= len(starts):
+        seconds = stage_seconds(costs, [0.0] * (num_units + 1), starts)
+        return starts, tuple(auto_replicas(seconds, processes))
+    stages = min(processes, num_units)
+    return balanced_starts(costs, stages), (1,) * stages
