@@ -1,11 +1,13 @@
-"""Command line: ffpipe train | eval | data prepare | bench step | memory | data | pipeline. User errors end
-with one line and exit status 2."""
+"""Command line: ffpipe train | eval | data prepare | bench step | memory | data | pipeline | runs | status |
+compare | report. User errors end with one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import sys
+from pathlib import Path
 
 from ffpipe import config as config_mod
 from ffpipe.bench import add_parsers as add_bench_parsers
@@ -27,7 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train (a local path or the storage URI it printed)")
     _data_parser(sub)
     add_bench_parsers(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True))
+    _runs_parsers(sub)
     return p
+
+
+def _runs_parsers(sub) -> None:
+    r = sub.add_parser("runs", help="the run folders in a folder: status, model, accuracy, img/s, steps")
+    r.add_argument("folder", nargs="?", default="runs", help="a folder (or pyarrow URI) of run folders; default runs")
+    r.add_argument("--json", help="also write every run's summary figures to this JSON file")
+    st = sub.add_parser("status", help="where a run is now: each stage's step and rate, time left, last failure")
+    st.add_argument("run_dir")
+    c = sub.add_parser("compare", help="what differs in runs' configs, and their results side by side")
+    c.add_argument("run_dirs", nargs="+")
+    rp = sub.add_parser("report", help="the results table of run folders and one plot per experiment")
+    rp.add_argument("run_dirs", nargs="+", help="run folders: local paths or storage URIs")
+    rp.add_argument("--out", help="write the table here (markdown)")
+    rp.add_argument("--plots", help="write one PNG per experiment into this folder")
 
 
 def _data_parser(sub) -> None:
@@ -50,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command in ("runs", "status", "compare", "report"):
+            return _reports(args)
         return _eval(args)
     except FFPipeError as err:
         say_error(f"ffpipe: error: {err}")  # under torchrun: from rank 0 only
@@ -127,8 +146,31 @@ def _bench(args) -> int:
     if args.bench_command == "pipeline":
         from ffpipe.bench.pipeline import bench_pipeline
         return bench_pipeline(args)
+    if args.bench_command == "logging":
+        from ffpipe.bench.logging_cost import bench_logging
+        return bench_logging(args)
     from ffpipe.bench.data import run_bench
     return run_bench(args)
+
+
+def _reports(args) -> int:
+    if args.command == "runs":
+        from ffpipe.reports.runs import describe, format_runs, run_folders
+
+        rows = [describe(folder) for folder in run_folders(args.folder)]
+        print(format_runs(rows) if rows else f"no run folders in {args.folder}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    elif args.command == "status":
+        from ffpipe.reports.runs import status
+        print(status(args.run_dir))
+    elif args.command == "compare":
+        from ffpipe.reports.compare import compare
+        print(compare(args.run_dirs))
+    else:
+        from ffpipe.reports.experiments import report
+        print(report(args.run_dirs, Path(args.out) if args.out else None, Path(args.plots) if args.plots else None))
+    return 0
 
 
 def _prepare(args) -> int:

@@ -15,6 +15,7 @@ MODEL_GRANULARITIES = {
     "mlp": ("layer",),
 }
 MODELS = tuple(MODEL_GRANULARITIES)
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # run.loggers (ffpipe/telemetry/sinks.py)
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
 
@@ -227,6 +228,8 @@ class PipelineConfig:
     placement: str = _f("STRICT_PACK", "ray: placement-group strategy for the stage actors",
                         ("STRICT_PACK", "PACK", "SPREAD"))
     cpus_per_stage: float = _f(1.0, "ray: CPUs reserved for each stage actor")
+    dashboard: bool = _f(True, "ray: a local cluster ffpipe starts runs Ray's dashboard on 127.0.0.1 "
+                         "(port 8265, or the next free one; its address is printed)")
     elastic: bool = _f(True, "ray: when a restart finds fewer GPUs/CPU slots than the layout needs (a "
                        "lost node), go on with what is left, units re-partitioned over fewer replicas "
                        "or stages (what is learned is the same); the next restart uses capacity that "
@@ -270,11 +273,16 @@ class RunConfig:
     checkpoint_every: int = _f(0, "save every stage every N steps (0 = at the end of each epoch)")
     stop_after_step: int = _f(0, "stop (checkpointed) once this many steps are done, to go on "
                               "later with --resume; 0 = train to the end")
+    loggers: list = _f("auto", "live metrics of every stage at every log step, and of every evaluation: any of "
+                       "tensorboard, wandb (offline), mlflow; 'auto' = tensorboard where it is installed; "
+                       "[] = none (the run folder's metric rows are written all the same)", also=("auto",))
     start_over: bool = _f(False, "with --resume: where the run has checkpoints but none is usable "
                           "(damaged, or another model's), train it again from step 0 in the same folder "
                           "(without it the resume stops and says so)")
 
     def validate(self):
+        _require(self.loggers == "auto" or (isinstance(self.loggers, list) and set(self.loggers) <= set(LOGGERS)),
+                 "run.loggers", f"must be 'auto' or a list of: {', '.join(LOGGERS)}; got {self.loggers!r}")
         _require(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
         _require(self.stop_after_step >= 0, "run.stop_after_step", "must be >= 0")
         if self.storage:

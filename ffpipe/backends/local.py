@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ffpipe.config import Config
-from ffpipe.progress import Progress
+from ffpipe.telemetry.progress import Progress
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.setup import RunSetup, setup_process, stage_device
 from ffpipe.run.start import RunStart, announce, begin_run, interrupted_names

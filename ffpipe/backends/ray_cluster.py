@@ -43,7 +43,11 @@ def connect(cfg: Config, processes: int) -> bool:
     cpus = max(os.cpu_count() or 1, math.ceil(processes * cfg.pipeline.cpus_per_stage))
     # "local": always a new cluster of our own. Without it ray.init() joins any head, live or
     # stale, that it finds on this machine (and then refuses num_cpus).
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    context = ray.init(address="local", num_cpus=cpus, include_dashboard=cfg.pipeline.dashboard,
+                       log_to_driver=True)
+    if context.dashboard_url:  # Ray takes the next free port when 8265 is busy: say which, and how in
+        print(f"ffpipe: Ray dashboard http://{context.dashboard_url} (it asks for the cluster's token: "
+              f"`ray get-auth-token`, or the file {_token_path()})", file=sys.stderr, flush=True)
     return True
 
 

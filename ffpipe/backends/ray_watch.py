@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ffpipe.progress import Progress
+from ffpipe.telemetry.progress import Progress
 from ffpipe.run import recovery
 
 POLL_S = 0.5

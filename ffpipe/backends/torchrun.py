@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ffpipe.config import Config
 from ffpipe.errors import USER_ERROR_EXIT, ConfigError, FFPipeError, PipelineError, say_error
-from ffpipe.progress import Progress
+from ffpipe.telemetry.progress import Progress
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, run_location
 from ffpipe.run.setup import prepare, setup_process, stage_device
@@ -97,7 +97,8 @@ def _run_rank(cfg, resume, restarts, rank, world, device, control, ctx):
     groups = stage_groups(topology, place, control)
     link = groups.p2p_links(cfg.pipeline, topology, rank, device)
     t0 = time.perf_counter()
-    logger, sink = run_one_stage(setup, start, place, device, link, progress.update, progress.result, groups.replica)
+    on_log = _shared_progress(progress, drawing=rank == last)
+    logger, sink = run_one_stage(setup, start, place, device, link, on_log, progress.result, groups.replica)
     gathered = [None] * world if rank == 0 else None
     dist.gather_object((stage_report(logger), sink.history if sink else None), gathered, dst=0, group=control)
     if rank != 0:
@@ -105,6 +106,23 @@ def _run_rank(cfg, resume, restarts, rank, world, device, control, ctx):
     reports = stage_reports([r for r, _ in gathered], topology)
     summary = finish_run(setup, start.folder, reports, gathered[last][1], time.perf_counter() - t0)
     return start.folder.path, summary
+
+
+def _shared_progress(progress: Progress, drawing: bool):
+    """on_log of a rank: its stage's images/s go into torchrun's store, and the rank that draws
+    the progress line reads every other stage's from there (each process logs its own only)."""
+    store = dist.distributed_c10d._get_default_store()
+
+    def on_log(stage_id: int, step: int, rows: list[dict]) -> None:
+        store.set(f"ffpipe/rate/{stage_id}", repr(rows[0]["images_per_s"]))
+        if drawing:
+            keys = [f"ffpipe/rate/{k}" for k in range(progress.num_stages) if k != stage_id]
+            for key in keys:
+                if store.check([key]):
+                    progress.rates[int(key.rsplit("/", 1)[1])] = float(store.get(key))
+        progress.update(stage_id, step, rows)
+
+    return on_log
 
 
 def _measure_link(cfg: Config, resume: Path | None, restarts: int, device) -> float | None:

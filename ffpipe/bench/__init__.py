@@ -5,6 +5,7 @@
                  stage train on one device
   data.py        `ffpipe bench data`: how fast each source feeds stage 0
   pipeline.py    `ffpipe bench pipeline`: every backend beside BP and its peers on N GPUs
+  logging_cost.py  `ffpipe bench logging`: images/s with and without the live loggers
   peers.py, pipelining.py   the peers (DDP, torch.distributed.pipelining) run under torchrun
 
 This module holds only what the command line needs (it must not import torch)."""
@@ -29,6 +30,7 @@ def add_parsers(bench_sub) -> None:
     _add_memory_parser(bench_sub)
     _add_data_parser(bench_sub)
     _add_pipeline_parser(bench_sub)
+    _add_logging_parser(bench_sub)
 
 
 def _add_step_parser(bench_sub) -> None:
@@ -110,3 +112,15 @@ def _add_pipeline_parser(bench_sub) -> None:
     p.add_argument("--timeout-s", type=float, default=900, help="a run taking longer is stopped and marked failed")
     p.add_argument("--out", default="runs/bench", help="folder of the table, summaries and logs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def _add_logging_parser(bench_sub) -> None:
+    g = bench_sub.add_parser("logging", help="img/s of one run without and with the live loggers")
+    g.add_argument("--config", default="configs/quickstart.toml", help="TOML config of every run")
+    g.add_argument("--loggers", nargs="+", default=["none", "tensorboard", "all"],
+                   choices=("none", "tensorboard", "all"), help="all = tensorboard, wandb and mlflow")
+    g.add_argument("--rounds", type=int, default=3, help="each choice runs once per round")
+    g.add_argument("--nproc", type=int, default=0, help="under torchrun with this many processes (0: not)")
+    g.add_argument("--timeout-s", type=float, default=1800, help="a run taking longer stops the bench")
+    g.add_argument("--out", default="runs/bench-logging", help="folder of the table and the runs")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

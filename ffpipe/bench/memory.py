@@ -23,7 +23,7 @@ import torch
 from ffpipe import config as config_mod
 from ffpipe.errors import FFPipeError
 from ffpipe.learners import build_learners
-from ffpipe.metrics import peak_memory_mib
+from ffpipe.telemetry.measure import peak_memory_mib
 from ffpipe.models import dry_run
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.partition import stage_ranges, stage_starts

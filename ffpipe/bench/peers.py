@@ -33,7 +33,7 @@ from ffpipe.data import DataBundle, load_data, training_loader
 from ffpipe.errors import ConfigError
 from ffpipe.ff.optim import build_optimizer, lr_at, set_lr
 from ffpipe.learners import build_learners
-from ffpipe.metrics import peak_memory_mib
+from ffpipe.telemetry.measure import peak_memory_mib
 from ffpipe.pipeline.stage import autocast_dtype
 from ffpipe.pipeline.sync import synchronize
 

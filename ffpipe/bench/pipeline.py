@@ -229,7 +229,7 @@ def bench_pipeline(args) -> int:
     args.gpus = args.gpus or max(args.stages)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{datetime.date.today()} · {_device()} · `{' '.join(sys.argv)}`", "", HEADER]
+    lines = [f"{datetime.date.today()} · {device_name()} · `{' '.join(sys.argv)}`", "", HEADER]
     table = out / "bench.md"
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -250,7 +250,7 @@ def bench_pipeline(args) -> int:
     return 0
 
 
-def _device() -> str:
+def device_name() -> str:
     import torch
 
     if torch.cuda.is_available():

@@ -19,7 +19,7 @@ from ffpipe import config as config_mod
 from ffpipe.bench import VARIANTS
 from ffpipe.errors import ConfigError
 from ffpipe.learners import build_learners
-from ffpipe.metrics import peak_memory_mib
+from ffpipe.telemetry.measure import peak_memory_mib
 from ffpipe.pipeline.graphed import WARMUP_STEPS
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions

@@ -25,7 +25,6 @@ import sys
 import zipfile
 from dataclasses import dataclass
 
-import torch
 
 from ffpipe.errors import FFPipeError, StorageError
 from ffpipe.run import legacy
@@ -68,6 +67,8 @@ def complete_steps(files: list[Saved], num_units: int) -> dict[int, list[Saved]]
 
 def save_units(folder: RunFolder, step: int, epoch: int, units: dict[int, dict], num_units: int) -> str:
     """Write a stage's units after `step` steps (whole or not at all), then drop what retention allows."""
+    import torch  # here: listing run folders (ffpipe runs) needs no torch
+
     file = Saved(step, min(units), max(units))
     record = {"format": FORMAT, "step": step, "epoch": epoch, "units": units}
     try:
@@ -147,6 +148,8 @@ def unusable(folder: RunFolder, num_units: int) -> str | None:
 
 def _whole(folder: RunFolder, name: str) -> bool:
     """Every byte read and every record's CRC-32 checked (zipfile.testzip), and safe to load."""
+    import torch  # here: listing run folders (ffpipe runs) needs no torch
+
     try:
         data = folder.store.read_bytes(name)
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -179,6 +182,8 @@ def read_units(folder: RunFolder, step: int, wanted: list[int] | range, map_loca
 
 
 def _load(folder: RunFolder, name: str, map_location) -> dict:
+    import torch  # here: listing run folders (ffpipe runs) needs no torch
+
     store = folder.store
     local = store.local_path(name)
     try:

@@ -1,6 +1,7 @@
 """The run folder: the one place that knows where a run keeps what.
 
     <run>/config.toml              the resolved config (ffpipe train --config <run>/config.toml repeats it)
+    <run>/plan.json                the run's steps (total, per epoch) and its number of units
     <run>/partition.json           the layout: the first unit of every stage, the replicas, and
                                    every earlier layout of the run ("history", from which step)
     <run>/checkpoints/             step-<n>-units-<a>-<b>.pt: units a..b after n steps (run/checkpoints.py)
@@ -8,6 +9,7 @@
     <run>/history.jsonl            every evaluation, written as it happens
     <run>/failures.jsonl           every stage failure of the run (what automatic restarts read)
     <run>/summary.json, <run>/eval.json, <run>/plots/
+    <run>/tensorboard/, wandb/, mlruns/  live metrics (run.loggers); <run>/flight/ stack dumps of stalls
 
 <run> is a local folder (run.dir, else runs/<timestamp>) or, with run.storage, a folder of any
 filesystem pyarrow opens (run/store.py): <run.storage>/<run.dir or timestamp>. A RunFolder is a
@@ -113,7 +115,7 @@ class RunFolder:
         """A new run that failed before any stage started (e.g. no Ray cluster to join): its
         config and layout go, so the same run.dir can be used again. Never a run that trained."""
         if not self.store.list("checkpoints") and not self.store.list("metrics") and not self.store.exists("history.jsonl"):
-            for name in ("partition.json", "config.toml"):
+            for name in ("plan.json", "partition.json", "config.toml"):
                 self.store.delete(name)
 
     # -- the layout: stage split and replicas ---------------------------------------------------
@@ -140,6 +142,14 @@ class RunFolder:
                               "were chosen; start it again instead of resuming it")
         return json.loads(self.store.read_text("partition.json"))
 
+    def write_plan(self, total_steps: int, steps_per_epoch: int, num_units: int) -> None:
+        """What the run will do (plan.json): read by `ffpipe status` for the time left."""
+        plan = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "num_units": num_units}
+        self.store.write_text("plan.json", json.dumps(plan) + "\n")
+
+    def plan(self) -> dict | None:
+        return json.loads(self.store.read_text("plan.json")) if self.store.exists("plan.json") else None
+
     def record_layout(self, attempt: int, step: int, change: str) -> None:
         """A layout change in failures.jsonl, beside the failures that caused it (never a cause)."""
         self.record_failure(None, step, change, attempt, secondary=True, layout=True)
@@ -147,7 +157,7 @@ class RunFolder:
     # -- metrics and evaluations ------------------------------------------------------------
     def write_stage_metrics(self, stage_id: int, rows: list[dict]) -> None:
         """Each stage writes all its rows (a resumed stage starts from the earlier ones)."""
-        from ffpipe.metrics import rows_to_parquet  # pyarrow and torch: only where metrics are written
+        from ffpipe.telemetry.rows import rows_to_parquet  # pyarrow and torch: only where metrics are written
         self.store.write_bytes(_stage_metrics(stage_id), rows_to_parquet(rows))
 
     def read_stage_metrics(self, stage_id: int, up_to_step: int) -> list[dict]:
@@ -157,7 +167,7 @@ class RunFolder:
     def regroup_metrics(self, starts: list[int], num_units: int) -> None:
         """The stages' metric files after a layout change: each new stage's file holds the rows
         of its units (the rows keep the stage that logged them)."""
-        from ffpipe.metrics import rows_to_parquet
+        from ffpipe.telemetry.rows import rows_to_parquet
 
         names = [f"metrics/{n}" for n in self.store.list("metrics") if n.startswith("stage-")]
         rows = self._read_metrics(names)
@@ -170,13 +180,13 @@ class RunFolder:
                 self.store.delete(name)
 
     def merge_metrics(self, num_stages: int, extra_rows: list[dict]) -> list[dict]:
-        from ffpipe.metrics import rows_to_parquet
+        from ffpipe.telemetry.rows import rows_to_parquet
         rows = self._read_metrics([_stage_metrics(k) for k in range(num_stages)]) + extra_rows
         self.store.write_bytes("metrics.parquet", rows_to_parquet(rows))
         return rows
 
     def _read_metrics(self, names: list[str]) -> list[dict]:
-        from ffpipe.metrics import rows_of_parquet
+        from ffpipe.telemetry.rows import rows_of_parquet
         return rows_of_parquet([self.store.read_bytes(n) for n in names if self.store.exists(n)])
 
     def append_history(self, result: dict) -> None:
@@ -226,7 +236,7 @@ class RunFolder:
 
     def write_plots(self, rows: list[dict]) -> None:
         """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored)."""
-        from ffpipe.plots import plot_run  # matplotlib: only where plots are drawn
+        from ffpipe.telemetry.plots import plot_run  # matplotlib: only where plots are drawn
 
         local = self.store.local_path("plots")
         if local is not None:

@@ -14,7 +14,6 @@ import re
 import sys
 from typing import Callable
 
-import torch
 
 from ffpipe.errors import FFPipeError
 from ffpipe.run.folder import RunFolder
@@ -86,6 +85,8 @@ def _units_of(record: dict, trainable: Callable[[int], list[str]] | None) -> dic
 
 
 def _load(folder: RunFolder, name: str, map_location="cpu") -> dict:
+    import torch  # here: listing run folders (ffpipe runs) needs no torch
+
     try:
         return torch.load(io.BytesIO(folder.store.read_bytes(name)), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - a damaged file or one holding code: name it

@@ -29,11 +29,12 @@ class StageFailed(PipelineError):
         self.secondary, self.user_error = secondary, user_error
 
     @classmethod
-    def of(cls, stage_id: int, step: int, err: BaseException) -> "StageFailed":
+    def of(cls, stage_id: int, step: int, err: BaseException, detail: str = "") -> "StageFailed":
+        """`detail`: said after the cause (where the stage's flight recorder left its stacks)."""
         # Bad config, data or checkpoints, or a full disk, fail every attempt the same way: not
         # worth a restart.
         user = isinstance(err, (ConfigError, DataError, CheckpointError, StorageError))
-        return cls(stage_id, step, describe(err), isinstance(err, NeighbourError), user)
+        return cls(stage_id, step, describe(err) + detail, isinstance(err, NeighbourError), user)
 
     def __str__(self) -> str:
         at = f" at step {self.step}" if self.step is not None else ""

@@ -22,6 +22,7 @@ from ffpipe.pipeline.source import InputTransform, RunPlan, make_plan
 from ffpipe.pipeline.stage import input_dtype
 from ffpipe.run.checkpoints import read_units, resume_step
 from ffpipe.run.folder import RunFolder
+from ffpipe.telemetry.sinks import chosen
 
 
 @dataclass
@@ -69,8 +70,9 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     The stage split: `starts` if given, else the config's boundaries, else balanced by the cost
     of each learner measured on `profile_device` (equal costs without one) and of each cut at
     the measured `link` (seconds per byte between two stage processes; None: cuts cost nothing)."""
-    # 'on' where graphs cannot be (no GPU, dropout): say so now, before any data is read
+    # 'on' where graphs cannot be (no GPU, dropout), a logger not installed: say so now, before any data is read
     plan_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0), dropout=cfg.model.dropout > 0)
+    chosen(cfg.run.loggers)
     data = None
     if info is None:
         data = load_data(cfg.data, cfg.train.seed)

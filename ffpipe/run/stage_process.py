@@ -22,6 +22,7 @@ from ffpipe.pipeline.source import DataSource
 from ffpipe.pipeline.stage import Stage, StageOptions, input_dtype
 from ffpipe.run.checkpoints import read_units, save_units
 from ffpipe.run.folder import RunFolder
+from ffpipe.run.live import StageLive
 from ffpipe.run.recovery import StageFailed
 from ffpipe.run.setup import RunSetup
 from ffpipe.run.start import RunStart
@@ -97,8 +98,9 @@ def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None,
     return sink
 
 
-def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopConfig:
-    """How often the loop logs and saves; `folder` None: nothing is saved (evaluation)."""
+def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None, on_event=None) -> LoopConfig:
+    """How often the loop logs and saves; `folder` None: nothing is saved (evaluation, a replica
+    other than 0)."""
     cfg = setup.cfg
 
     def save(logger: StageLogger, epoch: int) -> None:
@@ -109,7 +111,8 @@ def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None) -> LoopC
         save_units(folder, state["step"], epoch, state["units"], setup.plan.num_units)
         folder.write_stage_metrics(stage.stage_id, logger.rows)
 
-    return LoopConfig(cfg.train.log_every, cfg.run.checkpoint_every, save if folder is not None else None, on_log)
+    return LoopConfig(cfg.train.log_every, cfg.run.checkpoint_every, save if folder is not None else None, on_log,
+                      on_event)
 
 
 def open_inbox(setup: RunSetup, start: RunStart, place: Place, device: torch.device, link):
@@ -135,18 +138,21 @@ def run_one_stage(setup: RunSetup, start: RunStart, place: Place, device: torch.
     """Stage 0 reads the data, the last stage evaluates into a sink, `link(rank)` is the channel to
     a neighbouring process; the loop runs to the end of the stream and both channels are closed.
     Only replica 0 of a stage saves, logs and evaluates; its other replicas train beside it."""
-    stage = None
+    stage, live = None, StageLive(setup, start, place, on_log, on_result)
     try:
-        stage, logger = open_stage(setup, start, place.stage, device, replica_group)
+        stage, live.logger = open_stage(setup, start, place.stage, device, replica_group)
         inbox = open_inbox(setup, start, place, device, link)
-        outbox, sink = open_outbox(setup, start, place, link, on_result)
-        loop = loop_config(setup, start.folder, on_log) if place.lead else loop_config(setup, None)
-        run_stage_loop(stage, inbox, outbox, loop, logger)
+        outbox, sink = open_outbox(setup, start, place, link, live.on_result)
+        folder, logged = (start.folder, live.on_log) if place.lead else (None, None)
+        run_stage_loop(stage, inbox, outbox, loop_config(setup, folder, logged, live.recorder.note), live.logger)
         stage.release_graph()  # before the process groups are destroyed: see GraphedStep.release
         for box in (outbox, inbox):
             box.close()
     except Exception as err:  # name the stage and its step; the traceback of a bug stays visible
         if not isinstance(err, FFPipeError):
             traceback.print_exc(file=sys.stderr)
-        raise StageFailed.of(place.stage, stage.step if stage else start.start_step, err) from err
-    return logger, sink
+        step = stage.step if stage else start.start_step
+        raise StageFailed.of(place.stage, step, err, detail=live.why_stalled()) from err
+    finally:
+        live.close()
+    return live.logger, sink

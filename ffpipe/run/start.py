@@ -50,6 +50,7 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
         replicas = choose_replicas(setup, processes)
         folder = RunFolder.create(cfg)
         folder.write_partition(setup.starts, replicas, step=0)
+        _write_plan(folder, setup)
         return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
     saved = resume.partition()
     new_split = layout_asked(cfg, saved)
@@ -58,7 +59,12 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
     step = usable_step(resume, setup)
     if step >= setup.plan.total_steps:
         raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")
+    _write_plan(resume, setup)  # a folder from before plan.json gets one
     return setup, pick_up(setup, RunStart(resume, step, setup.starts, attempt, replicas))
+
+
+def _write_plan(folder: RunFolder, setup: RunSetup) -> None:
+    folder.write_plan(setup.plan.total_steps, setup.plan.steps_per_epoch, len(setup.learners))
 
 
 def layout_asked(cfg: Config, saved: list[int]) -> bool:

@@ -90,6 +90,15 @@ class Store:
         from pyarrow.fs import FileType
         return self._fs.get_file_info(self._path(name)).type == FileType.File
 
+    def mtime(self, name: str) -> float | None:
+        """When the file was last written (seconds since the epoch); None: no such file."""
+        if self.is_local:
+            path = Path(self._path(name))
+            return path.stat().st_mtime if path.is_file() else None
+        from pyarrow.fs import FileType
+        info = self._fs.get_file_info(self._path(name))
+        return info.mtime.timestamp() if info.type == FileType.File and info.mtime else None
+
     def read_bytes(self, name: str) -> bytes:
         if self.is_local:
             return Path(self._path(name)).read_bytes()

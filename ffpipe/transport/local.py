@@ -35,5 +35,8 @@ class QueueChannel:
     def recv(self) -> Message:
         return self._wait(lambda t: self._queue.get(timeout=t))
 
+    def in_flight(self) -> int:
+        return self._queue.qsize()
+
     def close(self) -> None:
         pass

@@ -108,6 +108,10 @@ class P2PChannel:
         self._in_flight.append((works, msg))  # keeps the tensors alive until they are acknowledged
         self._trace("send", msg)
 
+    def in_flight(self) -> int:
+        """Messages sent and not yet acknowledged."""
+        return len(self._in_flight)
+
     def _wait_for_credit(self) -> None:
         self._wait(lambda: dist.irecv(self._ack, self.peer, group=self.control_group), "an acknowledgement")
         works, _ = self._in_flight.popleft()

@@ -121,3 +121,25 @@ def assert_same_parameters(a: Path, b: Path, atol: float = 0.0) -> None:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def scalar_tags(logdir) -> set[str]:
+    """The scalar tags TensorBoard reads from a stage's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def seen_live(run_dir: Path, proc: subprocess.Popen, stages: int = 2, timeout: float = 180) -> list[set[str]]:
+    """Each stage's TensorBoard tags, once every stage has tags and metric rows in the run folder;
+    fails if the run (`proc`) ends first: what is checked is seen while the run goes."""
+    boards = [run_dir / "tensorboard" / f"stage-{k}" for k in range(stages)]
+    deadline, seen = time.time() + timeout, [set()] * stages
+    while not all(seen) or not all((run_dir / "metrics" / f"stage-{k}.parquet").exists() for k in range(stages)):
+        assert proc.poll() is None, f"the run ended before every stage was seen: {seen}\n{proc.communicate()[1][-3000:]}"
+        assert time.time() < deadline, f"not every stage seen within {timeout} s: {seen}"
+        seen = [scalar_tags(b) if b.is_dir() else set() for b in boards]
+        time.sleep(0.5)
+    return seen

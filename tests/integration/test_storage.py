@@ -27,8 +27,10 @@ def test_a_run_in_object_storage_trains_resumes_and_evaluates_there_and_writes_n
     whole, whole_summary = train(make_config(f"run.storage={storage}", "run.dir=whole", "run.plots=true", *TWO_STAGES))
     assert whole == f"{storage}/whole"
     store = RunFolder.open(whole).store
-    assert store.list("") == ["config.toml", "history.jsonl", "metrics.parquet", "partition.json", "summary.json"]
-    assert store.list("plots") == ["test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
+    assert store.list("") == ["config.toml", "history.jsonl", "metrics.parquet", "partition.json", "plan.json",
+                                 "summary.json"]
+    assert store.list("plots") == ["stage_timeline.png", "test_accuracy_by_epoch.png", "test_accuracy_by_unit.png",
+                                  "train_accuracy.png", "train_loss.png"]
     assert [n for n in store.list("checkpoints") if n.startswith("step-000000006-")] == [
         "step-000000006-units-0000-0001.pt", "step-000000006-units-0002-0003.pt"]  # small_cnn: 4 units
     rows = pq.read_table(io.BytesIO(store.read_bytes("metrics.parquet"))).to_pylist()

@@ -4,7 +4,7 @@ import torch
 
 from ffpipe.backends import train
 from ffpipe.errors import ConfigError
-from ffpipe.report import report
+from ffpipe.reports.experiments import report
 from tests.helpers import make_config
 from tests.helpers.runs import newest_units
 

@@ -19,12 +19,12 @@ LAYERS = [
     {"models", "ff"},                  # architectures; the algorithm
     {"baselines"},                     # BP and classic FF, on ff's interfaces
     {"learners"},                      # the units wrapped for the chosen algorithm
-    {"data", "metrics", "progress", "plots"},
+    {"data", "telemetry"},             # datasets and loaders; what a run measures and shows
     {"pipeline"},                      # stages, messages, the one loop, replicas
     {"transport"},                     # channels and process groups, for the pipeline's protocol
     {"run"},                           # a run's life in a stage process and the run folder
     {"backends"},                      # how the stage processes are started
-    {"bench", "report"},
+    {"bench", "reports"},              # benchmarks; runs read back (runs, status, compare, report)
     {"cli"},
     {"__main__", "__init__"},
 ]

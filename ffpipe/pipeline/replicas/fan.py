@@ -73,6 +73,10 @@ class FanOut:
         for channel, piece in zip(self.channels, split(msg, self.replicas, self.targets)):
             channel.send(piece)
 
+    def in_flight(self) -> int | None:
+        counts = [c.in_flight() for c in self.channels if callable(getattr(c, "in_flight", None))]
+        return max(counts) if counts else None
+
     def close(self) -> None:
         for channel in self.channels:
             channel.close()

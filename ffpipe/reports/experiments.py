@@ -1,6 +1,6 @@
-"""Run folders -> the markdown results table and one plot per experiment.
+"""`ffpipe report RUN...`: run folders -> the markdown results table and one plot per experiment.
 
-    python launch/report.py RUN_DIR... [--out docs/results.md] [--plots docs/plots]
+    ffpipe report RUN_DIR... [--out docs/results.md] [--plots docs/plots]   (launch/report.py: the same)
 
 A run's experiment is its `run.experiment` (config key); its label is model, algorithm and
 granularity. Each plot shows the test accuracy of every unit by depth, one line per run.
