@@ -5,8 +5,12 @@
 # Ports: $RAY_PORT (GCS, default 6379), $DASHBOARD_PORT (dashboard and Jobs API, default 8265).
 # Token: $RAY_AUTH_TOKEN, or the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, which is
 # generated (readable by you only) when none of them exists; launch/ray_submit.sh reads it there.
-# `stop` is `ray stop`: it ends every Ray cluster on this machine, not only this head.
+# Files: --temp-dir=DIR, else $RAY_TEMP_DIR, else Ray's default ($TMPDIR/ray, where
+# `pipeline.address = "auto"` finds the head). `stop` ends only the heads this script started
+# (ffpipe/backends/ray_nodes.py), never other Ray clusters on the machine.
+# A head of several machines, and workers: launch/ray_cluster.sh.
 set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
 action=${1:-start}
 [ $# -gt 0 ] && shift
 # Ray on Linux swaps a loopback node address for the routable one unless told this is a
@@ -22,10 +26,18 @@ case "$action" in
     # this machine (an ffpipe run's own local cluster) may hold that one, and then no job could
     # ever be submitted. A free port instead ($RAY_AGENT_PORT, or an option after these, wins).
     agent_port=${RAY_AGENT_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-    exec ray start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
+    temp=$(printf '%s\n' "$@" | sed -n 's/^--temp-dir=//p' | tail -n 1)
+    temp_option=()
+    if [ -z "$temp" ]; then
+      temp=${RAY_TEMP_DIR:-${TMPDIR:-/tmp}/ray}
+      temp_option=(--temp-dir="$temp")
+    fi
+    ray start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
       --dashboard-agent-listen-port="$agent_port" \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
-      --disable-usage-stats "$@" ;;
-  stop) exec ray stop "$@" ;;
+      --disable-usage-stats "${temp_option[@]}" "$@"
+    python3 "$repo/ffpipe/backends/ray_nodes.py" record local "${RAY_PORT:-6379}" "$temp" "127.0.0.1:${RAY_PORT:-6379}" >/dev/null
+    echo "stop this head: launch/ray_head.sh stop" ;;
+  stop) exec python3 "$repo/ffpipe/backends/ray_nodes.py" stop local ;;
   *) echo "usage: launch/ray_head.sh [start|stop] [ray start options]" >&2; exit 2 ;;
 esac

@@ -145,7 +145,7 @@ def _attempt(cfg: Config, setup, start) -> list[dict]:
         announce(start, describe_topology(start.topology, f"Ray actors, {'GPU' if gpus else 'CPU'}, "
                                                           f"transport {cfg.pipeline.transport}"))
         try:
-            _connect_stages(cfg, actors, gpus)
+            _connect_stages(cfg, actors, gpus, [start.topology.place(k).stage for k in range(len(actors))])
         except recovery.StageFailed as failure:
             recovery.record(start.folder, failure, start.attempt.number)
             raise
@@ -189,34 +189,51 @@ def _start_actors(cfg, setup, start, gpus: int):
     return pg, actors
 
 
-def _connect_stages(cfg, actors, gpus: int) -> None:
+def _connect_stages(cfg, actors, gpus: int, stages: list[int]) -> None:
     """p2p: a torch.distributed group; ray: a Ray collective group where RDT needs one."""
     if cfg.pipeline.transport == "p2p":
-        host, port = _get(actors[0].address.remote(), 0, cfg)
-        _get([a.join.remote(host, port) for a in actors], None, cfg)
+        (host, port), = _get([actors[0].address.remote()], [0], cfg)
+        _get([a.join.remote(host, port) for a in actors], stages, cfg)
         return
-    _get([a.progress.remote() for a in actors], None, cfg)  # every actor constructed
+    _get([a.progress.remote() for a in actors], stages, cfg)  # every actor constructed
     from ffpipe.transport import ray as ray_transport
 
     ray_transport.connect(actors, cfg.pipeline, gpus)
 
 
-def _get(refs, stage, cfg):
-    """What starting stage actors answer, within the longer of pipeline.timeout_s and
-    STAGE_START_S; a stage that fails or does not start in time is a StageFailed (a user error
-    in it, e.g. missing data, is not restarted)."""
+def _first_error(refs: list) -> int:
+    """The index of a ref that is ready and holds an error (0 if none does)."""
+    import ray
+
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for k, ref in enumerate(refs):
+        if ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayError:
+                return k
+    return 0
+
+
+def _get(refs: list, stages: list[int], cfg) -> list:
+    """What starting stage actors answer (refs[k] from an actor of stages[k]), within the longer
+    of pipeline.timeout_s and STAGE_START_S; a stage that fails or does not start in time is a
+    StageFailed that names it (a user error in it, e.g. missing data, is not restarted)."""
     import ray
 
     deadline = max(cfg.pipeline.timeout_s, STAGE_START_S)
     try:
         return ray.get(refs, timeout=deadline)
     except ray.exceptions.GetTimeoutError:
-        raise recovery.StageFailed(stage, None, f"the stage actor did not start within {deadline:.0f} s (the "
-                                   f"longer of pipeline.timeout_s and {STAGE_START_S:.0f} s): it builds its "
-                                   "part of the model first, and stage 0 reads the data; on a loaded cluster "
-                                   "raise pipeline.timeout_s") from None
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=0)
+        names = sorted({stages[k] for k, ref in enumerate(refs) if ref in late}) or sorted(set(stages))
+        raise recovery.StageFailed(names[0], None, f"the actor of stage(s) {', '.join(map(str, names))} did "
+                                   f"not start within {deadline:.0f} s (the longer of pipeline.timeout_s and "
+                                   f"{STAGE_START_S:.0f} s): it builds its part of the model first, and stage 0 "
+                                   "reads the data; on a loaded cluster raise pipeline.timeout_s") from None
     except ray.exceptions.RayError as err:
+        failed = _first_error(refs)
         cause = getattr(err, "cause", None)
         if isinstance(cause, BaseException):
-            raise recovery.StageFailed.of(stage, None, cause) from None
-        raise recovery.StageFailed(stage, None, f"the stage actor failed to start: {cause_of(err)}") from None
+            raise recovery.StageFailed.of(stages[failed], None, cause) from None
+        raise recovery.StageFailed(stages[failed], None, f"the stage actor failed to start: {cause_of(err)}") from None

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ffpipe.backends.ray_nodes import descendants, mentioning, terminate
 from tests.helpers import REPO, free_port
 
 BIN = Path(sys.executable).parent
@@ -69,55 +70,15 @@ def start_head(env: dict, *options: str) -> None:
 def head_processes(env: dict) -> set[int]:
     """The head's processes: those naming its folder (GCS, raylet, dashboard, monitor) or its GCS
     address (the Ray Client server), and their children (agents and workers rename themselves)."""
-    return descendants(processes_mentioning(env["TMPDIR"], f"127.0.0.1:{env.get('RAY_PORT', '-')}"))
+    return descendants(mentioning(env["TMPDIR"], f"127.0.0.1:{env.get('RAY_PORT', '-')}"))
 
 
 def stop_head(env: dict) -> None:
-    """SIGTERM, then SIGKILL, to every process of this head only; then its folder goes."""
-    targets = head_processes(env)
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        for pid in targets | head_processes(env):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while _alive(targets | head_processes(env)) and time.time() < deadline:
-            time.sleep(0.2)
-    left = _alive(targets | head_processes(env))
+    """Every process of a cluster in this folder (a head, or a run's own cluster) stopped; then
+    its folder goes."""
+    left = terminate(lambda: head_processes(env), grace_s=5.0)
     assert not left, f"Ray processes of {env['TMPDIR']} still running: {left}"
     shutil.rmtree(env["TMPDIR"], ignore_errors=True)
-
-
-def processes_mentioning(*markers: str) -> set[int]:
-    """Processes whose command line holds one of the markers (never this one or its parents)."""
-    found, mine = set(), _ancestry()
-    for pid in set(_pids()) - mine:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
-        except OSError:
-            continue
-        if any(m in cmdline for m in markers):
-            found.add(pid)
-    return found
-
-
-def descendants(roots: set[int]) -> set[int]:
-    """The roots and every process below them."""
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        try:  # the field after the parenthesised name: state, then the parent's pid
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
-    return found
 
 
 def listening_sockets(pids: set[int]) -> list[tuple[int, str, Address, int]]:
@@ -160,30 +121,6 @@ def _address(hex_host: str) -> Address:
     raw = b"".join(bytes.fromhex(hex_host[i:i + 8])[::-1] for i in range(0, len(hex_host), 8))
     address = ipaddress.ip_address(raw)
     return getattr(address, "ipv4_mapped", None) or address
-
-
-def _ancestry() -> set[int]:
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return pids
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _alive(pids: set[int]) -> list[int]:
-    """Those still running (a zombie has exited: it waits for a parent that may never reap it)."""
-    alive = []
-    for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.append(pid)
-        except (OSError, IndexError):
-            pass
-    return alive
 
 
 # -- a Ray cluster of three nodes on this machine --------------------------------------------

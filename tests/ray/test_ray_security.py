@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import REPO, free_port
 from tests.helpers.runs import summary
 from tests.helpers.machine import (assert_loopback, descendants, fresh_machine_env, listening_sockets,
-                                processes_mentioning, start_head, stop_head)
+                                mentioning, start_head, stop_head)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -91,7 +91,7 @@ def test_ffpipes_own_cluster_listens_on_loopback_only_and_requires_the_token(tmp
         assert seen["started"] and seen["node"] == "127.0.0.1"
         # The cluster: the driver and everything below it (GCS, raylet, agents, workers), and
         # anything else naming its folder.
-        cluster = descendants({driver.pid} | processes_mentioning(env["TMPDIR"]))
+        cluster = descendants({driver.pid} | mentioning(env["TMPDIR"]))
         sockets = listening_sockets(cluster)
         assert_loopback(sockets)
         owners = {pid for pid, *_ in sockets}
@@ -150,7 +150,7 @@ def _train_and_watch(env: dict, run_dir: Path, *overrides: str) -> tuple[str, se
             deadline = time.time() + 240
             while run.poll() is None and time.time() < deadline:
                 cluster = descendants({run.pid})
-                stages |= cluster & processes_mentioning("ray::StageWorker")
+                stages |= cluster & mentioning("ray::StageWorker")
                 sockets |= set(listening_sockets(cluster))
                 time.sleep(0.1)
         finally:

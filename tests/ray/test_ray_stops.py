@@ -65,3 +65,31 @@ def test_a_run_that_cannot_join_its_cluster_leaves_its_run_dir_free(tmp_path):
                                    f"run.dir={run_dir}"], check=False, timeout=120)
         assert done.returncode == 2 and f"nothing answers at {nobody}" in done.stderr, done.stderr[-2000:]
     assert not (run_dir / "config.toml").exists()
+
+
+def test_a_stage_actor_slow_to_start_or_failing_is_named_with_the_setting_to_raise(monkeypatch):
+    """What the driver waits for while stage actors start (their construction, the rendezvous):
+    past the deadline, the stages that did not answer and pipeline.timeout_s are named, never
+    Ray's bare "Get timed out"; an actor that fails names its stage and its own error."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    from ffpipe import config as config_mod
+    from ffpipe.backends import ray_backend
+    from ffpipe.run.recovery import StageFailed
+
+    monkeypatch.setattr(ray_backend, "STAGE_START_S", 1.0)
+    cfg = config_mod.load(None, ["pipeline.timeout_s=2"])
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        answer = ray.remote(num_cpus=0)(lambda wait_s: time.sleep(wait_s) or wait_s)
+        refs = [answer.remote(0), answer.remote(60), answer.remote(0)]
+        with pytest.raises(StageFailed) as slow:
+            ray_backend._get(refs, [0, 1, 1], cfg)
+        assert slow.value.stage_id == 1 and "the actor of stage(s) 1 did not start within 2 s" in str(slow.value)
+        assert "raise pipeline.timeout_s" in str(slow.value)
+        broken = ray.remote(num_cpus=0)(lambda: (_ for _ in ()).throw(ValueError("no data here")))
+        with pytest.raises(StageFailed, match=r"stage 2 failed: .*ValueError: no data here"):
+            ray_backend._get([answer.remote(0), broken.remote()], [1, 2], cfg)
+    finally:
+        ray.shutdown()

@@ -1,0 +1,80 @@
+"""The README's cluster path as written, on one machine: launch/ray_cluster.sh starts a head (the
+token made on a fresh HOME) and a worker node (another HOME, which gets the token copied to it),
+each with its own temp folder and ports; launch/ray_submit.sh sends a run whose stages land on
+both nodes; `stop` ends the worker, then the head, and nothing else: another Ray head on the
+machine, which these scripts did not start, still runs."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffpipe.backends.ray_nodes import node_processes, terminate
+from ffpipe.run.folder import RunFolder
+from tests.helpers import REPO, free_port
+from tests.helpers.machine import fresh_machine_env, head_processes, start_head, stop_head
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+NODE_PORTS = ("NODE_MANAGER_PORT", "OBJECT_MANAGER_PORT", "AGENT_GRPC_PORT", "AGENT_HTTP_PORT",
+              "RUNTIME_ENV_PORT", "METRICS_PORT")
+
+
+def _script(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["bash", "launch/ray_cluster.sh", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _node_env(env: dict, role: str, worker_ports: int) -> dict:
+    """A node of its own: its ports free on this machine, its temp folder, and (a worker) its HOME."""
+    node = dict(env, RAY_TEMP_DIR=f"{env['TMPDIR']}/{role}", WORKER_PORTS=f"{worker_ports}-{worker_ports + 99}",
+                **{name: str(free_port()) for name in NODE_PORTS})
+    if role == "worker":
+        node["HOME"] = str(Path(env["HOME"]).parent / "worker-home")
+        Path(node["HOME"]).mkdir()
+    return node
+
+
+def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_themselves(tmp_path):
+    env = fresh_machine_env(tmp_path)
+    env.update(RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()), CLIENT_PORT=str(free_port()),
+               PYTHON_ON_HEAD=sys.executable, RUN_DIR="spread")
+    (tmp_path / "other").mkdir()
+    bystander = fresh_machine_env(tmp_path / "other")  # another user's head, say
+    head, worker = _node_env(env, "head", 41000), _node_env(env, "worker", 41200)
+    try:
+        start_head(bystander, "--num-cpus=0", "--include-dashboard=false")
+        started = _script(head, "head", "127.0.0.1", "--num-cpus=2").stdout
+        token = Path(env["HOME"]) / ".ray" / "auth_token"
+        assert "made the cluster's token" in started and token.stat().st_mode & 0o077 == 0
+        assert "launch/ray_cluster.sh worker 127.0.0.1" in started
+        refused = _script(worker, "worker", "127.0.0.1", ok=False).stderr  # no token on that node yet
+        assert "no token to join 127.0.0.1:" in refused and "auth_token" in refused
+        (Path(worker["HOME"]) / ".ray").mkdir(mode=0o700)
+        shutil.copy2(token, Path(worker["HOME"]) / ".ray" / "auth_token")  # what the printed scp does
+        _script(worker, "worker", "127.0.0.1", "--num-cpus=2")
+        store = (tmp_path / "bucket").as_uri()
+        submitted = subprocess.run(
+            ["bash", "launch/ray_submit.sh", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
+             "--set", "data.name=synthetic", "--set", "train.max_steps=6", "--set", "pipeline.stages=2",
+             "--set", "train.device=cpu", "--set", "run.plots=false", "--set", "pipeline.placement=SPREAD",
+             "--set", f"run.storage={store}"], cwd=REPO, env=head, capture_output=True, text=True, timeout=300)
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        summary = RunFolder.open(f"{store}/spread").summary()
+        assert summary["completed"] and len({stage["node"] for stage in summary["stages"]}) == 2  # both nodes
+
+        records = Path(worker["HOME"]) / ".ray" / "ffpipe-nodes"
+        worker_session = next(records.iterdir()).read_text().split()[0]
+        assert node_processes(worker_session)
+        assert "stopped the Ray worker" in _script(worker, "stop").stdout
+        assert not node_processes(worker_session) and head_processes(head)  # the head still runs
+        assert "stopped the Ray head" in _script(head, "stop", "head").stdout
+        assert not head_processes(head) and head_processes(bystander)  # only what the scripts started
+        nothing = _script(head, "stop", ok=False).stderr
+        assert "no Ray node of head/worker started by the launch scripts" in nothing
+    finally:
+        terminate(lambda: head_processes(head) | head_processes(worker), grace_s=5.0)
+        stop_head(bystander)
