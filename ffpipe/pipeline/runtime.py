@@ -32,8 +32,10 @@ class StageLogger:
     rows: list[dict] = field(default_factory=list)
     wait_recv: Stopwatch = field(default_factory=Stopwatch)
     wait_send: Stopwatch = field(default_factory=Stopwatch)
-    # time in the live loggers and in writing the stage's rows (ffpipe/run/live.py): their cost
+    # the live loggers' and metric rows' cost (ffpipe/run/live.py): the loop's time handing them
+    # over, and their writer thread's time at work
     telemetry: Stopwatch = field(default_factory=Stopwatch)
+    telemetry_writer_s: float = 0.0
     train_seconds: float = 0.0
     train_images: int = 0
     _epoch_t0: float | None = None

@@ -1,12 +1,18 @@
 """What a stage process tells while it runs: its rows to the live loggers (run.loggers) and to the
 run folder at the log cadence (a crash loses at most ROWS_EVERY_S of them), the last stage's
 evaluations to the loggers, and a flight recorder that leaves a stack dump where the stage stalls.
-Only replica 0 of a stage speaks; the flight recorder runs in every process."""
+Only replica 0 of a stage speaks; the flight recorder runs in every process. The writing is done
+by a thread of its own: the stage's loop only hands it over (on a GPU, a loop that waited on a
+file write would leave the device idle)."""
 from __future__ import annotations
 
+import queue
+import sys
+import threading
 import time
 
 from ffpipe.telemetry.flight import FlightRecorder
+from ffpipe.telemetry.measure import Stopwatch
 from ffpipe.telemetry.sinks import LiveMetrics, chosen, eval_scalars, stage_scalars
 
 ROWS_EVERY_S = 2.0  # the stage's metric file is rewritten at a log step at most this often
@@ -15,29 +21,36 @@ ROWS_EVERY_S = 2.0  # the stage's metric file is rewritten at a log step at most
 class StageLive:
     def __init__(self, setup, start, place, on_log=None, on_result=None):
         cfg, folder = setup.cfg, start.folder
-        self.folder, self.stage_id, self.lead = folder, place.stage, place.lead
+        self.folder, self.stage_id = folder, place.stage
         self.outer_log, self.outer_result = on_log, on_result
         self.logger = None  # the stage's StageLogger, once open (its rows are what is written)
-        self._rows_written = 0.0
+        self._rows_written, self._rows_lock = 0.0, threading.Lock()
         names = chosen(cfg.run.loggers) if place.lead else []
         self.metrics = LiveMetrics(names, folder, place.stage, _run_name(folder), cfg.to_dict()) if names else None
+        self.writer = Writer(f"ffpipe-telemetry-{place.stage}")
         self.recorder = FlightRecorder(folder, place.stage, start.attempt.number, cfg.pipeline.timeout_s / 2).start()
 
     def on_log(self, stage_id: int, step: int, rows: list[dict]) -> None:
         if self.outer_log is not None:
             self.outer_log(stage_id, step, rows)
-        with self.logger.telemetry:
+        with self.logger.telemetry:  # what the loop itself spends: handing over
             if self.metrics is not None:
-                self.metrics.write(step, stage_scalars(rows))
+                self.writer.submit(self.metrics.write, step, stage_scalars(rows))
             if time.monotonic() - self._rows_written > ROWS_EVERY_S:
-                self.folder.write_stage_metrics(stage_id, self.logger.rows)
                 self._rows_written = time.monotonic()
+                self.writer.submit(self.write_rows)
+
+    def write_rows(self) -> None:
+        """The stage's metric file with every row so far: from the writer, and at checkpoints. The
+        rows are taken inside the lock, so a later write never holds fewer rows than an earlier."""
+        with self._rows_lock:
+            self.folder.write_stage_metrics(self.stage_id, list(self.logger.rows))
 
     def on_result(self, result: dict) -> None:
         if self.outer_result is not None:
             self.outer_result(result)
         if self.metrics is not None:
-            self.metrics.write(result["step"], eval_scalars(result))
+            self.writer.submit(self.metrics.write, result["step"], eval_scalars(result))
 
     def why_stalled(self) -> str:
         """Where the flight recorder's dump is, for a failure message ('' when it wrote none)."""
@@ -45,8 +58,38 @@ class StageLive:
 
     def close(self) -> None:
         self.recorder.stop()
+        self.writer.close()
+        if self.logger is not None:
+            self.logger.telemetry_writer_s = self.writer.busy.total
         if self.metrics is not None:
             self.metrics.close()
+
+
+class Writer:
+    """A thread that runs what it is handed, in order; close() runs what is left and ends it. A
+    write that fails is named on stderr; the run goes on (the checkpoints write the rows too)."""
+
+    def __init__(self, name: str):
+        self.busy = Stopwatch()  # the thread's own time at work
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        self._queue.put((fn, args))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args = item
+            try:
+                with self.busy:
+                    fn(*args)
+            except Exception as err:  # noqa: BLE001 - telemetry never stops the training
+                print(f"ffpipe: {self._thread.name}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
 
 def _run_name(folder) -> str:

@@ -98,9 +98,11 @@ def open_sink(start: RunStart, num_units: int, timeout_s: float, on_result=None,
     return sink
 
 
-def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None, on_event=None) -> LoopConfig:
+def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None, on_event=None,
+                write_rows=None) -> LoopConfig:
     """How often the loop logs and saves; `folder` None: nothing is saved (evaluation, a replica
-    other than 0)."""
+    other than 0); `write_rows()` writes the stage's metric rows (StageLive's, which its writer
+    thread also calls), else the folder's own."""
     cfg = setup.cfg
 
     def save(logger: StageLogger, epoch: int) -> None:
@@ -109,7 +111,10 @@ def loop_config(setup: RunSetup, folder: RunFolder | None, on_log=None, on_event
         stage.sync("a checkpoint")
         state = stage.state_dict()
         save_units(folder, state["step"], epoch, state["units"], setup.plan.num_units)
-        folder.write_stage_metrics(stage.stage_id, logger.rows)
+        if write_rows is not None:
+            write_rows()
+        else:
+            folder.write_stage_metrics(stage.stage_id, logger.rows)
 
     return LoopConfig(cfg.train.log_every, cfg.run.checkpoint_every, save if folder is not None else None, on_log,
                       on_event)
@@ -144,7 +149,8 @@ def run_one_stage(setup: RunSetup, start: RunStart, place: Place, device: torch.
         inbox = open_inbox(setup, start, place, device, link)
         outbox, sink = open_outbox(setup, start, place, link, live.on_result)
         folder, logged = (start.folder, live.on_log) if place.lead else (None, None)
-        run_stage_loop(stage, inbox, outbox, loop_config(setup, folder, logged, live.recorder.note), live.logger)
+        run_stage_loop(stage, inbox, outbox, loop_config(setup, folder, logged, live.recorder.note, live.write_rows),
+                       live.logger)
         stage.release_graph()  # before the process groups are destroyed: see GraphedStep.release
         for box in (outbox, inbox):
             box.close()

@@ -23,7 +23,7 @@ def stage_report(logger: StageLogger) -> dict:
             **steady_profile(logger.rows),
             "images_per_second": logger.train_images / max(logger.train_seconds, 1e-9),
             "wait_recv_s": logger.wait_recv.total, "wait_send_s": logger.wait_send.total,
-            "telemetry_s": logger.telemetry.total,
+            "telemetry_s": logger.telemetry.total, "telemetry_writer_s": logger.telemetry_writer_s,
             "peak_memory_mib": max([r["peak_memory_mib"] for r in logger.rows], default=0.0)}
 
 

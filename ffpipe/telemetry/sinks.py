@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import queue
 import sys
-import threading
 import tempfile
 import time
 from pathlib import Path
@@ -71,36 +69,27 @@ def eval_scalars(result: dict) -> dict[str, float]:
 
 
 class LiveMetrics:
-    """The loggers of one stage process. write(step, scalars) hands them to a writer thread, so
-    the stage's loop never waits on a logger (TensorBoard and MLflow take 0.5-1.6 ms per log step
-    of 23 scalars on a CPU core); close() writes what is queued and closes every logger. A logger
+    """The loggers of one stage process: write(step, scalars) to every one; close() at the end.
+    (ffpipe/run/live.py calls write from a thread of its own: TensorBoard and MLflow take 0.5-1.6
+    ms per log step of 23 scalars on a CPU core, which the stage's loop never waits for.) A logger
     that fails is named once on stderr and dropped; training goes on."""
 
     def __init__(self, names: list[str], folder, stage_id: int, run_name: str, config: dict):
         self.sinks = [_open(name, folder, stage_id, run_name, config) for name in names]
         self.stage_id = stage_id
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._drain, name=f"ffpipe-loggers-{stage_id}", daemon=True)
-        self._thread.start()
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        self._queue.put((step, scalars))
+        for sink in list(self.sinks):
+            try:
+                sink.write(step, scalars)
+            except Exception as err:  # noqa: BLE001 - a logger never stops the training
+                print(f"ffpipe: stage {self.stage_id}: logger {type(sink).__name__.strip('_')} failed and is "
+                      f"dropped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                self.sinks.remove(sink)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
         for sink in self.sinks:
             sink.close()
-
-    def _drain(self) -> None:
-        while (item := self._queue.get()) is not None:
-            for sink in list(self.sinks):
-                try:
-                    sink.write(*item)
-                except Exception as err:  # noqa: BLE001 - a logger never stops the training
-                    print(f"ffpipe: stage {self.stage_id}: logger {type(sink).__name__.strip('_')} failed and is "
-                          f"dropped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-                    self.sinks.remove(sink)
 
 
 def _open(name: str, folder, stage_id: int, run_name: str, config: dict):
