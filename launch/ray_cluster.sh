@@ -100,8 +100,7 @@ start_worker() {
   fi
   local temp; temp=$(temp_dir worker)
   local ip=()
-  if loopback "${head%:*}"; then  # a head on 127.0.0.1: a worker of this machine, on 127.0.0.1 too
-    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+  if loopback "${head%:*}"; then  # a head on 127.0.0.1: a worker of this machine
     ip=(--node-ip-address="${NODE_IP:-127.0.0.1}")
   elif [ -n "${NODE_IP:-}" ]; then
     ip=(--node-ip-address="$NODE_IP")

@@ -1,16 +1,19 @@
 """The README's cluster path as written, on one machine: launch/ray_cluster.sh starts a head (the
-token made on a fresh HOME) and a worker node (another HOME, which gets the token copied to it),
-each with its own temp folder and ports; launch/ray_submit.sh sends a run whose stages land on
-both nodes; `stop` ends the worker, then the head, and nothing else: another Ray head on the
-machine, which these scripts did not start, still runs."""
+token made on a fresh HOME) on this machine's own address (as on a private network: a worker Ray
+starts takes a node's routable address, and a head on 127.0.0.1 would not see it) and a worker
+node (another HOME, which gets the token copied to it), each with its own temp folder and ports;
+launch/ray_submit.sh sends a run whose stages land on both nodes; `stop` ends the worker, then
+the head, and nothing else: another Ray head on the machine, which these scripts did not start,
+still runs."""
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ffpipe.backends.ray_nodes import node_processes, terminate
+from ffpipe.backends.ray_nodes import descendants, mentioning, node_processes, terminate
 from ffpipe.run.folder import RunFolder
 from tests.helpers import REPO, free_port
 from tests.helpers.machine import fresh_machine_env, head_processes, start_head, stop_head
@@ -38,7 +41,20 @@ def _node_env(env: dict, role: str, worker_ports: int) -> dict:
     return node
 
 
+def _own_address() -> str:
+    """The address this machine reaches others from (no packet is sent: a UDP socket's route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_themselves(tmp_path):
+    address = _own_address()
+    if address.startswith("127."):
+        pytest.skip("this machine has no address beside 127.0.0.1 for a second Ray node to join")
     env = fresh_machine_env(tmp_path)
     env.update(RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()), CLIENT_PORT=str(free_port()),
                PYTHON_ON_HEAD=sys.executable, RUN_DIR="spread")
@@ -47,18 +63,18 @@ def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_th
     head, worker = _node_env(env, "head", 41000), _node_env(env, "worker", 41200)
     try:
         start_head(bystander, "--num-cpus=0", "--include-dashboard=false")
-        started = _script(head, "head", "127.0.0.1", "--num-cpus=2").stdout
+        started = _script(head, "head", address, "--num-cpus=2").stdout
         token = Path(env["HOME"]) / ".ray" / "auth_token"
         assert "made the cluster's token" in started and token.stat().st_mode & 0o077 == 0
-        assert "launch/ray_cluster.sh worker 127.0.0.1" in started
-        refused = _script(worker, "worker", "127.0.0.1", ok=False).stderr  # no token on that node yet
-        assert "no token to join 127.0.0.1:" in refused and "auth_token" in refused
+        assert f"launch/ray_cluster.sh worker {address}" in started
+        refused = _script(worker, "worker", address, ok=False).stderr  # no token on that node yet
+        assert f"no token to join {address}:" in refused and "auth_token" in refused
         (Path(worker["HOME"]) / ".ray").mkdir(mode=0o700)
         shutil.copy2(token, Path(worker["HOME"]) / ".ray" / "auth_token")  # what the printed scp does
-        _script(worker, "worker", "127.0.0.1", "--num-cpus=2")
+        _script(worker, "worker", address, "--num-cpus=2")
         store = (tmp_path / "bucket").as_uri()
         submitted = subprocess.run(
-            ["bash", "launch/ray_submit.sh", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
+            ["bash", "launch/ray_submit.sh", "--address", f"http://{address}:{env['DASHBOARD_PORT']}",
              "--set", "data.name=synthetic", "--set", "train.max_steps=6", "--set", "pipeline.stages=2",
              "--set", "train.device=cpu", "--set", "run.plots=false", "--set", "pipeline.placement=SPREAD",
              "--set", f"run.storage={store}"], cwd=REPO, env=head, capture_output=True, text=True, timeout=300)
@@ -72,9 +88,11 @@ def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_th
         assert "stopped the Ray worker" in _script(worker, "stop").stdout
         assert not node_processes(worker_session) and head_processes(head)  # the head still runs
         assert "stopped the Ray head" in _script(head, "stop", "head").stdout
-        assert not head_processes(head) and head_processes(bystander)  # only what the scripts started
+        client = f"--address={address}:{env['RAY_PORT']}"  # the head's Ray Client server
+        assert not head_processes(head) and not mentioning(client) and head_processes(bystander)  # only theirs
         nothing = _script(head, "stop", ok=False).stderr
         assert "no Ray node of head/worker started by the launch scripts" in nothing
     finally:
-        terminate(lambda: head_processes(head) | head_processes(worker), grace_s=5.0)
+        terminate(lambda: head_processes(head) | descendants(mentioning(f"--address={address}:{env['RAY_PORT']}")),
+                  grace_s=5.0)
         stop_head(bystander)

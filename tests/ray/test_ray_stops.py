@@ -84,8 +84,9 @@ def test_a_stage_actor_slow_to_start_or_failing_is_named_with_the_setting_to_rai
     try:
         answer = ray.remote(num_cpus=0)(lambda wait_s: time.sleep(wait_s) or wait_s)
         refs = [answer.remote(0), answer.remote(60), answer.remote(0)]
+        ray.get([refs[0], refs[2]])  # those two have answered: stage 1's slow one has not
         with pytest.raises(StageFailed) as slow:
-            ray_backend._get(refs, [0, 1, 1], cfg)
+            ray_backend._get(refs, [0, 1, 2], cfg)
         assert slow.value.stage_id == 1 and "the actor of stage(s) 1 did not start within 2 s" in str(slow.value)
         assert "raise pipeline.timeout_s" in str(slow.value)
         broken = ray.remote(num_cpus=0)(lambda: (_ for _ in ()).throw(ValueError("no data here")))
