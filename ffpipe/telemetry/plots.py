@@ -40,8 +40,9 @@ def plot_run(rows: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def _save(fig, path: Path, top: float = 1.0) -> Path:
-    fig.tight_layout(rect=(0, 0, 1, top))
+def _save(fig, path: Path, layout: bool = True) -> Path:
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -112,10 +113,12 @@ def _timeline(train: list[dict], path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylabel(f"stage {stage}")
-    fig.suptitle("where each stage's time went (the bottleneck never waits)")
+    height = fig.get_figheight()
+    fig.suptitle("where each stage's time went (the bottleneck never waits)", y=1 - 0.08 / height, va="top")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    top = 1 - 0.7 / fig.get_figheight()  # room for the title and the legend above the stages
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, top + 0.32 / fig.get_figheight()),
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / height),
                fontsize=8, ncol=3, frameon=False)
     axes[-1, 0].set_xlabel(unit if t0 else "step")
-    return _save(fig, path, top)
+    fig.tight_layout()
+    fig.subplots_adjust(top=1 - 0.7 / height)  # the title and the legend above the stages, no more
+    return _save(fig, path, layout=False)
