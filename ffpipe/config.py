@@ -7,7 +7,6 @@ ConfigError naming the key and what is allowed. Each component gets only its own
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -16,10 +15,15 @@ from ffpipe.config_sections import (DATASETS, MODELS, AlgoConfig, DataConfig, Mo
                                     PipelineConfig, RunConfig, TrainConfig, _require)
 from ffpipe.errors import ConfigError
 
+try:  # Python 3.11+; on 3.10 the same parser as the package tomli (a dependency there)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
+    import tomli as tomllib
+
 # The rest of ffpipe imports the sections and the names of models and datasets from here.
 __all__ = ["DATASETS", "MODELS", "SECTIONS", "AlgoConfig", "Config", "DataConfig", "ModelConfig",
            "PipelineConfig", "RunConfig", "TrainConfig", "describe", "from_dict", "load", "load_tree",
-           "merge", "parse_override", "to_toml"]
+           "merge", "parse_override", "parse_toml", "to_toml"]
 
 
 @dataclass
@@ -133,6 +137,11 @@ def load_tree(path: str | Path | None = None, overrides: list[str] = ()) -> dict
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     return merge(tree, list(overrides))
+
+
+def parse_toml(text: str) -> dict:
+    """TOML text as a dict (every TOML read of ffpipe goes through here: tomllib or tomli)."""
+    return tomllib.loads(text)
 
 
 def to_toml(config: Config) -> str:

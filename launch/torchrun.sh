@@ -4,4 +4,5 @@
 # torchrun's agent runs inside ffpipe's launcher: a failed stage is named in one line, recorded in
 # the run folder, and the run restarts from its newest checkpoints (pipeline.max_restarts).
 set -euo pipefail
+source "$(dirname "$0")/venv.sh"   # python3: the repository's .venv where there is one
 exec "${PYTHON:-python3}" -m ffpipe.backends.torchrun_launch "$@"
