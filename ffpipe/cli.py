@@ -102,13 +102,7 @@ def _train(args) -> int:
     if args.help_config:
         print(config_mod.describe())
         return 0
-    # The config first: a typo is answered before torch is imported.
-    if args.resume:
-        from ffpipe.run.folder import RunFolder
-
-        cfg = RunFolder.open(args.resume).resume_config(args.overrides)
-    else:
-        cfg = config_mod.load(args.config, args.overrides)
+    cfg = _train_config(args)
     from ffpipe.backends import train
 
     run_dir, s = train(cfg, args.resume)
@@ -123,6 +117,23 @@ def _train(args) -> int:
           f"{s['test_accuracy_best_unit']:.4f} (best unit); {s['images_per_second']:,.0f} img/s; "
           f"{s['wall_seconds']:.1f} s; run folder {run_dir}")
     return 0
+
+
+def _train_config(args) -> config_mod.Config:
+    """The config first: a typo is answered before torch is imported. Under torchrun the backend
+    follows from it where neither the file nor --set names one (backends/torchrun_env.py)."""
+    from ffpipe.backends.torchrun_env import backend_sets
+
+    if args.resume:  # the run's own backend may change: only --set counts as asked
+        from ffpipe.run.folder import RunFolder
+
+        asked = config_mod.merge({}, args.overrides).get("pipeline", {}).get("backend")
+        return RunFolder.open(args.resume).resume_config([*args.overrides, *backend_sets(asked, os.environ)])
+    tree = config_mod.load_tree(args.config, args.overrides)
+    pipeline = tree.get("pipeline", {})
+    if isinstance(pipeline, dict):  # else from_dict names the mistake
+        tree = config_mod.merge(tree, backend_sets(pipeline.get("backend"), os.environ))
+    return config_mod.from_dict(tree)
 
 
 def _eval(args) -> int:
