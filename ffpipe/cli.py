@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ffpipe import __version__
 from ffpipe import config as config_mod
 from ffpipe.bench import add_parsers as add_bench_parsers
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError, say_error
@@ -16,6 +17,7 @@ from ffpipe.errors import USER_ERROR_EXIT, FFPipeError, say_error
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffpipe", description="Scalable Forward-Forward, pipelined.")
+    p.add_argument("--version", action="version", version=f"ffpipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (no config file: small_cnn on Fashion-MNIST, 1 epoch)")
     t.add_argument("--config", help="TOML config file (optional)")
@@ -25,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                    "newest checkpoint every stage has (its own config; --set may change only "
                    "run.*, logging and transport keys)")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config, the stage split with "
+                   "predicted per-stage times and each stage's devices, then exit (no training, no run folder)")
     e = sub.add_parser("eval", help="test accuracy of a finished run's checkpoints")
     e.add_argument("--run-dir", required=True, help="the run folder written by ffpipe train (a local path or the storage URI it printed)")
     _data_parser(sub)
@@ -102,13 +106,9 @@ def _train(args) -> int:
     if args.help_config:
         print(config_mod.describe())
         return 0
-    # The config first: a typo is answered before torch is imported.
-    if args.resume:
-        from ffpipe.run.folder import RunFolder
-
-        cfg = RunFolder.open(args.resume).resume_config(args.overrides)
-    else:
-        cfg = config_mod.load(args.config, args.overrides)
+    cfg = _train_config(args)
+    if args.dry_run:
+        return _dry_run(args, cfg)
     from ffpipe.backends import train
 
     run_dir, s = train(cfg, args.resume)
@@ -122,6 +122,34 @@ def _train(args) -> int:
     print(f"test accuracy {s['test_accuracy']:.4f} (vote), {s['test_accuracy_last']:.4f} (last unit), "
           f"{s['test_accuracy_best_unit']:.4f} (best unit); {s['images_per_second']:,.0f} img/s; "
           f"{s['wall_seconds']:.1f} s; run folder {run_dir}")
+    return 0
+
+
+def _train_config(args) -> config_mod.Config:
+    """The config first: a typo is answered before torch is imported. Under torchrun the backend
+    follows from it where neither the file nor --set names one (backends/torchrun_env.py)."""
+    from ffpipe.backends.torchrun_env import backend_sets
+
+    if args.resume:  # the run's own backend may change: only --set counts as asked
+        from ffpipe.run.folder import RunFolder
+
+        asked = config_mod.merge({}, args.overrides).get("pipeline", {}).get("backend")
+        return RunFolder.open(args.resume).resume_config([*args.overrides, *backend_sets(asked, os.environ)])
+    tree = config_mod.load_tree(args.config, args.overrides)
+    pipeline = tree.get("pipeline", {})
+    if isinstance(pipeline, dict):  # else from_dict names the mistake
+        tree = config_mod.merge(tree, backend_sets(pipeline.get("backend"), os.environ))
+    return config_mod.from_dict(tree)
+
+
+def _dry_run(args, cfg: config_mod.Config) -> int:
+    if args.resume:
+        raise config_mod.ConfigError("--dry-run plans a new run; leave out --resume (a run's own config "
+                                     "is config.toml in its folder, its layout partition.json)")
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 speaks for the run
+        return 0
+    from ffpipe.backends.dry_run import plan_run
+    print(plan_run(cfg))
     return 0
 
 

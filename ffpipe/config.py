@@ -7,7 +7,7 @@ ConfigError naming the key and what is allowed. Each component gets only its own
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -16,10 +16,15 @@ from ffpipe.config_sections import (DATASETS, MODELS, AlgoConfig, DataConfig, Mo
                                     PipelineConfig, RunConfig, TrainConfig, _require)
 from ffpipe.errors import ConfigError
 
+try:  # Python 3.11+; on 3.10 the same parser as the package tomli (a dependency there)
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
+    import tomli as tomllib
+
 # The rest of ffpipe imports the sections and the names of models and datasets from here.
 __all__ = ["DATASETS", "MODELS", "SECTIONS", "AlgoConfig", "Config", "DataConfig", "ModelConfig",
-           "PipelineConfig", "RunConfig", "TrainConfig", "describe", "from_dict", "load", "load_tree",
-           "merge", "parse_override", "to_toml"]
+           "PipelineConfig", "RunConfig", "TrainConfig", "check_names", "describe", "from_dict", "load", "load_tree",
+           "merge", "parse_override", "parse_toml", "to_toml"]
 
 
 @dataclass
@@ -78,8 +83,7 @@ def _build_section(name: str, cls: type, values: dict) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key '{name}.{key}'; "
-                              f"keys of [{name}]: {', '.join(fields)}")
+            raise ConfigError(_unknown_key(name, key, fields))
         meta = fields[key].metadata
         kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], meta.get("choices", ()), meta.get("also", ()))
     return cls(**kwargs)
@@ -106,10 +110,36 @@ def merge(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
+def _unknown_key(section: str, key: str, keys, where: str = "") -> str:
+    """The closest known key, for a typo (difflib), else every key of the section."""
+    close = difflib.get_close_matches(key, list(keys), n=1)
+    fix = f"did you mean '{section}.{close[0]}'?" if close else f"keys of [{section}]: {', '.join(keys)}"
+    return f"unknown config key '{section}.{key}'{where}; {fix}"
+
+
+def _unknown_section(section: str, where: str = "") -> str:
+    close = difflib.get_close_matches(section, SECTIONS, n=1)
+    fix = f"did you mean '[{close[0]}]'?" if close else f"sections: {', '.join(SECTIONS)}"
+    return f"unknown config section '[{section}]'{where}; {fix}"
+
+
+def check_names(tree: dict, where: str = "") -> None:
+    """Every section and key of `tree` is one ffpipe knows (the nearest one suggested if not);
+    `where` names the file it came from. Types and values are from_dict's to check."""
+    hints = get_type_hints(Config)
+    for section, values in tree.items():
+        if section not in SECTIONS:
+            raise ConfigError(_unknown_section(section, where))
+        keys = [f.name for f in dataclasses.fields(hints[section])]
+        for key in values if isinstance(values, dict) else ():
+            if key not in keys:
+                raise ConfigError(_unknown_key(section, key, keys, where))
+
+
 def from_dict(tree: dict) -> Config:
     unknown = sorted(set(tree) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown config section '[{unknown[0]}]'; sections: {', '.join(SECTIONS)}")
+        raise ConfigError(_unknown_section(unknown[0]))
     hints = get_type_hints(Config)
     sections = {name: _build_section(name, hints[name], tree.get(name, {})) for name in SECTIONS}
     return Config(**sections).validate()
@@ -132,7 +162,13 @@ def load_tree(path: str | Path | None = None, overrides: list[str] = ()) -> dict
             tree = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+        check_names(tree, f" in {path}")  # a typo in the file is named with the file
     return merge(tree, list(overrides))
+
+
+def parse_toml(text: str) -> dict:
+    """TOML text as a dict (every TOML read of ffpipe goes through here: tomllib or tomli)."""
+    return tomllib.loads(text)
 
 
 def to_toml(config: Config) -> str:

@@ -3,6 +3,7 @@
 The CLI prints these as one line and exits with status 2 (USER_ERROR_EXIT); anything else is a
 bug and keeps its traceback.
 """
+import importlib
 import os
 import sys
 import time
@@ -24,6 +25,18 @@ def say_error(message: str) -> None:
 
 class FFPipeError(ValueError):
     """Base class of every error caused by input a user can fix (config, data, files, arguments)."""
+
+
+def optional_module(module: str, extra: str, needed_by: str):
+    """Import a module of one of ffpipe's extras (pyproject.toml), or say what to install: the
+    core install leaves Ray, matplotlib and the loggers out."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module.split(".")[0]:  # installed, but broken inside: not ours to explain
+            raise
+        raise FFPipeError(f"{needed_by} needs {module.split('.')[0]}, which is not installed: "
+                          f"pip install 'ffpipe[{extra}]'") from None
 
 
 class ConfigError(FFPipeError):

@@ -14,6 +14,7 @@
 # worker). Its files: $RAY_TEMP_DIR (default /tmp/ffpipe-ray-<uid>-<head|worker>).
 # A whole cluster stops with `launch/ray_cluster.sh stop` on each of its machines.
 set -euo pipefail
+source "$(dirname "$0")/venv.sh"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 # Every port a node listens on, in one place (each can be set in the environment). Open them on
@@ -117,6 +118,7 @@ action=${1:-}
 case "$action" in
   head|worker)
     [ $# -ge 1 ] || { echo "usage: launch/ray_cluster.sh $action HEAD_IP [ray start options]" >&2; exit 2; }
+    need_ray
     "start_$action" "$@" ;;
   stop)
     roles=("$@"); [ ${#roles[@]} -gt 0 ] || roles=(head worker)

@@ -10,6 +10,7 @@
 # (ffpipe/backends/ray_nodes.py), never other Ray clusters on the machine.
 # A head of several machines, and workers: launch/ray_cluster.sh.
 set -euo pipefail
+source "$(dirname "$0")/venv.sh"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 action=${1:-start}
 [ $# -gt 0 ] && shift
@@ -18,6 +19,7 @@ action=${1:-start}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 case "$action" in
   start)
+    need_ray
     # `ray start` turns token authentication on only when it finds a token (else it warns and
     # runs without): make one if there is none, private (umask), then require it.
     (umask 077 && ray get-auth-token --generate >/dev/null)

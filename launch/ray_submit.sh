@@ -7,6 +7,8 @@
 # (several nodes: a store every node reaches) at URI/$RUN_DIR (default URI/ray-<time>); it is
 # named at the end.
 set -euo pipefail
+source "$(dirname "$0")/venv.sh"
+need_ray
 address=${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}
 if [ "${1:-}" = "--address" ]; then address=$2; shift 2; fi
 # The head requires Ray's token (launch/ray_head.sh made it): in token mode the CLI sends

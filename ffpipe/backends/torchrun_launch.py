@@ -1,6 +1,12 @@
 """launch/torchrun.sh: torchrun on this node, one stage per process, with automatic restarts.
 
-    python -m ffpipe.backends.torchrun_launch NUM_STAGES [--config FILE] [--set k=v ...] [--resume RUN]
+    python -m ffpipe.backends.torchrun_launch NUM_STAGES [torchrun options] [--config FILE] [--set k=v ...] [--resume RUN]
+
+torchrun's own options (TORCHRUN_OPTIONS: --nnodes, --node-rank, --rdzv-*, --max-restarts, ...)
+are passed on to it. With several nodes (--nnodes other than 1, or --rdzv-endpoint) NUM_STAGES is
+the processes of this node, every process of the world is a stage, run.dir must be given (the
+same folder on every node) and torchrun's agents make the restarts (--max-restarts, default
+pipeline.max_restarts), as they also do where --max-restarts is given on one node.
 
 Runs torchrun's agent in this process. When a stage process fails (an error, a non-finite loss,
 a SIGKILL, an out-of-memory kill), the agent stops the others; this then names the failed stage
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
@@ -23,29 +30,81 @@ from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
 
 
-def _parse(argv: list[str]) -> tuple[int, argparse.Namespace, list[str]]:
+# torchrun's own options, passed on to it as given (either spelling: --node-rank or --node_rank).
+TORCHRUN_OPTIONS = ("nnodes", "node-rank", "rdzv-backend", "rdzv-endpoint", "rdzv-id", "rdzv-conf",
+                    "max-restarts", "monitor-interval", "master-addr", "master-port", "local-addr",
+                    "log-dir", "redirects", "tee", "role", "start-method", "local-ranks-filter")
+USAGE = ("usage: launch/torchrun.sh PROCESSES_PER_NODE [torchrun options: --nnodes --node-rank --rdzv-backend "
+         "--rdzv-endpoint --rdzv-id --max-restarts ...] [--config FILE] [--set section.key=value ...] [--resume RUN_DIR]")
+
+
+@dataclass
+class Launch:
+    """What launch/torchrun.sh was asked: processes on this node, torchrun's options (as
+    `--name=value`), and ffpipe train's arguments."""
+    nproc: int
+    torchrun: list[str]
+    args: argparse.Namespace
+    train_args: list[str]
+
+    @property
+    def multinode(self) -> bool:
+        """Several nodes (or an elastic range): the stages are the whole world's processes."""
+        nnodes = self.option("nnodes")
+        return (nnodes not in (None, "1", "1:1")) or self.option("rdzv-endpoint") is not None
+
+    @property
+    def torchrun_restarts(self) -> bool:
+        """torchrun's agents restart the run (--max-restarts given, or several nodes, whose
+        agents must restart together), not this launcher."""
+        return self.multinode or self.option("max-restarts") is not None
+
+    def option(self, name: str) -> str | None:
+        given = [o.split("=", 1)[1] for o in self.torchrun if o.startswith(f"--{name}=")]
+        return given[-1] if given else None
+
+
+def _parse(argv: list[str]) -> Launch:
     if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
-        raise FFPipeError("usage: launch/torchrun.sh NUM_STAGES [--config FILE] [--set section.key=value ...] "
-                          "[--resume RUN_DIR]")
-    p = argparse.ArgumentParser(add_help=False)
+        raise FFPipeError(USAGE)
+    options = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in TORCHRUN_OPTIONS:
+        options.add_argument(f"--{name}", f"--{name.replace('-', '_')}", dest=name)
+    torchrun_args, rest = options.parse_known_args(argv[1:])
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--config")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--resume")
-    args, rest = p.parse_known_args(argv[1:])
-    if rest:
-        raise FFPipeError(f"launch/torchrun.sh: unknown arguments {rest}; it takes --config, --set and --resume")
-    return int(argv[0]), args, argv[1:]
+    args, unknown = p.parse_known_args(rest)
+    if unknown:
+        raise FFPipeError(f"launch/torchrun.sh: unknown arguments {unknown}; it takes torchrun's "
+                          f"{', '.join('--' + n for n in TORCHRUN_OPTIONS)}, and --config, --set and --resume")
+    given = [f"--{name}={value}" for name, value in vars(torchrun_args).items() if value is not None]
+    return Launch(int(argv[0]), given, args, rest)
 
 
-def _run_folder(n: int, args: argparse.Namespace, train_args: list[str]) -> tuple[RunFolder, int, list[str]]:
+def torchrun_command(launch: Launch, sets: list[str], train_args: list[str], max_restarts: int) -> list[str]:
+    """torchrun's arguments: one node (--standalone: its own rendezvous) unless told the
+    cluster's; restarts by torchrun where it makes them, else by this launcher (0 for torchrun)."""
+    node = launch.torchrun if launch.multinode else ["--standalone", *launch.torchrun]
+    if launch.option("max-restarts") is None:
+        node = [*node, f"--max-restarts={max_restarts if launch.torchrun_restarts else 0}"]
+    return [f"--nproc-per-node={launch.nproc}", *node, "-m", "ffpipe", "train", *sets, *train_args]
+
+
+def _run_folder(launch: Launch) -> tuple[RunFolder, int, list[str]]:
     """The run folder every attempt uses (fixed here, so restarts find it) and max_restarts."""
+    args, train_args = launch.args, launch.train_args
     if args.resume:  # on N processes: the layout may change (checkpoints are keyed by unit)
         folder = RunFolder.open(args.resume)
         cfg = folder.resume_config(args.overrides)
-        return folder, cfg.pipeline.max_restarts, [*_sets(_stage_sets(n, cfg.pipeline)), *train_args]
-    cfg = config_mod.load(args.config, [*_stage_sets(n, _asked(args)), *args.overrides])  # as the ranks will
+        return folder, cfg.pipeline.max_restarts, [*_sets(_stage_sets(launch, cfg.pipeline)), *train_args]
+    cfg = config_mod.load(args.config, [*_stage_sets(launch, _asked(args)), *args.overrides])  # as the ranks will
     if cfg.run.dir:
         return RunFolder(run_location(cfg)), cfg.pipeline.max_restarts, train_args
+    if launch.multinode:  # each node's launcher would name another folder
+        raise FFPipeError("launch/torchrun.sh on several nodes: set run.dir, the same on every node "
+                          "(a folder every node sees, or a name in run.storage), so restarts find the checkpoints")
     run_dir = new_run_dir(cfg)
     return RunFolder(run_location(cfg, run_dir)), cfg.pipeline.max_restarts, [*train_args, "--set", f"run.dir={run_dir}"]
 
@@ -55,10 +114,12 @@ def _asked(args: argparse.Namespace) -> dict:
     return config_mod.load_tree(args.config, args.overrides).get("pipeline", {})
 
 
-def _stage_sets(n: int, pipeline) -> list[str]:
-    """N processes are N stages, unless the config gives replicas (then they say how many)."""
+def _stage_sets(launch: Launch, pipeline) -> list[str]:
+    """N processes are N stages, unless the config gives replicas (then they say how many); on
+    several nodes every process of the world is a stage (the ranks count them)."""
     replicas = pipeline.get("replicas") if isinstance(pipeline, dict) else pipeline.replicas
-    return ["pipeline.backend=torchrun"] + ([] if replicas else [f"pipeline.stages={n}"])
+    fixed = replicas or launch.multinode
+    return ["pipeline.backend=torchrun"] + ([] if fixed else [f"pipeline.stages={launch.nproc}"])
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -76,17 +137,16 @@ def _stage_of(rank: int, folder: RunFolder) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        n, args, train_args = _parse(list(sys.argv[1:] if argv is None else argv))
-        folder, max_restarts, train_args = _run_folder(n, args, train_args)
+        launch = _parse(list(sys.argv[1:] if argv is None else argv))
+        folder, max_restarts, train_args = _run_folder(launch)
     except FFPipeError as err:
         print(f"ffpipe: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    sets = [] if args.resume else _sets(_stage_sets(n, _asked(args)))
-    command = [f"--nproc-per-node={n}", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
-               *sets, *train_args]
+    sets = [] if launch.args.resume else _sets(_stage_sets(launch, _asked(launch.args)))
+    command = torchrun_command(launch, sets, train_args, max_restarts)
     attempt = recovery.Attempt.first_of(folder)
     try:
         while True:
@@ -96,13 +156,29 @@ def main(argv: list[str] | None = None) -> int:
                 torchrun(command)
                 return 0
             except ChildFailedError as err:
-                verdict = _after_failure(err, folder, attempt, max_restarts, n)
+                if launch.torchrun_restarts:  # torchrun's agents restarted it as often as they may
+                    return _failed_after_torchrun_restarts(err, launch, folder)
+                verdict = _after_failure(err, folder, attempt, max_restarts, launch.nproc)
                 if verdict is not None:
                     return verdict
             attempt = attempt.next()
     finally:  # every rank has stopped: what a killed one was writing goes
         if folder.exists():
             folder.sweep_temporaries()
+
+
+def _failed_after_torchrun_restarts(err, launch: Launch, folder: RunFolder) -> int:
+    rank, failure = _culprit(err)
+    if failure.exitcode == USER_ERROR_EXIT:
+        return USER_ERROR_EXIT  # the rank said why
+    print(f"ffpipe: rank {rank} failed ({_how(failure)}) after torchrun's restarts (--max-restarts="
+          f"{launch.option('max-restarts') or 'pipeline.max_restarts'}); failures.jsonl in {folder} says why; "
+          f"continue, on every node, with the same command and --resume {folder}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _how(failure) -> str:
+    return f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
 
 
 def _culprit(err) -> tuple[int, object]:
@@ -118,7 +194,7 @@ def _culprit(err) -> tuple[int, object]:
 def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure) -> str:
     """Why a rank that reported nothing failed: it stopped answering (its neighbours said so before
     torchrun killed it: a stopped or hung process), or it died (out of memory, or killed)."""
-    how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+    how = _how(failure)
     silent = [f for f in folder.failures() if f["attempt"] == attempt.number and f"(rank {rank}) sent nothing" in f["cause"]]
     if silent:
         return (f"the stage process (rank {rank}) stopped answering: its neighbours heard nothing from it "

@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ffpipe.config import Config  # noqa: E402
-from ffpipe.run.folder import RunFolder  # noqa: E402
+from ffpipe.config import Config
+from ffpipe.errors import optional_module
+from ffpipe.run.folder import RunFolder
 
 HEADER = ("| experiment | run | test acc vote | last unit | best unit | epochs | wall s | img/s | "
           "peak MiB | card | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -68,6 +63,10 @@ def table(runs: list[tuple[Config, dict, Path]]) -> str:
 
 
 def plot_experiments(runs: list[tuple[Config, dict, Path]], out_dir: Path) -> list[Path]:
+    optional_module("matplotlib", "plots", "ffpipe report --plots").use("Agg")  # no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     groups = defaultdict(list)
     for cfg, s, _ in runs:
         if s["test_accuracy_per_unit"]:

@@ -17,10 +17,11 @@ small value (its location): it travels to every stage process, which opens the s
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class RunFolder:
         return self.store.exists("config.toml")
 
     def config(self, overrides: list[str] = ()) -> Config:
-        return config_mod.from_dict(config_mod.merge(tomllib.loads(self.store.read_text("config.toml")),
+        return config_mod.from_dict(config_mod.merge(config_mod.parse_toml(self.store.read_text("config.toml")),
                                                      list(overrides)))
 
     def resume_config(self, overrides: list[str]) -> Config:
@@ -235,7 +236,13 @@ class RunFolder:
         self.store.write_text("eval.json", json.dumps(result, indent=2) + "\n")
 
     def write_plots(self, rows: list[dict]) -> None:
-        """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored)."""
+        """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored).
+        Without matplotlib (ffpipe's `plots` extra) the run goes on without them: plots are a view
+        of metrics.parquet, which every run keeps, so one warning says how to get them."""
+        if importlib.util.find_spec("matplotlib") is None:
+            print("ffpipe: warning: no plots in the run folder: matplotlib is not installed "
+                  "(pip install 'ffpipe[plots]', or set run.plots = false)", file=sys.stderr, flush=True)
+            return
         from ffpipe.telemetry.plots import plot_run  # matplotlib: only where plots are drawn
 
         local = self.store.local_path("plots")

@@ -30,7 +30,8 @@ def test_train_then_eval_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "train.batch_size=0"], "config key 'train.batch_size' must be >= 1"),
-    (["--set", "model.granularty=layer"], "unknown config key 'model.granularty'"),
+    (["--set", "model.granularty=layer"], "unknown config key 'model.granularty'; did you mean 'model.granularity'?"),
+    (["--set", "pipline.stages=2"], "unknown config section '[pipline]'; did you mean '[pipeline]'?"),
     (["--set", "model.name=mlp", "--set", "model.granularity=block"], "'mlp' has no 'block' granularity"),
     (["--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "dataset 'mnist' not found; looked in: /nonexistent"),
     (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
@@ -44,6 +45,33 @@ def test_bad_input_ends_with_one_clear_line(tmp_path, args, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists(), "a failed start must not leave a run folder behind"
+
+
+def test_version_is_printed_and_exits_0():
+    from ffpipe import __version__
+    done = ffpipe("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"ffpipe {__version__}"
+
+
+def test_dry_run_plans_the_run_and_trains_nothing(tmp_path):
+    from ffpipe.config import parse_toml
+    run_dir = tmp_path / "r"
+    done = ffpipe("train", "--dry-run", *FAST, "--set", f"run.dir={run_dir}", "--set", "pipeline.stages=2",
+                  "--set", "model.granularity=layer")
+    assert done.returncode == 0, done.stderr
+    assert not run_dir.exists() and "nothing was trained and no run folder was made" in done.stdout
+    resolved = parse_toml(done.stdout)  # the plan's lines are TOML comments: the output runs as a config
+    assert resolved["pipeline"]["stages"] == 2 and resolved["train"]["batch_size"] == 32
+    assert resolved["run"]["dir"] == str(run_dir)
+    stages = [line for line in done.stdout.splitlines() if line.startswith("# stage ")]
+    assert len(stages) == 2 and stages[0].startswith("# stage 0: units 0-") and stages[1].endswith("on cpu")
+    predicted = [float(line.split("predicted ")[1].split(" ms")[0]) for line in stages]
+    assert all(ms > 0 for ms in predicted)
+    assert "measured on cpu" in done.stdout and "2 stage(s) of 7 units on the local backend" in done.stdout
+    torchrun = ffpipe("train", "--dry-run", *FAST, "--set", "pipeline.backend=torchrun", "--set",
+                      "pipeline.stages=2", "--set", "pipeline.boundaries=[2]")
+    assert torchrun.returncode == 0, torchrun.stderr
+    assert "# stage 1: units 2-" in torchrun.stdout and "on rank 1 (cpu)" in torchrun.stdout
 
 
 def test_eval_of_a_folder_that_is_no_run(tmp_path):

@@ -88,3 +88,23 @@ def test_a_run_goes_on_on_other_layouts_and_backends_and_learns_the_same_bit_for
     s = summary(run)
     assert s["completed"] and s["num_stages"] == 1
     assert [h["test_accuracy"] for h in s["history"]] == [h["test_accuracy"] for h in summary(whole)["history"]]
+
+
+def test_plain_torchrun_without_a_backend_is_one_pipelined_run(tmp_path):
+    """`torchrun --nproc-per-node=2 -m ffpipe train` as users type it (no pipeline.backend): one
+    run of 2 stages, not 2 runs of one; a backend that contradicts torchrun is named in one line."""
+    sets = [a for o in EXACT + ["model.name=small_cnn", "train.max_steps=3"] for a in ("--set", o)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                "-m", "ffpipe", "train", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*torchrun, "--set", f"run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = summary(tmp_path / "run")
+    assert s["backend"] == "torchrun" and s["num_stages"] == 2 and s["steps"] == 3
+    assert [st["stage"] for st in s["stages"]] == [0, 1]
+    assert done.stdout.count("test accuracy") == 1 and not (tmp_path / "runs").exists()
+    wrong = subprocess.run([*torchrun, "--set", "pipeline.backend=local"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0
+    assert "torchrun started 2 processes but pipeline.backend = 'local'" in wrong.stderr

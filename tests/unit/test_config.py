@@ -27,8 +27,11 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lrr=0.1", "unknown config key 'train.lrr'; keys of \\[train\\]: epochs"),
-    ("trian.lr=0.1", "unknown config section '\\[trian\\]'"),
+    ("train.lrr=0.1", "^unknown config key 'train.lrr'; did you mean 'train.lr'\\?$"),
+    ("train.bach_size=3", "^unknown config key 'train.bach_size'; did you mean 'train.batch_size'\\?$"),
+    ("train.zzz=3", "^unknown config key 'train.zzz'; keys of \\[train\\]: epochs, "),
+    ("trian.lr=0.1", "^unknown config section '\\[trian\\]'; did you mean '\\[train\\]'\\?$"),
+    ("zzz.lr=0.1", "^unknown config section '\\[zzz\\]'; sections: model, algo, data"),
     ("train.batch_size=0", "'train.batch_size' must be >= 1"),
     ("model.name=resnet51", "choose one of: resnet18, resnet34"),
     ("model.granularity=blocks", "choose one of: layer, block"),
@@ -42,6 +45,18 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
 def test_bad_values_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=message):
         config_mod.load(None, [override])
+
+
+def test_a_typo_in_a_config_file_is_named_with_the_file_and_the_nearest_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[train]\nbach_size = 3\n")
+    with pytest.raises(ConfigError, match=f"^unknown config key 'train.bach_size' in {path}; "
+                                          "did you mean 'train.batch_size'\\?$"):
+        config_mod.load(path)
+    path.write_text("[pipline]\nstages = 2\n")
+    with pytest.raises(ConfigError, match=f"^unknown config section '\\[pipline\\]' in {path}; "
+                                          "did you mean '\\[pipeline\\]'\\?$"):
+        config_mod.load(path, ["train.epochs=2"])
 
 
 def test_missing_or_broken_file(tmp_path):

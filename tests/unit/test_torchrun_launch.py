@@ -1,0 +1,79 @@
+"""torchrun as users call it: the backend follows from torchrun's environment (or a conflict is
+named), and launch/torchrun.sh passes torchrun's own options on, for one node or several."""
+import pytest
+
+from ffpipe import cli
+from ffpipe.backends import torchrun_launch
+from ffpipe.backends.torchrun_env import backend_sets, torchrun_world
+from ffpipe.errors import ConfigError, FFPipeError
+
+TORCHRUN = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "none"}
+
+
+def test_torchrun_is_recognised_by_its_environment():
+    assert torchrun_world({}) is None
+    assert torchrun_world({"RANK": "0", "WORLD_SIZE": "2"}) is None  # not a launcher's process
+    assert torchrun_world(TORCHRUN) == 2
+    assert torchrun_world({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1"}) == 3
+
+
+def test_the_backend_follows_from_torchrun_unless_one_is_asked_for():
+    assert backend_sets(None, {}) == [] and backend_sets("ray", {}) == []
+    assert backend_sets(None, TORCHRUN) == ["pipeline.backend=torchrun"]
+    assert backend_sets("torchrun", TORCHRUN) == []
+    assert backend_sets("local", {**TORCHRUN, "WORLD_SIZE": "1"}) == []  # one process: as asked
+    with pytest.raises(ConfigError, match=r"^torchrun started 2 processes but pipeline.backend = 'ray': each "
+                                          r"would train a run of its own; leave pipeline.backend out"):
+        backend_sets("ray", TORCHRUN)
+
+
+def test_ffpipe_train_under_torchrun_takes_its_backend(tmp_path, monkeypatch, capsys):
+    for name, value in TORCHRUN.items():
+        monkeypatch.setenv(name, value)
+    args = cli._parser().parse_args(["train", "--set", "data.name=synthetic"])
+    cfg = cli._train_config(args)
+    assert cfg.pipeline.backend == "torchrun" and cfg.pipeline.stages == 1  # the ranks make it WORLD_SIZE
+    config = tmp_path / "c.toml"
+    config.write_text('[pipeline]\nbackend = "local"\n')
+    assert cli.main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "but pipeline.backend = 'local'" in err
+
+
+def test_one_node_runs_standalone_and_the_launcher_restarts():
+    launch = torchrun_launch._parse(["2", "--config", "c.toml", "--set", "train.epochs=1"])
+    assert launch.torchrun == [] and not launch.multinode and not launch.torchrun_restarts
+    assert launch.train_args == ["--config", "c.toml", "--set", "train.epochs=1"]
+    assert torchrun_launch.torchrun_command(launch, ["--set", "pipeline.stages=2"], launch.train_args, 3) == [
+        "--nproc-per-node=2", "--standalone", "--max-restarts=0", "-m", "ffpipe", "train",
+        "--set", "pipeline.stages=2", "--config", "c.toml", "--set", "train.epochs=1"]
+
+
+def test_torchrun_options_pass_through_for_several_nodes():
+    launch = torchrun_launch._parse(["4", "--nnodes", "2", "--node_rank=1", "--rdzv-backend=c10d",
+                                     "--rdzv-endpoint=10.0.0.1:29500", "--rdzv-id", "exp1", "--set", "run.dir=r"])
+    assert launch.torchrun == ["--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d",
+                               "--rdzv-endpoint=10.0.0.1:29500", "--rdzv-id=exp1"]
+    assert launch.multinode and launch.torchrun_restarts and launch.train_args == ["--set", "run.dir=r"]
+    command = torchrun_launch.torchrun_command(launch, [], launch.train_args, 3)
+    assert "--standalone" not in command and command[:7] == ["--nproc-per-node=4", *launch.torchrun, "--max-restarts=3"]
+    assert torchrun_launch._stage_sets(launch, {}) == ["pipeline.backend=torchrun"]  # the world's processes
+    elastic = torchrun_launch._parse(["1", "--nnodes=1:2", "--max-restarts=5"])
+    assert elastic.multinode and torchrun_launch.torchrun_command(elastic, [], [], 3).count("--max-restarts=5") == 1
+
+
+def test_one_node_with_max_restarts_leaves_the_restarts_to_torchrun():
+    launch = torchrun_launch._parse(["2", "--max-restarts=2", "--monitor-interval=1"])
+    assert not launch.multinode and launch.torchrun_restarts
+    assert torchrun_launch.torchrun_command(launch, [], [], 3)[:4] == [
+        "--nproc-per-node=2", "--standalone", "--max-restarts=2", "--monitor-interval=1"]
+
+
+def test_launcher_input_errors_name_what_it_takes(tmp_path, monkeypatch, capsys):
+    with pytest.raises(FFPipeError, match=r"unknown arguments \['--nprocs=2'\]; it takes torchrun's --nnodes"):
+        torchrun_launch._parse(["2", "--nprocs=2"])
+    with pytest.raises(FFPipeError, match="^usage: launch/torchrun.sh PROCESSES_PER_NODE"):
+        torchrun_launch._parse(["--nnodes=2"])
+    monkeypatch.chdir(tmp_path)
+    assert torchrun_launch.main(["2", "--nnodes=2", "--set", "data.name=synthetic"]) == 2
+    assert "on several nodes: set run.dir, the same on every node" in capsys.readouterr().err
