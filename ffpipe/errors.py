@@ -4,6 +4,7 @@ The CLI prints these as one line and exits with status 2 (USER_ERROR_EXIT); anyt
 bug and keeps its traceback.
 """
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -35,8 +36,19 @@ def optional_module(module: str, extra: str, needed_by: str):
     except ModuleNotFoundError as err:
         if err.name != module.split(".")[0]:  # installed, but broken inside: not ours to explain
             raise
-        raise FFPipeError(f"{needed_by} needs {module.split('.')[0]}, which is not installed: "
-                          f"pip install 'ffpipe[{extra}]'") from None
+        raise _not_installed(module, extra, needed_by) from None
+
+
+def require_installed(module: str, extra: str, needed_by: str) -> None:
+    """Like optional_module, without importing it: Ray must first be imported where ffpipe has set
+    its environment (ffpipe/backends/ray_cluster.py), never before."""
+    if importlib.util.find_spec(module) is None:
+        raise _not_installed(module, extra, needed_by)
+
+
+def _not_installed(module: str, extra: str, needed_by: str) -> FFPipeError:
+    return FFPipeError(f"{needed_by} needs {module.split('.')[0]}, which is not installed: "
+                       f"pip install 'ffpipe[{extra}]'")
 
 
 class ConfigError(FFPipeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffpipe.config import Config
-from ffpipe.errors import optional_module
+from ffpipe.errors import require_installed
 
 
 def train(cfg: Config, resume: Path | None = None) -> tuple[Path, dict | None]:
@@ -15,7 +15,7 @@ def train(cfg: Config, resume: Path | None = None) -> tuple[Path, dict | None]:
         from ffpipe.backends.torchrun import train_torchrun
         return train_torchrun(cfg, resume)
     if cfg.pipeline.backend == "ray":
-        optional_module("ray", "ray", "pipeline.backend = 'ray'")  # before any data is read
+        require_installed("ray", "ray", "pipeline.backend = 'ray'")  # before any data is read
         from ffpipe.backends.ray_backend import train_ray
         return train_ray(cfg, resume)
     from ffpipe.backends.local import train_local

@@ -14,7 +14,7 @@ import os
 from ffpipe import config as config_mod
 from ffpipe.backends.torchrun_env import torchrun_world
 from ffpipe.config import Config
-from ffpipe.errors import optional_module
+from ffpipe.errors import require_installed
 from ffpipe.models import dry_run as unit_shapes
 from ffpipe.pipeline.partition import stage_ranges, stage_seconds
 from ffpipe.pipeline.profile import measure_learner_costs, profile_batch
@@ -29,7 +29,7 @@ def plan_run(cfg: Config) -> str:
         from ffpipe.backends.torchrun import resolve_stages  # as the ranks will
         cfg = resolve_stages(cfg, world)
     if cfg.pipeline.backend == "ray":
-        optional_module("ray", "ray", "pipeline.backend = 'ray'")
+        require_installed("ray", "ray", "pipeline.backend = 'ray'")
     device = stage_device(cfg, 0)
     setup = prepare(cfg, profile_device=device)
     replicas = choose_replicas(setup, world if world is not None else _processes(cfg))
