@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 from ffpipe.config_sections import (DATASETS, MODELS, AlgoConfig, DataConfig, ModelConfig,
                                     PipelineConfig, RunConfig, TrainConfig, _require)
 from ffpipe.errors import ConfigError
+from ffpipe.plugins import is_plugin
 
 try:  # Python 3.11+; on 3.10 the same parser as the package tomli (a dependency there)
     import tomllib
@@ -85,6 +86,13 @@ def _build_section(name: str, cls: type, values: dict) -> Any:
         if key not in fields:
             raise ConfigError(_unknown_key(name, key, fields))
         meta = fields[key].metadata
+        if meta.get("plugin") and isinstance(value, str) and is_plugin(value):
+            kwargs[key] = value  # 'package.module:function': imported where it is used (ffpipe/plugins.py)
+            continue
+        if meta.get("plugin") and isinstance(value, str) and value not in meta["choices"]:
+            raise ConfigError(f"config key '{name}.{key}' = {value!r} is not allowed; choose one of: "
+                              f"{', '.join(meta['choices'])}, or name a function of yours as "
+                              "'package.module:function'")
         kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], meta.get("choices", ()), meta.get("also", ()))
     return cls(**kwargs)
 

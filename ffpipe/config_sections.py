@@ -33,7 +33,8 @@ def _require(ok: bool, key: str, what: str) -> None:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("small_cnn", "architecture", MODELS)
+    name: str = _f("small_cnn", "architecture, or a function of yours: 'package.module:function' "
+                   "returning its units (README, Bring your own)", MODELS, plugin=True)
     granularity: str = _f("block", "unit size: 'layer' = pure FF (every conv+norm+act a unit), "
                           "'block' = hybrid (backprop inside each residual block), 'stage' = one unit "
                           "per resolution stage (fewer, larger units; greedy local learning's remedy)",
@@ -45,7 +46,7 @@ class ModelConfig:
                         "BP gets the same")
 
     def validate(self):
-        allowed = MODEL_GRANULARITIES[self.name]
+        allowed = MODEL_GRANULARITIES.get(self.name, ("layer", "block", "stage"))  # a plug-in: its own
         if self.granularity not in allowed:
             raise ConfigError(f"model '{self.name}' has no '{self.granularity}' granularity; "
                               f"set model.granularity to one of: {', '.join(allowed)}")
@@ -106,7 +107,8 @@ class AlgoConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _f("fashion_mnist", "dataset", DATASETS)
+    name: str = _f("fashion_mnist", "dataset, or a function of yours: 'package.module:function' "
+                   "returning its splits (README, Bring your own)", DATASETS, plugin=True)
     root: str = _f("", "where the files are ('' = the dataset's usual places)")
     train_subset: float = _f(0, "0 = all; an integer N >= 1 = N images per class; "
                              "a fraction in (0, 1) = that share of each class")

@@ -17,9 +17,11 @@ from ffpipe.data.cifar import find_cifar, read_cifar
 from ffpipe.data.folders import find_imagenette, read_image_folder
 from ffpipe.data.idx import find_idx, read_idx
 from ffpipe.data.locate import Place, imagenette_download, locate, torchvision_download
+from ffpipe.data.plugin import plugin_splits
 from ffpipe.data.shards import read_split
 from ffpipe.data.synthetic import synthetic
 from ffpipe.errors import DataError
+from ffpipe.plugins import is_plugin
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -88,6 +90,8 @@ def folder_root(cfg: DataConfig) -> Path:
 
 def _read(cfg: DataConfig) -> Source:
     name = cfg.name
+    if is_plugin(name):
+        return Source(*plugin_splits(cfg), name)
     if name == "synthetic":
         c, h, w = (int(v) for v in cfg.synthetic_shape)
         return Source(*synthetic(cfg.synthetic_train, cfg.synthetic_test, (c, h, w), cfg.synthetic_classes), name)

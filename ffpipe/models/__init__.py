@@ -7,13 +7,17 @@ from ffpipe.config import ModelConfig
 from ffpipe.errors import ConfigError
 from ffpipe.models.mlp import mlp_units
 from ffpipe.models.mobilenet import mobilenet_v3_units
+from ffpipe.models.plugin import plugin_units
 from ffpipe.models.resnet import RESNETS, resnet_units, small_cnn_units
 from ffpipe.models.units import SkipUnit, UnitShape, by_resolution, dry_run, with_dropout
+from ffpipe.plugins import is_plugin
 
 def build_units(cfg: ModelConfig, in_shape: tuple[int, ...], seed: int = 0) -> list[nn.Module]:
     """The model named by `cfg` for inputs of `in_shape` (C, H, W), as an ordered list of units
     (`seed`: of their dropout masks, where model.dropout is on)."""
     cfg.validate()  # the granularity is one the model has (config_sections.MODEL_GRANULARITIES)
+    if is_plugin(cfg.name):
+        return with_dropout(plugin_units(cfg, in_shape), cfg.dropout, seed)
     if cfg.name == "mlp":
         return with_dropout(mlp_units(in_shape, cfg.width, cfg.depth), cfg.dropout, seed)
     if len(in_shape) != 3:

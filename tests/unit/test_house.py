@@ -13,6 +13,7 @@ PACKAGE = REPO / "ffpipe"
 # its own layer (rooms of one layer stand apart) or above.
 LAYERS = [
     {"errors"},
+    {"plugins"},                       # what a user brings: 'package.module:function'
     {"config_sections"},
     {"config"},
     {"kernels"},                       # device kernels and the layout they ask for
