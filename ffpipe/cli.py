@@ -13,6 +13,7 @@ from ffpipe import __version__
 from ffpipe import config as config_mod
 from ffpipe.bench import add_parsers as add_bench_parsers
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError, say_error
+from ffpipe.inference import commands as use_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_parser(sub)
     add_bench_parsers(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True))
     _runs_parsers(sub)
+    use_commands.add_parsers(sub)  # predict, export
     return p
 
 
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command in ("runs", "status", "compare", "report"):
             return _reports(args)
+        if args.command in use_commands.COMMANDS:
+            return use_commands.run_command(args)
         return _eval(args)
     except FFPipeError as err:
         say_error(f"ffpipe: error: {err}")  # under torchrun: from rank 0 only

@@ -26,6 +26,7 @@ class DataInfo:
     mean: list[float]
     std: list[float]
     flip: bool
+    classes: tuple[str, ...] = ()  # the class names, by label
 
 
 @dataclass
@@ -40,7 +41,7 @@ class DataBundle:
     @property
     def info(self) -> DataInfo:
         return DataInfo(self.train.shape, len(self.train.classes), len(self.train), self.mean,
-                        self.std, self.flip)
+                        self.std, self.flip, tuple(self.train.classes))
 
 
 def wants_flip(cfg: DataConfig, dataset: str) -> bool:

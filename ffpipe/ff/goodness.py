@@ -116,10 +116,7 @@ class _MeanSquare(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a)
-        if a.dtype == torch.float32:
-            return a.pow(2).mean(dim=(2, 3))
-        norm_BC = torch.linalg.vector_norm(a, dim=(2, 3), dtype=torch.float32)
-        return norm_BC.square() / (a.shape[2] * a.shape[3])
+        return _mean_square_values(a)
 
     @staticmethod
     def backward(ctx, grad_BC: torch.Tensor) -> torch.Tensor:
@@ -130,10 +127,21 @@ class _MeanSquare(torch.autograd.Function):
         return a * (grad_BC * (2.0 / hw)).to(a.dtype)[:, :, None, None]
 
 
+def _mean_square_values(a: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.float32:
+        return a.pow(2).mean(dim=(2, 3))
+    norm_BC = torch.linalg.vector_norm(a, dim=(2, 3), dtype=torch.float32)
+    return norm_BC.square() / (a.shape[2] * a.shape[3])
+
+
 def mean_square(a: torch.Tensor) -> torch.Tensor:
     """Per-class mean of squares over H x W (B x C x H x W -> B x C, fp32); B x C: squares."""
     if a.dim() == 2:
         return a.float().pow(2)
+    if not (torch.is_grad_enabled() and a.requires_grad):
+        # Nothing to differentiate (evaluation, an exported network): the same operations without
+        # the autograd Function, which a TorchScript trace cannot hold.
+        return _mean_square_values(a)
     return _MeanSquare.apply(a)
 
 

@@ -2,6 +2,8 @@
 
     <run>/config.toml              the resolved config (ffpipe train --config <run>/config.toml repeats it)
     <run>/plan.json                the run's steps (total, per epoch) and its number of units
+    <run>/data.json                what using the model needs of the data: input shape, class names,
+                                   normalisation (load_run and ffpipe predict read no training data)
     <run>/partition.json           the layout: the first unit of every stage, the replicas, and
                                    every earlier layout of the run ("history", from which step)
     <run>/checkpoints/             step-<n>-units-<a>-<b>.pt: units a..b after n steps (run/checkpoints.py)
@@ -151,6 +153,17 @@ class RunFolder:
     def plan(self) -> dict | None:
         return json.loads(self.store.read_text("plan.json")) if self.store.exists("plan.json") else None
 
+    def write_data_info(self, dataset: str, in_shape, classes, mean: list[float], std: list[float]) -> None:
+        """data.json: the model's input (C, H, W), its classes by label, and the per-channel mean and
+        std of the training images in [0, 1] units that every input is normalised with."""
+        info = {"format": 1, "dataset": dataset, "in_shape": list(in_shape), "classes": list(classes),
+                "mean": list(mean), "std": list(std)}
+        self.store.write_text("data.json", json.dumps(info, indent=1) + "\n")
+
+    def data_info(self) -> dict | None:
+        """data.json (None: a run folder from before it was kept)."""
+        return json.loads(self.store.read_text("data.json")) if self.store.exists("data.json") else None
+
     def record_layout(self, attempt: int, step: int, change: str) -> None:
         """A layout change in failures.jsonl, beside the failures that caused it (never a cause)."""
         self.record_failure(None, step, change, attempt, secondary=True, layout=True)
@@ -234,6 +247,10 @@ class RunFolder:
 
     def write_eval(self, result: dict) -> None:
         self.store.write_text("eval.json", json.dumps(result, indent=2) + "\n")
+
+    def eval_result(self) -> dict | None:
+        """eval.json, the newest `ffpipe eval` (None: never evaluated so)."""
+        return json.loads(self.store.read_text("eval.json")) if self.store.exists("eval.json") else None
 
     def write_plots(self, rows: list[dict]) -> None:
         """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored).

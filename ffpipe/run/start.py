@@ -51,6 +51,7 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
         folder = RunFolder.create(cfg)
         folder.write_partition(setup.starts, replicas, step=0)
         _write_plan(folder, setup)
+        write_data_info(folder, setup)
         return setup, RunStart(folder, 0, setup.starts, attempt, replicas)
     saved = resume.partition()
     new_split = layout_asked(cfg, saved)
@@ -60,11 +61,19 @@ def begin_run(cfg: Config, resume: RunFolder | None, profile_device: torch.devic
     if step >= setup.plan.total_steps:
         raise FFPipeError(f"run {resume} already trained all {setup.plan.total_steps} steps; nothing to resume")
     _write_plan(resume, setup)  # a folder from before plan.json gets one
+    if resume.data_info() is None:  # and one from before data.json its data's description
+        write_data_info(resume, setup)
     return setup, pick_up(setup, RunStart(resume, step, setup.starts, attempt, replicas))
 
 
 def _write_plan(folder: RunFolder, setup: RunSetup) -> None:
     folder.write_plan(setup.plan.total_steps, setup.plan.steps_per_epoch, len(setup.learners))
+
+
+def write_data_info(folder: RunFolder, setup: RunSetup) -> None:
+    """data.json: what the trained model needs of its data to be used without it (load_run)."""
+    info = setup.info
+    folder.write_data_info(setup.cfg.data.name, info.in_shape, info.classes, info.mean, info.std)
 
 
 def layout_asked(cfg: Config, saved: list[int]) -> bool:

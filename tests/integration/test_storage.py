@@ -27,7 +27,7 @@ def test_a_run_in_object_storage_trains_resumes_and_evaluates_there_and_writes_n
     whole, whole_summary = train(make_config(f"run.storage={storage}", "run.dir=whole", "run.plots=true", *TWO_STAGES))
     assert whole == f"{storage}/whole"
     store = RunFolder.open(whole).store
-    assert store.list("") == ["config.toml", "history.jsonl", "metrics.parquet", "partition.json", "plan.json",
+    assert store.list("") == ["config.toml", "data.json", "history.jsonl", "metrics.parquet", "partition.json", "plan.json",
                                  "summary.json"]
     assert store.list("plots") == ["stage_timeline.png", "test_accuracy_by_epoch.png", "test_accuracy_by_unit.png",
                                   "train_accuracy.png", "train_loss.png"]

@@ -18,8 +18,9 @@ from tests.helpers.runs import assert_same_parameters, final_parameters, newest_
 def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path):
     cfg = make_config(f"run.dir={tmp_path / 'run'}", "train.epochs=2", "run.plots=true")
     run_dir, summary = train(cfg)
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.toml", "history.jsonl", "metrics", "metrics.parquet", "partition.json",
+    # tensorboard/: only where TensorBoard is installed (run.loggers = "auto")
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != "tensorboard") == [
+        "checkpoints", "config.toml", "data.json", "history.jsonl", "metrics", "metrics.parquet", "partition.json", "plan.json",
         "plots", "summary.json"]
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for key in ("test_accuracy", "test_accuracy_last", "test_accuracy_per_unit", "images_per_second",

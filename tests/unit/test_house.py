@@ -25,7 +25,7 @@ LAYERS = [
     {"transport"},                     # channels and process groups, for the pipeline's protocol
     {"run"},                           # a run's life in a stage process and the run folder
     {"backends"},                      # how the stage processes are started
-    {"bench", "reports"},              # benchmarks; runs read back (runs, status, compare, report)
+    {"bench", "reports", "api", "inference"},  # benchmarks; runs read back; ffpipe.train; a trained run used
     {"cli"},
     {"__main__", "__init__"},
 ]
