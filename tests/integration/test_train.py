@@ -20,8 +20,8 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     run_dir, summary = train(cfg)
     # tensorboard/: only where TensorBoard is installed (run.loggers = "auto")
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "tensorboard") == [
-        "checkpoints", "config.toml", "data.json", "history.jsonl", "metrics", "metrics.parquet", "partition.json", "plan.json",
-        "plots", "summary.json"]
+        "checkpoints", "config.toml", "data.json", "history.jsonl", "metrics", "metrics.parquet", "partition.json",
+        "plan.json", "plots", "summary.json"]
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for key in ("test_accuracy", "test_accuracy_last", "test_accuracy_per_unit", "images_per_second",
                 "peak_memory_mib", "wall_seconds"):
@@ -33,7 +33,8 @@ def test_run_folder_holds_config_metrics_summary_checkpoints_and_plots(tmp_path)
     assert max(r["step"] for r in train_rows) == summary["steps"] == 16
     assert all(r["images_per_s"] > 0 and r["peak_memory_mib"] > 0 for r in train_rows)
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
-        "test_accuracy_by_unit.png", "train_accuracy.png", "train_loss.png"]
+        "stage_timeline.png", "test_accuracy_by_epoch.png", "test_accuracy_by_unit.png", "train_accuracy.png",
+        "train_loss.png"]
     assert newest_units(run_dir)[0] == 16 and summary["completed"]
     # eval reads the checkpoints back and finds the same accuracies
     result = evaluate(run_dir)
