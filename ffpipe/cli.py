@@ -178,6 +178,9 @@ def _bench(args) -> int:
     if args.bench_command == "pipeline":
         from ffpipe.bench.pipeline import bench_pipeline
         return bench_pipeline(args)
+    if args.bench_command == "early-exit":
+        from ffpipe.bench.early_exit import bench_early_exit
+        return bench_early_exit(args)
     if args.bench_command == "logging":
         from ffpipe.bench.logging_cost import bench_logging
         return bench_logging(args)

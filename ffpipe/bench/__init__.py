@@ -6,6 +6,7 @@
   data.py        `ffpipe bench data`: how fast each source feeds stage 0
   pipeline.py    `ffpipe bench pipeline`: every backend beside BP and its peers on N GPUs
   logging_cost.py  `ffpipe bench logging`: images/s with and without the live loggers
+  early_exit.py  `ffpipe bench early-exit`: accuracy against FLOPs per image as units answer early
   peers.py, pipelining.py   the peers (DDP, torch.distributed.pipelining) run under torchrun
 
 This module holds only what the command line needs (it must not import torch)."""
@@ -31,6 +32,7 @@ def add_parsers(bench_sub) -> None:
     _add_data_parser(bench_sub)
     _add_pipeline_parser(bench_sub)
     _add_logging_parser(bench_sub)
+    _add_early_exit_parser(bench_sub)
 
 
 def _add_step_parser(bench_sub) -> None:
@@ -124,3 +126,15 @@ def _add_logging_parser(bench_sub) -> None:
     g.add_argument("--timeout-s", type=float, default=1800, help="a run taking longer stops the bench")
     g.add_argument("--out", default="runs/bench-logging", help="folder of the table and the runs")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def _add_early_exit_parser(bench_sub) -> None:
+    e = bench_sub.add_parser("early-exit", help="test accuracy against FLOPs per image as units answer early")
+    e.add_argument("run_dirs", nargs="+", metavar="RUN", help="trained run folders (their test split is read)")
+    e.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99,
+                                                                      0.995, 0.999], help="min_confidence values")
+    e.add_argument("--device", default="auto", help="auto = cuda when a GPU is visible")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="the runs' data keys here (e.g. data.root=DIR)")
+    e.add_argument("--json", help="also write every curve to this JSON file")
+    e.add_argument("--plot", help="and plot accuracy against FLOPs into this PNG")
