@@ -25,7 +25,8 @@ LAYERS = [
     {"transport"},                     # channels and process groups, for the pipeline's protocol
     {"run"},                           # a run's life in a stage process and the run folder
     {"backends"},                      # how the stage processes are started
-    {"bench", "reports", "api", "inference"},  # benchmarks; runs read back; ffpipe.train; a trained run used
+    {"inference"},                     # a trained run used: load_run, predict, export
+    {"bench", "reports", "api"},       # benchmarks; runs read back; ffpipe.train
     {"cli"},
     {"__main__", "__init__"},
 ]
