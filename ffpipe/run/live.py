@@ -1,6 +1,6 @@
 """What a stage process tells while it runs: its rows to the live loggers (run.loggers) and to the
-run folder at the log cadence (a crash loses at most ROWS_EVERY_S of them), the last stage's
-evaluations to the loggers, and a flight recorder that leaves a stack dump where the stage stalls.
+run folder at the log cadence (a crash loses the last ROWS_EVERY_S of them, more in a long run
+whose file has grown), the last stage's evaluations to the loggers, and a flight recorder that leaves a stack dump where the stage stalls.
 Only replica 0 of a stage speaks; the flight recorder runs in every process. The writing is done
 by a thread of its own: the stage's loop only hands it over (on a GPU, a loop that waited on a
 file write would leave the device idle)."""
@@ -15,7 +15,8 @@ from ffpipe.telemetry.flight import FlightRecorder
 from ffpipe.telemetry.measure import Stopwatch
 from ffpipe.telemetry.sinks import LiveMetrics, chosen, eval_scalars, stage_scalars
 
-ROWS_EVERY_S = 2.0  # the stage's metric file is rewritten at a log step at most this often
+ROWS_EVERY_S = 2.0  # the stage's metric file is rewritten at a log step at most this often,
+ROWS_BUSY = 0.05    # and the writer spends at most this share of the time on it (a long run's file grows)
 
 
 class StageLive:
@@ -24,7 +25,7 @@ class StageLive:
         self.folder, self.stage_id = folder, place.stage
         self.outer_log, self.outer_result = on_log, on_result
         self.logger = None  # the stage's StageLogger, once open (its rows are what is written)
-        self._rows_written, self._rows_lock = 0.0, threading.Lock()
+        self._rows_due, self._rows_lock, self._rows_queued = 0.0, threading.Lock(), False
         names = chosen(cfg.run.loggers) if place.lead else []
         self.metrics = LiveMetrics(names, folder, place.stage, _run_name(folder), cfg.to_dict()) if names else None
         self.writer = Writer(f"ffpipe-telemetry-{place.stage}")
@@ -36,9 +37,18 @@ class StageLive:
         with self.logger.telemetry:  # what the loop itself spends: handing over
             if self.metrics is not None:
                 self.writer.submit(self.metrics.write, step, stage_scalars(rows))
-            if time.monotonic() - self._rows_written > ROWS_EVERY_S:
-                self._rows_written = time.monotonic()
-                self.writer.submit(self.write_rows)
+            if time.monotonic() > self._rows_due and not self._rows_queued:
+                self._rows_queued = True  # one write waits at most: it takes the newest rows
+                self.writer.submit(self._write_rows_paced)
+
+    def _write_rows_paced(self) -> None:
+        """The writer's rows write; the next one is due ROWS_EVERY_S later, or later still where
+        the file has grown so that writing it would take more than ROWS_BUSY of the time."""
+        self._rows_queued = False
+        t0 = time.monotonic()
+        self.write_rows()
+        took = time.monotonic() - t0
+        self._rows_due = time.monotonic() + max(ROWS_EVERY_S, took / ROWS_BUSY)
 
     def write_rows(self) -> None:
         """The stage's metric file with every row so far: from the writer, and at checkpoints. The
