@@ -51,6 +51,12 @@ class Config:
         most = max(self.pipeline.replicas) if isinstance(self.pipeline.replicas, list) and self.pipeline.replicas else 1
         _require(self.train.batch_size >= most, "train.batch_size",
                  f"must be at least the largest pipeline.replicas ({most}): every replica needs rows")
+        _require(self.train.microbatches == 1 or self.algo.name != "ff", "train.microbatches",
+                 "> 1 cannot go with algo.name = 'ff' (its batches are positives then negatives, "
+                 "which row slices would part): keep train.microbatches = 1 for classic FF")
+        _require(self.train.microbatches == 1 or (most == 1 and self.pipeline.replicas != "auto"),
+                 "train.microbatches", "> 1 cannot go with stage replicas (pipeline.replicas): keep one "
+                 "of them at 1 (pipeline.replicas = [])")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

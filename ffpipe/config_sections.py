@@ -162,6 +162,9 @@ class TrainConfig:
     epochs: int = _f(1, "passes over the training set")
     max_steps: int = _f(0, "stop after this many optimizer steps (0 = no limit)")
     batch_size: int = _f(128, "training minibatch size")
+    microbatches: int = _f(1, "each training batch crosses the pipeline as this many row slices "
+                           "(sizes differ by one at most), each unit summing its gradients over "
+                           "them before its one optimizer step: a stage holds one slice's activations")
     eval_batch_size: int = _f(512, "evaluation minibatch size")
     lr: float = _f(0.002, "peak learning rate")
     optimizer: str = _f("adamw", "optimizer (sgd uses momentum)", ("sgd", "adam", "adamw"))
@@ -193,6 +196,8 @@ class TrainConfig:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
         _require(self.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)")
         _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(1 <= self.microbatches <= self.batch_size, "train.microbatches",
+                 f"must be between 1 and train.batch_size ({self.batch_size})")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _require(self.lr > 0, "train.lr", "must be > 0")
         _require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")

@@ -47,16 +47,22 @@ class GraphPlan:
 
 
 def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, replicated: bool = False,
-                training: bool = True) -> GraphPlan:
+                training: bool = True, microbatches: int = 1) -> GraphPlan:
     """train.cuda_graphs for a stage on `device`: the one place it is decided.
 
     'auto' graphs every CUDA stage that trains (training shapes are static: every training batch
     is full), except a step too long to gain from it (GRAPH_MAX_STEP_S; replicated stages always
     capture, as every replica must replay the same collectives) and a stage with dropout (its
-    masks are drawn on the host every step: a graph would replay one). 'on' insists, and says
-    where it cannot be; 'off' keeps the eager step. Evaluation has no training step to capture."""
+    masks are drawn on the host every step: a graph would replay one) or with microbatches (the
+    graphed step ends in the optimizer step, which only a step's last microbatch takes). 'on'
+    insists, and says where it cannot be; 'off' keeps the eager step. Evaluation has no training
+    step to capture."""
     if not training:
         return GraphPlan(False)
+    if setting == "on" and microbatches > 1:
+        raise ConfigError("config key 'train.cuda_graphs' 'on' cannot go with train.microbatches > 1 (a "
+                          "graph replays a whole step, optimizer included): use 'auto' (eager "
+                          "microbatches) or train.microbatches = 1")
     if setting == "on" and dropout:
         raise ConfigError("config key 'train.cuda_graphs' 'on' cannot go with model.dropout (its masks "
                           "are drawn on the host every step, a graph would replay one): use 'auto' "
@@ -64,7 +70,7 @@ def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, re
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
                           f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
-    if setting == "off" or device.type != "cuda" or dropout:
+    if setting == "off" or device.type != "cuda" or dropout or microbatches > 1:
         return GraphPlan(False)
     return GraphPlan(True, GRAPH_MAX_STEP_S if setting == "auto" and not replicated else None)
 

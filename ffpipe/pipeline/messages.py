@@ -42,6 +42,11 @@ class Message:
     # total 0: the message is the whole batch.
     offset: int = 0
     total: int = 0
+    # A microbatch of a training step (train.microbatches): its index, how many the step has and
+    # the rows of the step's whole batch (0: one microbatch); stages step after the last one.
+    micro: int = 0
+    micros: int = 1
+    step_rows: int = 0
 
     @property
     def is_control(self) -> bool:
@@ -49,6 +54,11 @@ class Message:
 
     def replace(self, **changes) -> "Message":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def ends_step(self) -> bool:
+        """The last microbatch of its optimizer step (every message of a step of one)."""
+        return self.micro == self.micros - 1
 
     @property
     def batch_size(self) -> int:

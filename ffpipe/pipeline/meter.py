@@ -40,20 +40,23 @@ class StageMeter:
             self._step_events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
             self._step_events[-1][0].record(torch.cuda.current_stream(self.device))
 
-    def step_ended(self, batch: int) -> None:
-        """After a training step on a batch of `batch` rows (the whole batch, for a replica)."""
+    def step_ended(self, batch: int, ends_step: bool = True) -> None:
+        """After training on a batch of `batch` rows (the whole batch, for a replica); `ends_step`
+        False: a microbatch before its step's last."""
         if self.gpu_busy_s is not None:
             self._step_events[-1][1].record(torch.cuda.current_stream(self.device))
         self._images += batch
-        self._steps_since_read += 1
+        self._steps_since_read += ends_step
 
-    def track(self, loss_U: torch.Tensor, correct_U: torch.Tensor) -> None:
-        """Inside the step: each learner's loss and correct count (no host sync, all in place)."""
+    def track(self, loss_U: torch.Tensor, correct_U: torch.Tensor, ends_step: bool = True) -> None:
+        """Inside the step: each learner's loss (weighted by its rows' share of the step's batch)
+        and correct count (no host sync, all in place); the step counts once, at its end."""
         self._loss_sum += loss_U
         self._correct_sum += correct_U
         bad = ~torch.isfinite(loss_U) & (self._first_bad_step < 0)
         self._first_bad_step.copy_(torch.where(bad, self.step_t, self._first_bad_step))
-        self.step_t += 1
+        if ends_step:
+            self.step_t += 1
 
     @property
     def pending_steps(self) -> int:

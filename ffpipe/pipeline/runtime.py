@@ -92,9 +92,10 @@ def run_stage_loop(stage: Stage, inbox: Inbox, outbox: Outbox, loop: LoopConfig,
         if msg.phase is Phase.TRAIN:
             msg = stage.train_step(msg)
             logger.trained(msg.batch_size)
-            if stage.step % loop.log_every == 0:
+            # Logs and checkpoints count optimizer steps: after a step's last microbatch only
+            if msg.ends_step and stage.step % loop.log_every == 0:
                 _report(loop, stage, logger.log(msg.epoch, in_flight(outbox)))
-            if loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:
+            if msg.ends_step and loop.checkpoint_every and stage.step % loop.checkpoint_every == 0:
                 _checkpoint(loop, logger, msg.epoch)
         elif msg.phase in (Phase.EVAL, Phase.VAL):
             msg = stage.eval_step(msg)

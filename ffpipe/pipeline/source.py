@@ -52,10 +52,12 @@ class DataSource:
     def __init__(self, plan: RunPlan, train: DeviceLoader, test: DeviceLoader,
                  transform: InputTransform | None = None, start_step: int = 0, eval_only: bool = False,
                  stop_after_step: int = 0, eval_every: int = 1, val: DeviceLoader | None = None,
-                 unit_votes: bool = False):
+                 unit_votes: bool = False, microbatches: int = 1):
         """`val`: the validation split's loader; `unit_votes`: evaluation messages carry each
-        unit's votes (B x U x C) rather than their sum."""
+        unit's votes (B x U x C) rather than their sum; `microbatches`: each training batch
+        crosses the pipeline as that many messages (train.microbatches)."""
         self.plan, self.train, self.test, self.transform = plan, train, test, transform
+        self.microbatches = microbatches
         self.val, self.unit_votes = val, unit_votes
         self.eval_every = eval_every
         # A stop point already passed (a resumed run) means: go on to the end.
@@ -78,7 +80,7 @@ class DataSource:
                 if self.stop_after_step and first + b == self.stop_after_step:  # stop early: every stage checkpoints on END
                     yield control(Phase.END, epoch, first + b)
                     return
-                yield self._message(Phase.TRAIN, epoch, first + b, x, y)
+                yield from self._microbatches(self._message(Phase.TRAIN, epoch, first + b, x, y))
             yield control(Phase.EPOCH_END, epoch, first + n)
             if (epoch + 1) % self.eval_every == 0 or epoch == self.plan.epochs - 1:
                 yield from self._eval_stream(epoch, first + n, end=False)
@@ -96,6 +98,16 @@ class DataSource:
         yield control(Phase.EVAL_END, epoch, step)
         if end:
             yield control(Phase.END, epoch, step)
+
+    def _microbatches(self, msg: Message) -> Iterator[Message]:
+        """The step's batch as train.microbatches row slices (as even as the rows allow: sizes
+        differ by one at most, and a batch of fewer rows has one per row), after the transform."""
+        count = min(self.microbatches, len(msg.y))
+        if count == 1:
+            yield msg
+            return
+        for i, (x, y) in enumerate(zip(msg.x.tensor_split(count), msg.y.tensor_split(count))):
+            yield msg.replace(x=x, y=y, micro=i, micros=count, step_rows=len(msg.y))
 
     def _message(self, phase: Phase, epoch: int, step: int, x, y) -> Message:
         if self.transform is not None:

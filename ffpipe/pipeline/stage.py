@@ -88,8 +88,8 @@ class Stage:
         self.learners = place_learners(learners, device, self.channels_last, self.frozen, replica_group)
         # Replicas: whole-batch batch norm (above) and each unit's gradients summed over them.
         self.gradient_sum = GradientSum(replica_group) if replica_group is not None else None
-        graphs = plan_graphs(train.cuda_graphs, device, dropout=options.dropout,
-                             replicated=replica_group is not None, training=options.training)
+        graphs = plan_graphs(train.cuda_graphs, device, dropout=options.dropout, replicated=replica_group is not None,
+                             training=options.training, microbatches=train.microbatches)
         # One parameter group for the whole stage: one fused optimizer launch instead of one per
         # unit (every update is per parameter, so this changes no value).
         self._slots, params = trainable(self.learners)
@@ -126,6 +126,8 @@ class Stage:
                 "or the split; start every stage with the same config")
 
     def train_step(self, msg: Message) -> Message:
+        """One message's training: a whole step, or one microbatch of it (train.microbatches),
+        whose gradients add up until the step's last one takes the optimizer step."""
         if self.expect is not None:
             self._check(msg)
         msg = msg.to(self.device)  # a no-op when the previous stage shares the device
@@ -133,23 +135,28 @@ class Stage:
         if self.frozen:
             for learner in self.learners:
                 learner.body.eval()
-        self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
-        set_lr(self.optimizer, self.lr)
+        if msg.micro == 0:
+            self.lr = lr_at(self.step, self.total_steps, self.train_cfg)
+            set_lr(self.optimizer, self.lr)
         self.meter.step_started()
-        share = share_of(len(msg.y), msg.batch_size)
-        if self.graphed is not None:  # it prepares x itself (into the graph's input)
+        # Each loss weighted by its rows' share of the step's batch, so that the summed gradients
+        # are those of the batch's mean loss (a replica's shard, or an uneven last microbatch).
+        share = share_of(len(msg.y), msg.step_rows or msg.batch_size)
+        if self.graphed is not None:  # it prepares x itself (into the graph's input); one microbatch
             x, skips = self.graphed(msg.x, msg.skips, msg.y, share)
         else:
-            x, skips = self._learn(self._prepare(msg.x), msg.skips, msg.y, share)
-            self._reset_grads(True)
-        self.meter.step_ended(msg.batch_size)
-        self.step += 1
+            x, skips = self._learn(self._prepare(msg.x), msg.skips, msg.y, share, msg.ends_step)
+            if msg.ends_step:
+                self._reset_grads(True)
+        self.meter.step_ended(msg.batch_size, msg.ends_step)
+        self.step += msg.ends_step
         return msg.replace(x=x, skips=skips)
 
     def _learn(self, x: torch.Tensor, skips: tuple, y: torch.Tensor,
-               share: float = 1.0) -> tuple[torch.Tensor, tuple]:
+               share: float = 1.0, ends_step: bool = True) -> tuple[torch.Tensor, tuple]:
         """One training step of every learner on a batch (no host sync: a graph can replay it).
-        `share`: this replica's rows over the batch's (1 unreplicated)."""
+        `share`: these rows over the step's batch (1 for a whole, unreplicated batch);
+        `ends_step` False: a microbatch before the last, its gradients kept for the next."""
         losses, correct = [], []
         for learner in self.learners:
             with self._autocast():
@@ -157,21 +164,26 @@ class Stage:
             # A backward per learner, right after its forward: its input is detached, so this
             # reaches only its own parameters, and its activations are freed before the next
             # learner runs. (Bit-identical to one backward over the sum of the losses.)
-            loss = out.loss if self.gradient_sum is None else out.loss * share
+            loss = out.loss if share == 1.0 else out.loss * share
             loss.backward()
             if self.gradient_sum is not None:  # summed over the replicas while the next learner runs
                 self.gradient_sum.start(list(learner.parameters()))
             x, skips = out.x, out.skips
             losses.append(loss.detach().float())
             correct.append(out.correct)
+        if ends_step:
+            self._update()
+        self.meter.track(torch.stack(losses), torch.stack(correct), ends_step)
+        return x, skips
+
+    def _update(self) -> None:
+        """The optimizer step on the gradients (summed over the replicas, clipped)."""
         if self.gradient_sum is not None:
             self.gradient_sum.finish()
         if self.grad_clip > 0:
             for learner in self.learners:
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.meter.track(torch.stack(losses), torch.stack(correct))
-        return x, skips
 
     def release_graph(self) -> None:
         """After training: free the captured step (and any communicator it holds)."""

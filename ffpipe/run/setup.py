@@ -71,7 +71,8 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
     of each learner measured on `profile_device` (equal costs without one) and of each cut at
     the measured `link` (seconds per byte between two stage processes; None: cuts cost nothing)."""
     # 'on' where graphs cannot be (no GPU, dropout), a logger not installed: say so now, before any data is read
-    plan_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0), dropout=cfg.model.dropout > 0)
+    plan_graphs(cfg.train.cuda_graphs, stage_device(cfg, 0), dropout=cfg.model.dropout > 0,
+                microbatches=cfg.train.microbatches)
     chosen(cfg.run.loggers)
     data = None
     if info is None:

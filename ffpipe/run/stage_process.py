@@ -79,7 +79,8 @@ def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
                  DeviceLoader(split, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
                               max_device_mib=limit, dtype=dtype) for split in (data.test, data.val))
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
-                      cfg.run.stop_after_step, cfg.train.eval_every, val, unit_votes(cfg))
+                      cfg.run.stop_after_step, cfg.train.eval_every, val, unit_votes(cfg),
+                      cfg.train.microbatches)
 
 
 def unit_votes(cfg) -> bool:

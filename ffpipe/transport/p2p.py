@@ -23,17 +23,18 @@ from ffpipe.kernels.layout import is_nhwc
 from ffpipe.pipeline.messages import Message, Phase
 
 HEADER_LEN = 64
-_FIXED = 11  # phase, epoch, step, offset, total, tensor count, skip count, 4 presence flags
+_FIXED = 14  # phase, epoch, step, offset, total, microbatch, of, rows, tensor count, skip count, 4 flags
 _FIELDS = 8  # per tensor: dtype, layout, ndim, then up to 5 dims
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool, torch.uint8, torch.int32]
 _TRACE = os.environ.get("FFPIPE_TRACE_P2P") == "1"
 
 
 def encode_header(msg: Message) -> torch.Tensor:
-    """phase, epoch, step, shard offset and total, which optional fields are present, then each
-    tensor's dtype and shape."""
+    """phase, epoch, step, shard offset and total, microbatch index, count and rows, which
+    optional fields are present, then each tensor's dtype and shape."""
     tensors = msg.tensors()
-    head = [int(msg.phase), msg.epoch, msg.step, msg.offset, msg.total, len(tensors), len(msg.skips),
+    head = [int(msg.phase), msg.epoch, msg.step, msg.offset, msg.total, msg.micro, msg.micros, msg.step_rows,
+            len(tensors), len(msg.skips),
             msg.x is not None, msg.y is not None, msg.votes is not None, msg.unit_correct is not None]
     for t in tensors:
         head += [_DTYPES.index(t.dtype), int(is_nhwc(t)), t.dim(), *t.shape, *[0] * (5 - t.dim())]
@@ -44,13 +45,16 @@ def encode_header(msg: Message) -> torch.Tensor:
 
 def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple]]:
     h = header.tolist()
-    phase, epoch, step, offset, total, n, n_skips, has_x, has_y, has_votes, has_correct = h[:_FIXED]
+    phase, epoch, step, offset, total, micro, micros, step_rows, n, n_skips, *flags = h[:_FIXED]
+    has_x, has_y, has_votes, has_correct = flags
     specs = []
     for i in range(n):
         dtype, channels_last, ndim, *dims = h[_FIXED + i * _FIELDS: _FIXED + (i + 1) * _FIELDS]
         specs.append((_DTYPES[dtype], bool(channels_last), tuple(dims[:ndim])))
     layout = (has_x, n_skips, has_y, has_votes, has_correct)
-    return Message(Phase(phase), epoch, step, offset=offset, total=total), [layout, *specs]
+    base = Message(Phase(phase), epoch, step, offset=offset, total=total, micro=micro, micros=micros,
+                   step_rows=step_rows)
+    return base, [layout, *specs]
 
 
 def _wire(t: torch.Tensor) -> torch.Tensor:

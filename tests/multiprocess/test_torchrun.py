@@ -36,6 +36,17 @@ def test_torchrun_stages_match_the_sequential_trainer_bit_for_bit(tmp_path, case
     assert all(s["wait_recv_s"] >= 0 and s["images_per_second"] > 0 for s in b["stages"])
 
 
+def test_torchrun_stages_with_microbatches_match_the_sequential_trainer_bit_for_bit(tmp_path):
+    """train.microbatches = 4 over 18 rows (5, 5, 4, 4): the slices cross gloo one by one."""
+    common = EXACT + CASES["small_cnn-layer"] + ["train.batch_size=18", "train.microbatches=4"]
+    ref, piped = tmp_path / "sequential", tmp_path / "torchrun2"
+    run_ffpipe(common + [f"run.dir={ref}"])
+    run_ffpipe(common + [f"run.dir={piped}", "pipeline.boundaries=[2]"], stages=2)
+    assert_same_parameters(ref, piped)
+    assert summary(piped)["steps"] == 4
+    assert summary(ref)["test_accuracy_per_unit"] == summary(piped)["test_accuracy_per_unit"]
+
+
 def test_torchrun_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
     common = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=2",
                       "run.checkpoint_every=2", "pipeline.boundaries=[2]"]

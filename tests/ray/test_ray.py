@@ -54,6 +54,28 @@ def test_ray_actors_match_the_sequential_trainer_bit_for_bit(ray_cluster, refere
     assert (run_dir / "metrics" / f"stage-{stages - 1}.parquet").exists()
 
 
+MICRO = ["model.name=small_cnn", "model.granularity=layer", "train.max_steps=4", "train.batch_size=18",
+         "train.microbatches=4"]  # 18 rows as 5, 5, 4, 4
+
+
+@pytest.fixture(scope="module")
+def micro_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro") / "sequential"
+    run_ffpipe(EXACT + MICRO + [f"run.dir={out}"])
+    return out
+
+
+@pytest.mark.parametrize("transport", ["p2p", "ray"])
+def test_ray_actors_with_microbatches_match_the_sequential_trainer_bit_for_bit(ray_cluster, micro_reference,
+                                                                              tmp_path, transport):
+    cfg = config_mod.load(None, EXACT + MICRO + [
+        "pipeline.backend=ray", "pipeline.stages=2", "pipeline.boundaries=[2]",
+        f"pipeline.transport={transport}", f"run.dir={tmp_path / 'ray'}"])
+    run_dir, result = train(cfg)
+    assert_same_parameters(micro_reference, run_dir)
+    assert result["steps"] == 4
+
+
 def test_a_failing_stage_actor_is_named_and_the_job_ends(ray_cluster, tmp_path):
     cfg = config_mod.load(None, EXACT + ["model.name=small_cnn", "train.lr=1e12", "train.warmup_fraction=0",
                                          "train.max_steps=6", "pipeline.backend=ray", "pipeline.stages=2",
