@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ffpipe.baselines.bp import BPNetwork
+from ffpipe.bench import SCHEDULES
 from ffpipe.errors import ConfigError
 from ffpipe.models import dry_run
 from ffpipe.pipeline.partition import stage_starts
@@ -28,7 +29,7 @@ from ffpipe.pipeline.partition import stage_starts
 # available_schedules(), as the GPU machines may run an older torch than this one)
 SCHEDULE_CLASSES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
                     "zb-interleaved": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble"}
-SCHEDULES = tuple(SCHEDULE_CLASSES)
+assert tuple(SCHEDULE_CLASSES) == SCHEDULES
 
 
 def available_schedules() -> tuple[str, ...]:
