@@ -22,7 +22,10 @@ VARIANTS = {
     "sff-layer": ["algo.name=sff", "model.granularity=layer"],
 }
 MODES = ("eager", "graphed", "compiled")
-MICROBATCHES = (2, 4, 8)  # what bench pipeline tries for GPipe and 1F1B
+MICROBATCHES = (2, 4, 8)  # what bench pipeline tries for the schedules and DDP's accumulation steps
+# torch.distributed.pipelining's schedules bench pipeline runs (pipelining.py: their classes; it
+# runs those the installed torch has)
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-interleaved", "zbv")
 
 
 def add_parsers(bench_sub) -> None:
@@ -105,10 +108,19 @@ def _add_pipeline_parser(bench_sub) -> None:
                    help="also SFF under torchrun with stage replicas, e.g. 2x2 (2 stages x 2 replicas), "
                         "3xauto (3 stages, replicas and split balanced together over --gpus)")
     p.add_argument("--microbatches", type=int, nargs="+", default=list(MICROBATCHES),
-                   help="microbatch counts tried for GPipe and 1F1B (the best is reported)")
+                   help="microbatch counts tried for the schedules and accumulation steps for DDP's "
+                        "(the best is reported)")
     p.add_argument("--gpus", type=int, help="GPUs of the DDP and pipelining peers (default: the largest of --stages)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the DDP, GPipe and 1F1B peers (--no-peers: skip them)")
+                   help="run the DDP peers and torch's schedules (--no-peers: skip them)")
+    p.add_argument("--model", choices=config_mod.MODELS, help="instead of the config's model")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="synthetic images of this shape instead of the config's data")
+    p.add_argument("--classes", type=int, help="synthetic data with this many classes instead of the config's data")
+    p.add_argument("--max-batch", type=int, default=0, metavar="CAP", help="also find each row's largest "
+                   "global batch up to CAP (doubling from train.batch_size, then bisection; 0: not)")
+    p.add_argument("--resolution", type=float, default=0.05, help="--max-batch: bisect until the gap is below "
+                   "this share")
     p.add_argument("--peer-steps", type=int, default=50, help="timed steps of each peer run")
     p.add_argument("--peer-warmup", type=int, default=10, help="untimed steps before them")
     p.add_argument("--timeout-s", type=float, default=900, help="a run taking longer is stopped and marked failed")

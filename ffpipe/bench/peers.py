@@ -1,10 +1,12 @@
 """The peers of ffpipe on N devices: the same BP network as ffpipe's BP baseline, trained with
-DDP or with torch.distributed.pipelining (GPipe, 1F1B), on the config's model, data, global batch,
-precision and optimizer. Run under torchrun, one process per device:
+DDP (plain; ddp-ckpt: with activation checkpointing around every unit; ddp-accum: each rank's
+share of the batch in M gradient-accumulation steps) or with torch.distributed.pipelining (GPipe,
+1F1B, interleaved 1F1B, the zero-bubble schedules interleaved and ZBV), on the config's model,
+data, global batch, precision and optimizer. Run under torchrun, one process per device:
 
     python -m torch.distributed.run --standalone --nproc-per-node=N -m ffpipe.bench.peers \
-        {ddp,gpipe,1f1b} --config FILE.toml [--microbatches M] [--warmup 10] [--steps 50] \
-        --out FILE.json [--set section.key=value ...]
+        {ddp,ddp-ckpt,ddp-accum,gpipe,1f1b,interleaved-1f1b,zb-interleaved,zbv} --config FILE.toml \
+        [--microbatches M] [--warmup 10] [--steps 50] --out FILE.json [--set section.key=value ...]
 
 Each rank trains `--warmup` untimed steps, then `--steps` timed ones between two device syncs
 and barriers; rank 0 writes images/s (global), every rank's peak memory, the final loss, N,
@@ -13,7 +15,9 @@ microbatches and the batch to --out. Runs on CPU too (gloo), for the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -25,9 +29,11 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ffpipe import config as config_mod
-from ffpipe.bench.pipelining import SCHEDULES, StageModule, build_schedule, pipelined_forward_backward, split_units
+from ffpipe.bench.pipelining import (SCHEDULES, RankStages, StageModule, build_schedule, local_stage_ids,
+                                     pipelined_forward_backward, split_units)
 from ffpipe.config import Config
 from ffpipe.data import DataBundle, load_data, training_loader
 from ffpipe.errors import ConfigError
@@ -37,7 +43,7 @@ from ffpipe.telemetry.measure import peak_memory_mib
 from ffpipe.pipeline.stage import autocast_dtype
 from ffpipe.pipeline.sync import synchronize
 
-PEERS = ("ddp", *SCHEDULES)
+PEERS = ("ddp", "ddp-ckpt", "ddp-accum", *SCHEDULES)  # ckpt: activation checkpointing; accum: gradient accumulation
 
 
 @dataclass
@@ -69,6 +75,9 @@ def rank_device(cfg: Config) -> torch.device:
 def train_batches(cfg: Config, data: DataBundle, device: torch.device) -> Iterator:
     """Endless (x, y) global batches on `device` as ffpipe's training source draws them (same
     seed, order and augmentation)."""
+    if len(data.train) < cfg.train.batch_size:  # else not one full batch: an endless loop below
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} is more than the {len(data.train)} "
+                          "training images (data.synthetic_train for synthetic data)")
     loader = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device)
     epoch = 0
     while True:
@@ -76,12 +85,18 @@ def train_batches(cfg: Config, data: DataBundle, device: torch.device) -> Iterat
         epoch += 1
 
 
-def build_ddp(cfg: Config, in_shape, num_classes: int, device: torch.device) -> Peer:
-    """BPNetwork replicated on every rank; each rank trains on its 1/N of every global batch."""
+def build_ddp(cfg: Config, in_shape, num_classes: int, device: torch.device, checkpointing: bool = False,
+              accumulation: int = 1) -> Peer:
+    """BPNetwork replicated on every rank; each rank trains on its 1/N of every global batch, in
+    `accumulation` equal slices (DDP averages the gradients once, after the last), with every
+    unit's activations recomputed in the backward where `checkpointing`."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} does not split evenly over {world} ranks")
+    if cfg.train.batch_size % (world * accumulation):
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} does not split evenly over {world} ranks "
+                          f"x {accumulation} accumulation steps")
     network = _on_device(build_learners(cfg, in_shape, num_classes)[0], cfg, device)
+    if checkpointing:
+        checkpoint_units(network)
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, gradient_as_bucket_view=True)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
@@ -91,29 +106,46 @@ def build_ddp(cfg: Config, in_shape, num_classes: int, device: torch.device) -> 
         x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]  # this rank's shard
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = ddp(x, (), y).loss
-        loss.backward()  # DDP averages the gradients over the ranks here
-        return loss.detach()
+        losses = []
+        for k, (x_k, y_k) in enumerate(zip(x.tensor_split(accumulation), y.tensor_split(accumulation))):
+            # DDP all-reduces in the last slice's backward only; no_sync accumulates locally before it
+            with ddp.no_sync() if k < accumulation - 1 else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = ddp(x_k, (), y_k).loss
+                (loss / accumulation).backward()  # the mean over the slices: the shard's mean gradient
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
     return Peer(network, _optimizer(network, cfg, device), forward_backward, needs_data=True)
 
 
+def checkpoint_units(network: nn.Module) -> None:
+    """Activation checkpointing around each unit of `network.body`: its forward keeps only its
+    inputs, and the backward runs it again. The unit's forward is replaced in place rather than
+    wrapped in a module, so the parameter and state-dict names stay BPNetwork's. (Batch norm's
+    running statistics are updated again by the recomputation; the gradients are exact.)"""
+    for unit in network.body:
+        unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
+
+
 def build_pipelined(schedule_name: str, cfg: Config, in_shape, num_classes: int, device: torch.device,
                     microbatches: int) -> Peer:
-    """This rank's contiguous stage of BPNetwork's units under a GPipe or 1F1B schedule."""
+    """This rank's stages of BPNetwork's units (contiguous runs of units) under the schedule."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if cfg.train.batch_size % microbatches:
         raise ConfigError(f"train.batch_size = {cfg.train.batch_size} does not split into "
                           f"{microbatches} equal microbatches")
     network = build_learners(cfg, in_shape, num_classes)[0]
-    starts = split_units(list(network.body), in_shape, world)
+    stage_ids = local_stage_ids(schedule_name, rank, world)
+    num_stages = world * len(stage_ids)
+    starts = split_units(list(network.body), in_shape, num_stages)
     stops = [*starts[1:], len(network.body)]
-    first, last = rank == 0, rank == world - 1
-    module = StageModule(network, starts[rank], stops[rank], last,
-                         autocast_dtype(cfg.train.precision, device), _channels_last(cfg, device))
-    module = _on_device(module, cfg, device)
-    schedule = build_schedule(schedule_name, module, rank, world, device, microbatches)
+    amp_dtype, channels_last = autocast_dtype(cfg.train.precision, device), _channels_last(cfg, device)
+    modules = [_on_device(StageModule(network, starts[i], stops[i], i == num_stages - 1, amp_dtype, channels_last),
+                          cfg, device) for i in stage_ids]
+    schedule = build_schedule(schedule_name, modules, stage_ids, num_stages, device, microbatches)
+    first, last = 0 in stage_ids, num_stages - 1 in stage_ids
+    module = RankStages(modules)
     return Peer(module, _optimizer(module, cfg, device), pipelined_forward_backward(schedule, first, last),
                 needs_data=first or last, stage_starts=starts)
 
@@ -197,8 +229,9 @@ def run_peer(args) -> dict | None:
     try:
         data = load_data(cfg.data, cfg.train.seed)
         in_shape, num_classes = tuple(data.train.shape), len(data.train.classes)
-        if args.peer == "ddp":
-            peer = build_ddp(cfg, in_shape, num_classes, device)
+        if args.peer.startswith("ddp"):
+            peer = build_ddp(cfg, in_shape, num_classes, device, checkpointing=args.peer == "ddp-ckpt",
+                             accumulation=args.microbatches)
         else:
             peer = build_pipelined(args.peer, cfg, in_shape, num_classes, device, args.microbatches)
         batches = train_batches(cfg, data, device) if peer.needs_data else None
@@ -215,7 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("peer", choices=PEERS)
     p.add_argument("--config", help="TOML config (default: ffpipe's defaults)")
-    p.add_argument("--microbatches", type=int, default=1, help="gpipe and 1f1b: microbatches per batch")
+    p.add_argument("--microbatches", type=int, default=1, help="the schedules: microbatches per batch; "
+                   "ddp-accum: accumulation steps per rank")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--steps", type=int, default=50, help="timed steps")
     p.add_argument("--out", required=True, help="JSON file rank 0 writes")
@@ -223,7 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "after the last step to PREFIX.rank<r>.pt (for the tests)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
-    if args.peer == "ddp":
+    if args.peer in ("ddp", "ddp-ckpt"):
         args.microbatches = 1
     if args.microbatches < 1 or args.steps < 1 or args.warmup < 0:
         p.error("--microbatches and --steps must be >= 1, --warmup >= 0")

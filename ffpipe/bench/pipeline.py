@@ -1,28 +1,33 @@
 """`ffpipe bench pipeline`: one config on every backend, beside BP and its usual peers on N GPUs.
 
     ffpipe bench pipeline --stages 2 4 [--config configs/bench_resnet18.toml] [--ray]
-        [--gpus N] [--no-peers] [--peer-steps 50] [--peer-warmup 10] [--timeout-s 900]
-        [--out DIR] [--set section.key=value ...]          (launch/bench_pipeline.py: the same)
+        [--gpus N] [--no-peers] [--model M] [--shape C H W] [--classes K] [--max-batch CAP]
+        [--peer-steps 50] [--peer-warmup 10] [--timeout-s 900] [--out DIR] [--set section.key=value ...]
+        (launch/bench_pipeline.py: the same)
 
 Runs, one after another on this machine:
   1. BP on one GPU (`ffpipe train`, algo.name=bp);
   2. DDP on N GPUs (--gpus, default the largest of --stages): the same BP network, the global
-     batch split over the N ranks (ffpipe/bench/peers.py);
+     batch split over the N ranks (ffpipe/bench/peers.py); then DDP with activation checkpointing
+     around every unit, and DDP with each rank's share in K accumulation steps (K from
+     --microbatches, the fastest reported);
   3. the sequential SFF trainer on one GPU, and SFF under torchrun with each number of stages;
   4. with --replicas 2x2 (or 2,1,1 ..., or 3xauto: 3 stages, replicas over --gpus), SFF under
-     torchrun with stage replicas;
-     with --ray, SFF on Ray actors with the p2p and the Ray-native transports at the largest
-     number of stages;
-  5. torch.distributed.pipelining GPipe and 1F1B on N GPUs: the BP network's units cut into N
-     stages balanced by forward FLOPs, with m = 2, 4 and 8 microbatches (--microbatches; 1F1B:
-     m >= N); the row shows the best m.
-Every run has the config's model, data, global batch and precision; --no-peers skips 2 and 5.
+     torchrun with stage replicas; with --ray, SFF on Ray actors with the p2p and the Ray-native
+     transports at the largest number of stages;
+  5. torch.distributed.pipelining's GPipe, 1F1B, interleaved 1F1B and the zero-bubble schedules
+     (interleaved, ZBV) where the installed torch has them, on N GPUs: the BP network's units cut
+     into N stages (2N, two per GPU, for the last three) balanced by forward FLOPs, with m = 2, 4
+     and 8 microbatches (--microbatches; all but GPipe: m >= N); the row shows the best m.
+Every run has the config's model, data, global batch and precision (--model, --shape and
+--classes change the first two for all); --no-peers skips 2's DDP runs and 5.
 The table gives images/s (ffpipe runs: steady state; peers: their timed steps), its ratio to BP
 on one GPU and to DDP, per-stage throughput, busy/waiting shares, peak memory per GPU and test
 accuracy (ffpipe runs only). It is written to --out/bench.md row by row as runs end (BP's row
 once DDP's figure is in), with every summary, peer JSON and log beside it. A run that exceeds
---timeout-s is stopped (its whole process group) and becomes a "failed (timeout)" row. Figures
-are comparable only within one invocation.
+--timeout-s is stopped (its whole process group) and becomes a "failed (timeout)" row. With
+--max-batch, a second table: each row's largest global batch (ffpipe/bench/pipeline_batch.py).
+Figures are comparable only within one invocation.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ffpipe import config as config_mod
-from ffpipe.bench import MICROBATCHES
+from ffpipe.bench import MICROBATCHES, SCHEDULES
 from ffpipe.errors import FFPipeError
 HEADER = ("| run | img/s (steady) | x BP 1 GPU | x DDP | img/s (all epochs) | img/s per stage | "
           "busy per stage | waiting on previous | ms per step per stage: predicted / busy | "
@@ -47,7 +52,7 @@ HEADER = ("| run | img/s (steady) | x BP 1 GPU | x DDP | img/s (all epochs) | im
 @dataclass
 class Run:
     name: str
-    peer: str = ""                       # "" = an ffpipe run; else ddp, gpipe or 1f1b
+    peer: str = ""                       # "" = an ffpipe run; else a peer of ffpipe/bench/peers.py
     nproc: int = 0                       # processes under torchrun (0: a plain process)
     overrides: list[str] = field(default_factory=list)
     microbatches: tuple[int, ...] = (1,)  # peers: the counts tried, the best one reported
@@ -79,13 +84,20 @@ def replica_run(text: str, gpus: int) -> Run:
                overrides=["pipeline.backend=torchrun", f"pipeline.replicas={counts}"])
 
 
+SCHEDULE_LABELS = {"gpipe": "gpipe", "1f1b": "1f1b", "interleaved-1f1b": "interleaved 1f1b (2 stages per GPU)",
+                   "zb-interleaved": "zero bubble interleaved (2 stages per GPU)",
+                   "zbv": "zero bubble V (2 stages per GPU)"}
+
+
 def runs(stages: list[int], ray: bool, gpus: int, peers: bool, replicas: list[str] = (),
-         microbatches: tuple[int, ...] = MICROBATCHES) -> list[Run]:
+         microbatches: tuple[int, ...] = MICROBATCHES, schedules: tuple[str, ...] = SCHEDULES) -> list[Run]:
     """Every run, in order: BP then DDP first, as every later row is a ratio to them."""
     one = ["pipeline.backend=local", "pipeline.stages=1"]  # whatever the config's pipeline says
     out = [Run("bp, 1 GPU", overrides=["algo.name=bp", *one], reference="bp")]
     if peers:
         out.append(Run(f"ddp, {gpus} GPUs", "ddp", gpus, reference="ddp"))
+        out.append(Run(f"ddp + activation checkpointing per unit, {gpus} GPUs", "ddp-ckpt", gpus))
+        out.append(Run(f"ddp + gradient accumulation, {gpus} GPUs", "ddp-accum", gpus, microbatches=microbatches))
     out.append(Run("sff sequential, 1 GPU", overrides=one))
     out += [Run(f"sff torchrun, {s} stages", nproc=s,
                 overrides=["pipeline.backend=torchrun", f"pipeline.stages={s}"]) for s in stages]
@@ -95,9 +107,9 @@ def runs(stages: list[int], ray: bool, gpus: int, peers: bool, replicas: list[st
         out += [Run(f"sff ray {t}, {s} stages", overrides=["pipeline.backend=ray", f"pipeline.stages={s}",
                                                           f"pipeline.transport={t}"]) for t in ("p2p", "ray")]
     if peers:
-        out.append(Run(f"gpipe, {gpus} GPUs", "gpipe", gpus, microbatches=microbatches))
-        at_least_one_per_stage = tuple(m for m in microbatches if m >= gpus)  # what 1F1B needs
-        out.append(Run(f"1f1b, {gpus} GPUs", "1f1b", gpus, microbatches=at_least_one_per_stage))
+        at_least_one_per_rank = tuple(m for m in microbatches if m >= gpus)  # what all but GPipe need
+        out += [Run(f"{SCHEDULE_LABELS[name]}, {gpus} GPUs", name, gpus,
+                    microbatches=microbatches if name == "gpipe" else at_least_one_per_rank) for name in schedules]
     return out
 
 
@@ -180,24 +192,26 @@ def ffpipe_cells(s: dict) -> list[str]:
 
 def measure_peer(args, run: Run, out: Path) -> Result:
     """The peer at each microbatch count in turn; the fastest one's figures."""
+    counted = run.peer not in ("ddp", "ddp-ckpt")  # the others try counts: m microbatches, K slices
+    letter = "K" if run.peer == "ddp-accum" else "m"
     results, failed = {}, []
     for m in run.microbatches:
-        stem = run.peer if run.peer == "ddp" else f"{run.peer}_m{m}"
+        stem = f"{run.peer}_{letter}{m}" if counted else run.peer
         out_json, log = out / f"{stem}.json", out / f"{stem}.log"
         why = run_logged(peer_command(args, run, m, out_json), log, args.timeout_s)
         if why:
             _failed(why, str(log))
-            failed.append(why if run.peer == "ddp" else f"m={m} {why}")
+            failed.append(f"{letter}={m} {why}" if counted else why)
         else:
             results[m] = json.loads(out_json.read_text())
     if not results:
         why = "; ".join(failed) or f"no microbatch count tried is >= {run.nproc}"
-        logs = f"{run.peer}.log" if run.peer == "ddp" else f"{run.peer}_m*.log"
+        logs = f"{run.peer}_{letter}*.log" if counted else f"{run.peer}.log"
         return Result(None, [""] * 7, failure=f"failed ({why}): see {logs}")
     best = max(results, key=lambda m: results[m]["images_per_second"])
     r = results[best]
-    note = "" if run.peer == "ddp" else \
-        f" (best of m={','.join(map(str, run.microbatches))}: m={best}{''.join(f'; {f}' for f in failed)})"
+    note = f" (best of {letter}={','.join(map(str, run.microbatches))}: {letter}={best}" \
+           f"{''.join(f'; {f}' for f in failed)})" if counted else ""
     memory = " / ".join(f"{mib / 1024:.1f}" for mib in r["peak_memory_mib"])
     return Result(r["images_per_second"], ["-", "-", "-", "-", "-", memory, "-"], note)
 
@@ -225,20 +239,24 @@ def bench_pipeline(args) -> int:
     if not Path(args.config).is_file():
         raise FFPipeError(f"bench pipeline: config file {args.config} does not exist; run from the "
                           "repository root (configs/bench_resnet18.toml) or pass --config FILE")
-    config_mod.load(args.config, args.overrides)  # a bad config or key: one line now, not in every row
-    args.gpus = args.gpus or max(args.stages)
+    args.overrides = [*model_data_overrides(args), *args.overrides]
+    cfg = config_mod.load(args.config, args.overrides)  # a bad config or key: one line now, not in every row
+    args.gpus, args.start_batch = args.gpus or max(args.stages), cfg.train.batch_size
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"{datetime.date.today()} · {device_name()} · `{' '.join(sys.argv)}`", "", HEADER]
     table = out / "bench.md"
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
-    plan = runs(args.stages, args.ray, args.gpus, args.peers, args.replicas, tuple(args.microbatches))
+    from ffpipe.bench.pipelining import available_schedules  # imports torch
+
+    plan = runs(args.stages, args.ray, args.gpus, args.peers, args.replicas, tuple(args.microbatches),
+                available_schedules())
     last_reference = max(i for i, run in enumerate(plan) if run.reference)
     speeds, pending = {}, []
     for i, run in enumerate(plan):
         t0 = time.time()
-        result = measure_peer(args, run, out) if run.peer else measure_ffpipe(args, run, i, out)
+        result = measure_row(args, run, i, out)
         if run.reference:
             speeds[run.reference] = result.images_per_s
         pending.append((run, result))
@@ -247,7 +265,27 @@ def bench_pipeline(args) -> int:
             # Each row as soon as it is measured and its references are (BP's waits for DDP):
             # a run cut short keeps what it measured.
             write_rows(table, pending, speeds)
+    if args.max_batch:
+        from ffpipe.bench.pipeline_batch import write_batch_table
+
+        write_batch_table(args, plan, measure_row, out, table)
     return 0
+
+
+def measure_row(args, run: Run, i: int, out: Path) -> Result:
+    return measure_peer(args, run, out) if run.peer else measure_ffpipe(args, run, i, out)
+
+
+def model_data_overrides(args) -> list[str]:
+    """--model, --shape and --classes as config keys (the last two make the data synthetic)."""
+    sets = [f"model.name={args.model}"] if args.model else []
+    if args.shape or args.classes:
+        sets.append("data.name=synthetic")
+    if args.shape:
+        sets.append(f"data.synthetic_shape=[{', '.join(map(str, args.shape))}]")
+    if args.classes:
+        sets.append(f"data.synthetic_classes={args.classes}")
+    return sets
 
 
 def device_name() -> str:

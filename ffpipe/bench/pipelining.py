@@ -1,8 +1,12 @@
-"""The BP network cut into stages for torch.distributed.pipelining (the GPipe and 1F1B peers).
+"""The BP network cut into stages for torch.distributed.pipelining (the GPipe, 1F1B,
+interleaved 1F1B and zero-bubble peers).
 
 The units of `BPNetwork.body` are split into contiguous stages balanced by forward FLOPs; the
 last stage also holds the classifier (global mean pool + Linear) and the schedule applies the
-cross-entropy. Stage modules keep BPNetwork's parameter names (`body.<unit>.*`, `classifier.*`),
+cross-entropy. GPipe and 1F1B put one stage on each of N ranks; the interleaved schedules cut the
+units into 2N stages, two per rank: rank r holds stages r and r + N (interleaved 1F1B and
+interleaved zero bubble, "loop" order) or r and 2N - 1 - r (ZBV, "V" order: rank 0 holds the first
+and the last). Stage modules keep BPNetwork's parameter names (`body.<unit>.*`, `classifier.*`),
 so the stages' state dicts together are exactly a BPNetwork's.
 """
 from __future__ import annotations
@@ -16,11 +20,32 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ffpipe.baselines.bp import BPNetwork
+from ffpipe.bench import SCHEDULES
 from ffpipe.errors import ConfigError
 from ffpipe.models import dry_run
 from ffpipe.pipeline.partition import stage_starts
 
-SCHEDULES = ("gpipe", "1f1b")
+# the peer's name -> torch's schedule class; the last three exist from torch 2.6 on (checked by
+# available_schedules(), as the GPU machines may run an older torch than this one)
+SCHEDULE_CLASSES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B",
+                    "zb-interleaved": "ScheduleInterleavedZeroBubble", "zbv": "ScheduleZBVZeroBubble"}
+assert tuple(SCHEDULE_CLASSES) == SCHEDULES
+
+
+def available_schedules() -> tuple[str, ...]:
+    """The schedules the installed torch has."""
+    import torch.distributed.pipelining as pipelining
+
+    return tuple(name for name, cls in SCHEDULE_CLASSES.items() if hasattr(pipelining, cls))
+
+
+def local_stage_ids(name: str, rank: int, world: int) -> list[int]:
+    """The stages rank `rank` holds under schedule `name` (of world or 2 * world stages)."""
+    if name in ("gpipe", "1f1b"):
+        return [rank]
+    if name == "zbv":
+        return [rank, 2 * world - 1 - rank]
+    return [rank, rank + world]
 
 
 def unit_flops(units: list[nn.Module], in_shape: tuple[int, ...]) -> list[float]:
@@ -83,19 +108,35 @@ def cross_entropy(logits_BC: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits_BC, y)
 
 
-def build_schedule(name: str, module: StageModule, stage_id: int, num_stages: int,
-                   device: torch.device, microbatches: int):
-    """A PipelineStage over `module` and its GPipe or 1F1B schedule (shapes are inferred from
-    the first microbatch; the loss is the mean over each microbatch, and the schedule divides
-    the gradients by the number of microbatches: the gradient of the whole batch's mean)."""
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+class RankStages(nn.Module):
+    """This rank's stage modules as one module for the optimizer and the state dict: their units
+    under `body.<unit>` and the classifier where one of them ends the network."""
 
-    if name == "1f1b" and microbatches < num_stages:
-        raise ConfigError(f"1F1B needs at least as many microbatches as stages: --microbatches "
-                          f"{microbatches} < {num_stages} stages")
-    stage = PipelineStage(module, stage_id, num_stages, device)
-    cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[name]
-    return cls(stage, n_microbatches=microbatches, loss_fn=cross_entropy)
+    def __init__(self, modules: list[StageModule]):
+        super().__init__()
+        self.body = nn.ModuleDict({k: unit for m in modules for k, unit in m.body.items()})
+        classifiers = [m.classifier for m in modules if m.classifier is not None]
+        self.classifier = classifiers[0] if classifiers else None
+
+
+def build_schedule(name: str, modules: list[StageModule], stage_ids: list[int], num_stages: int,
+                   device: torch.device, microbatches: int):
+    """A PipelineStage over each of this rank's `modules` and the schedule `name` over them
+    (shapes are inferred from the first microbatch; the loss is the mean over each microbatch,
+    and the schedule divides the gradients by the number of microbatches: the gradient of the
+    whole batch's mean)."""
+    import torch.distributed.pipelining as pipelining
+
+    ranks = num_stages // len(modules)
+    if name != "gpipe" and microbatches < ranks:
+        raise ConfigError(f"{name} needs at least as many microbatches as ranks: --microbatches "
+                          f"{microbatches} < {ranks}")
+    if not hasattr(pipelining, SCHEDULE_CLASSES[name]):
+        raise ConfigError(f"torch {torch.__version__} has no {SCHEDULE_CLASSES[name]}: choose from "
+                          f"{', '.join(available_schedules())}")
+    stages = [pipelining.PipelineStage(m, i, num_stages, device) for m, i in zip(modules, stage_ids)]
+    cls = getattr(pipelining, SCHEDULE_CLASSES[name])
+    return cls(stages[0] if len(stages) == 1 else stages, n_microbatches=microbatches, loss_fn=cross_entropy)
 
 
 def pipelined_forward_backward(schedule, first: bool, last: bool):
