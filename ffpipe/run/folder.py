@@ -39,7 +39,7 @@ FIXED_RUN_KEYS = {"run.dir", "run.storage"}
 RESUMABLE_KEYS = {"pipeline.timeout_s", "pipeline.queue_depth", "pipeline.backend", "pipeline.transport",
                   "pipeline.stages", "pipeline.boundaries", "pipeline.elastic",
                   "pipeline.ray_tensor_transport", "pipeline.address", "pipeline.placement",
-                  "pipeline.cpus_per_stage", "pipeline.max_restarts", "pipeline.replicas",
+                  "pipeline.cpus_per_stage", "pipeline.max_restarts", "pipeline.replicas", "pipeline.dashboard",
                   "train.log_every"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from tests.helpers import REPO
 EXACT = ["data.name=synthetic", "data.synthetic_train=96", "data.synthetic_test=40",
          "data.synthetic_shape=[3, 16, 16]", "train.batch_size=16", "train.eval_batch_size=32",
          "train.device=cpu", "train.deterministic=true", "run.plots=false", "run.progress=false",
-         "train.log_every=2"]
+         "train.log_every=2", "pipeline.dashboard=false"]  # Ray's dashboard: a dozen processes unlooked at
 # Long enough (240 steps) to be killed in the middle, checkpointed every 4 steps.
 LONG = EXACT + ["model.name=small_cnn", "model.granularity=layer", "train.epochs=40",
                 "train.eval_every=100", "run.checkpoint_every=4"]
@@ -76,9 +77,16 @@ def sequential_run(folder: Path, overrides: list[str], threads: int = 1) -> Path
 
 def launch(args: list[str], new_session: bool = False, **env: str) -> subprocess.Popen:
     """A command started in the repository, one torch thread per process, its output captured
-    (`new_session`: in a process group of its own, which os.killpg ends whole)."""
+    (`new_session`: in a process group of its own, which os.killpg ends whole). It takes Ctrl-C
+    (SIGINT) as from a terminal, also where the tests run in a background job, whose commands a
+    shell starts with SIGINT ignored (and Python then never raises KeyboardInterrupt)."""
     return subprocess.Popen(args, cwd=REPO, env={**LAUNCH_ENV, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=new_session)
+                            stderr=subprocess.PIPE, text=True, start_new_session=new_session,
+                            preexec_fn=interruptible)
+
+
+def interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_checkpoint(run_dir: Path, stage_id: int, step: int, proc: subprocess.Popen, timeout: float = 120):

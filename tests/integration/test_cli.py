@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO
+from tests.helpers.runs import interruptible
 
 FAST = ["--set", "data.name=synthetic", "--set", "data.synthetic_train=128", "--set",
         "data.synthetic_test=32", "--set", "data.synthetic_shape=[1, 12, 12]", "--set", "train.batch_size=32",
@@ -118,7 +119,7 @@ def test_ctrl_c_stops_a_local_pipeline_at_once(tmp_path):
 
     run = subprocess.Popen([sys.executable, "-m", "ffpipe", "train", *FAST, "--set", "pipeline.stages=2",
                             "--set", "train.epochs=500", "--set", f"run.dir={tmp_path / 'r'}"],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     deadline = time.time() + 120
     while len(list((tmp_path / "r").glob("checkpoints/step-*-units-*.pt"))) < 2 and time.time() < deadline:
         time.sleep(0.1)  # both stages are training once the first epoch is checkpointed

@@ -49,7 +49,8 @@ def mismatched_units(in_shape):
 
 CASE = [f"model.name={HERE}:tiny_convnet", f"data.name={HERE}:striped_images", "train.batch_size=16",
         "train.eval_batch_size=40", "train.device=cpu", "train.deterministic=true", "train.max_steps=6",
-        "run.plots=false", "run.progress=false", "train.log_every=2", "data.augment=false"]
+        "run.plots=false", "run.progress=false", "train.log_every=2", "data.augment=false",
+        "pipeline.dashboard=false"]
 
 
 def test_a_plugin_model_and_dataset_train_bit_identically_on_every_backend(tmp_path):
