@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ffpipe.bench.devices import asked_device
 from ffpipe.config import DATASETS, DataConfig, from_dict, merge
 from ffpipe.data import DataBundle, DeviceLoader, load_data
 from ffpipe.data.prepare import prepare_shards
@@ -75,10 +76,7 @@ def _dataset_rows(name: str, args, device: torch.device, limit) -> list[dict]:
 
 
 def bench_data(args) -> dict:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
-                          else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    device = asked_device(args.device)
     limit = {"device": None, "host": 0}.get(args.placement, DataConfig().on_device_max_mib)
     rows = [row for name in (args.dataset or DEFAULT_DATASETS)
             for row in _dataset_rows(name, args, device, limit)]

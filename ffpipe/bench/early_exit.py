@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 def bench_early_exit(args) -> int:
+    from ffpipe.bench.devices import asked_device
     from ffpipe.inference.load import load_run
 
     results = {}
     for run in args.run_dirs:
-        net = load_run(run, _device(args.device))
+        net = load_run(run, asked_device(args.device))
         images, labels = _test_split(net, args.overrides)
         results[run] = _curve(net, images, labels, args.thresholds)
         for line in _table(run, results[run]):
@@ -28,11 +29,6 @@ def bench_early_exit(args) -> int:
     if args.plot:
         _plot(results, Path(args.plot))
     return 0
-
-
-def _device(asked: str) -> torch.device:
-    return torch.device("cuda" if asked == "auto" and torch.cuda.is_available() else
-                        ("cpu" if asked == "auto" else asked))
 
 
 def _test_split(net, overrides: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ffpipe import config as config_mod
 from ffpipe.bench import VARIANTS
+from ffpipe.bench.devices import asked_device
 from ffpipe.errors import ConfigError
 from ffpipe.learners import build_learners
 from ffpipe.telemetry.measure import peak_memory_mib
@@ -90,10 +91,7 @@ def _profile(stage: Stage, batches, title: str, path: str, steps: int = 3) -> No
 
 
 def bench_step(args) -> dict:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
-                          else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    device = asked_device(args.device)
     if args.warmup <= WARMUP_STEPS:
         raise ConfigError(f"--warmup {args.warmup}: a graphed step needs {WARMUP_STEPS} eager steps "
                           "and one capture before it is timed; use --warmup 4 or more")
