@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ffpipe.backends.ray_cluster import connect, stage_slots
-from ffpipe.backends.ray_watch import cause_of, watch
+from ffpipe.backends.ray_watch import cause_of, failed, watch
 from ffpipe.config import Config
 from ffpipe.errors import PipelineError
 from ffpipe.pipeline.replicas import choice
@@ -206,13 +206,7 @@ def _first_error(refs: list) -> int:
     import ray
 
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-    for k, ref in enumerate(refs):
-        if ref in ready:
-            try:
-                ray.get(ref, timeout=0)
-            except ray.exceptions.RayError:
-                return k
-    return 0
+    return next((k for k, ref in enumerate(refs) if ref in ready and failed(ref)), 0)
 
 
 def _get(refs: list, stages: list[int], cfg) -> list:

@@ -28,7 +28,7 @@ def watch(cfg, setup, start, actors, runs: list, gpus: int, nodes: dict[int, str
     while pending:
         waiting = pending + (router.refs() if router else [])
         ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S)
-        if any(ref in pending and _failed(ref) for ref in ready):
+        if any(ref in pending and failed(ref) for ref in ready):
             raise _first_failure(runs, steps, nodes, start)
         pending = [ref for ref in pending if ref not in ready]
         if router:
@@ -40,7 +40,7 @@ def watch(cfg, setup, start, actors, runs: list, gpus: int, nodes: dict[int, str
     return ray.get(runs)
 
 
-def _failed(ref) -> bool:
+def failed(ref) -> bool:
     import ray
 
     try:
