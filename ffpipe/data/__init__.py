@@ -2,6 +2,7 @@
 on the device."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from ffpipe.config import DataConfig
 from ffpipe.data.arrays import ArraySet
 from ffpipe.data.loader import DeviceLoader, channel_stats
 from ffpipe.data.sources import load_source
+from ffpipe.data.stream import StreamLoader, StreamSplit, stream_splits, wants_stream
 from ffpipe.data.subset import held_out_per_class, per_class_subset
 from ffpipe.errors import DataError
 
@@ -31,8 +33,8 @@ class DataInfo:
 
 @dataclass
 class DataBundle:
-    train: ArraySet
-    test: ArraySet
+    train: ArraySet | StreamSplit  # StreamSplit: read batch by batch from shards (data.stream)
+    test: ArraySet | StreamSplit
     mean: list[float]
     std: list[float]
     flip: bool
@@ -58,6 +60,9 @@ def split_validation(train: ArraySet, cfg: DataConfig) -> tuple[ArraySet, ArrayS
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    if wants_stream(cfg):
+        train, test, mean, std = stream_splits(cfg, cfg.decode_threads or 1)
+        return DataBundle(train, test, mean, std, wants_flip(cfg, train.dataset))
     source = load_source(cfg)
     train, val = split_validation(source.train, cfg)
     mean, std = channel_stats(train.images)  # of the training part, before any subset
@@ -66,11 +71,38 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: int, device,
-                    drop_last: bool = True, dtype: torch.dtype = torch.float32) -> DeviceLoader:
-    """The training batches as stage 0 draws them (seeded order, crops and flips on the device)."""
+                    drop_last: bool = True, dtype: torch.dtype = torch.float32,
+                    keep_rows=None) -> DeviceLoader | StreamLoader:
+    """The training batches as stage 0 draws them (seeded order, crops and flips on the device);
+    `keep_rows`: a streamed split's rows this stage-0 replica decodes (StreamLoader)."""
+    if isinstance(data.train, StreamSplit):
+        return StreamLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
+                            flip=data.flip, augment=cfg.augment, **stream_options(cfg, device),
+                            drop_last=drop_last, dtype=dtype, keep_rows=keep_rows)
     return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
                         augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib,
                         cutout=cfg.cutout, drop_last=drop_last, dtype=dtype)
+
+
+def eval_loader(split: ArraySet | StreamSplit, data: DataBundle, cfg: DataConfig, batch_size: int,
+                device, dtype: torch.dtype = torch.float32, keep_rows=None) -> DeviceLoader | StreamLoader:
+    """Evaluation batches of `split` (test or validation), in order, not augmented."""
+    if isinstance(split, StreamSplit):
+        return StreamLoader(split, batch_size, device, data.mean, data.std, train=False,
+                            **stream_options(cfg, device), dtype=dtype, keep_rows=keep_rows)
+    return DeviceLoader(split, batch_size, device, data.mean, data.std, train=False,
+                        max_device_mib=cfg.on_device_max_mib, dtype=dtype)
+
+
+def stream_options(cfg: DataConfig, device) -> dict:
+    return {"decode": cfg.decode, "threads": cfg.decode_threads or default_threads(device),
+            "window": cfg.shuffle_window}
+
+
+def default_threads(device) -> int:
+    """Decode threads when data.decode_threads = 0: the process's cores (a GPU decodes JPEGs
+    itself; its threads decode the rest)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> None:
@@ -81,5 +113,5 @@ def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> 
                         "model was trained on, or train a new model for these images")
 
 
-__all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "check_model_input", "load_data",
-           "training_loader"]
+__all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "StreamLoader", "StreamSplit",
+           "check_model_input", "eval_loader", "load_data", "training_loader"]

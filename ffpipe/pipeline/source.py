@@ -80,7 +80,8 @@ class DataSource:
                 if self.stop_after_step and first + b == self.stop_after_step:  # stop early: every stage checkpoints on END
                     yield control(Phase.END, epoch, first + b)
                     return
-                yield from self._microbatches(self._message(Phase.TRAIN, epoch, first + b, x, y))
+                msg = self._message(Phase.TRAIN, epoch, first + b, x, y, self.train)
+                yield from self._microbatches(msg)
             yield control(Phase.EPOCH_END, epoch, first + n)
             if (epoch + 1) % self.eval_every == 0 or epoch == self.plan.epochs - 1:
                 yield from self._eval_stream(epoch, first + n, end=False)
@@ -90,7 +91,7 @@ class DataSource:
         splits = [(Phase.VAL, self.val)] if self.val is not None else []
         for phase, loader in [*splits, (Phase.EVAL, self.test)]:
             for i, (x, y) in enumerate(loader.batches(epoch)):
-                msg = self._message(phase, epoch, i, x, y)
+                msg = self._message(phase, epoch, i, x, y, loader)
                 units = (self.plan.num_units,) if self.unit_votes else ()
                 msg.votes = torch.zeros(len(y), *units, self.plan.num_classes, device=y.device)
                 msg.unit_correct = torch.zeros(self.plan.num_units, dtype=torch.long, device=y.device)
@@ -109,7 +110,14 @@ class DataSource:
         for i, (x, y) in enumerate(zip(msg.x.tensor_split(count), msg.y.tensor_split(count))):
             yield msg.replace(x=x, y=y, micro=i, micros=count, step_rows=len(msg.y))
 
-    def _message(self, phase: Phase, epoch: int, step: int, x, y) -> Message:
+    def _message(self, phase: Phase, epoch: int, step: int, x, y, loader) -> Message:
         if self.transform is not None:
             x = self.transform(x, y, phase is Phase.TRAIN, step)
-        return Message(phase, epoch, step, x=x, y=y)
+        # A loader that decodes one replica's rows only (a stream) says where they lie in the batch.
+        offset, total = getattr(loader, "shard", None) or (0, 0)
+        return Message(phase, epoch, step, x=x, y=y, offset=offset, total=total)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the loaders give one replica's rows of each batch (no ShardedSource needed)."""
+        return getattr(self.train, "cuts", False)

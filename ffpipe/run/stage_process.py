@@ -11,11 +11,11 @@ import traceback
 
 import torch
 
-from ffpipe.data import DeviceLoader, check_model_input, training_loader
+from ffpipe.data import StreamSplit, check_model_input, eval_loader, training_loader
 from ffpipe.errors import FFPipeError
 from ffpipe.models import UnitShape, dry_run
 from ffpipe.pipeline.replicas.fan import inbox_from, outbox_to, outbox_to_sink, source_rows
-from ffpipe.pipeline.replicas.topology import Place
+from ffpipe.pipeline.replicas.topology import Place, shard_rows
 from ffpipe.pipeline.runtime import LoopConfig, StageLogger, run_stage_loop
 from ffpipe.pipeline.sink import EvalSink
 from ffpipe.pipeline.source import DataSource
@@ -65,19 +65,23 @@ def trainable_names(setup: RunSetup):
 
 
 def make_source(setup: RunSetup, device: torch.device, start_step: int = 0,
-                eval_only: bool = False) -> DataSource:
+                eval_only: bool = False, place: Place | None = None) -> DataSource:
+    """Stage 0's data source; `place`: one of several stage-0 replicas, whose rows of every
+    batch a streamed split decodes alone (in-memory data is cut by ShardedSource instead)."""
     if setup.data is None:
         raise RuntimeError("make_source needs the data: call it where stage 0 runs")
     cfg, data = setup.cfg, setup.data
     for split, images in (("training", data.train), ("test", data.test)):
         check_model_input(images, setup.info.in_shape, split)
-    limit = cfg.data.on_device_max_mib
+    keep = None
+    if place is not None and place.replicas > 1 and isinstance(data.train, StreamSplit):
+        keep = lambda n: slice(*shard_rows(n, place.replicas, place.replica))  # noqa: E731
     dtype = input_dtype(cfg.train.precision, setup.learners[0], device) or torch.float32
     train = training_loader(data, cfg.data, cfg.train.batch_size, cfg.train.seed, device,
-                            cfg.train.drop_last, dtype)
+                            cfg.train.drop_last, dtype, keep)
     test, val = (None if split is None else
-                 DeviceLoader(split, cfg.train.eval_batch_size, device, data.mean, data.std, train=False,
-                              max_device_mib=limit, dtype=dtype) for split in (data.test, data.val))
+                 eval_loader(split, data, cfg.data, cfg.train.eval_batch_size, device, dtype, keep)
+                 for split in (data.test, data.val))
     return DataSource(setup.plan, train, test, setup.transform, start_step, eval_only,
                       cfg.run.stop_after_step, cfg.train.eval_every, val, unit_votes(cfg),
                       cfg.train.microbatches)
@@ -125,7 +129,7 @@ def open_inbox(setup: RunSetup, start: RunStart, place: Place, device: torch.dev
     """Stage 0: the data (its own rows of every batch, for a replica); else the channel(s) from
     the previous stage."""
     if place.stage == 0:
-        return source_rows(make_source(setup, device, start.start_step), place)
+        return source_rows(make_source(setup, device, start.start_step, place=place), place)
     return inbox_from(start.topology, place, link)
 
 

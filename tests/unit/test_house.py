@@ -14,6 +14,8 @@ PACKAGE = REPO / "ffpipe"
 LAYERS = [
     {"errors"},
     {"plugins"},                       # what a user brings: 'package.module:function'
+    {"config_fields"},                 # a documented field, the check that names a bad key
+    {"config_data"},                   # the [data] section
     {"config_sections"},
     {"config"},
     {"kernels"},                       # device kernels and the layout they ask for

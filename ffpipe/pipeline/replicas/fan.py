@@ -18,8 +18,11 @@ Link = Callable[[int], object]
 
 
 def source_rows(source, place: Place):
-    """Stage 0's inbox: the data source, or for one of several replicas its rows of every batch."""
-    return ShardedSource(source, place.replicas, place.replica) if place.replicas > 1 else source
+    """Stage 0's inbox: the data source, or for one of several replicas its rows of every batch
+    (which a streamed source decodes alone: it is already cut)."""
+    if place.replicas == 1 or getattr(source, "sharded", False):
+        return source
+    return ShardedSource(source, place.replicas, place.replica)
 
 
 def inbox_from(topology: Topology, place: Place, link: Link):

@@ -1,0 +1,114 @@
+"""Encoded images (JPEG/PNG bytes) to one batch of size x size crops: on CPU threads with PIL
+(libjpeg-turbo; PIL lets go of the GIL while it decodes and resizes), or on the GPU with nvJPEG
+(torchvision.io.decode_jpeg, a batch at a time) and torch's antialiased resize.
+
+Both crop the same box (crops.py) and resize it with antialiased bilinear filtering, which torch
+made to follow PIL's; what differs is the JPEG decoder's rounding. A batch either decodes whole or
+stops the run with a DataError naming the shard, the row and the source file: a model never
+trains on an image that did not decode.
+"""
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ffpipe.data.decode import _DECODE_ERRORS, _damaged
+from ffpipe.data.stream.crops import Box
+
+BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> its crop
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def _draft(img: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
+    """Let the JPEG decoder scale down by 2, 4 or 8 where the crop stays at least `size` on each
+    side; the box follows into the smaller image."""
+    top, left, ch, cw = box
+    if img.format != "JPEG" or min(ch, cw) < 2 * size:
+        return img, box
+    w, h = img.size
+    img.draft(img.mode, (max(1, w * size // cw), max(1, h * size // ch)))
+    sx, sy = img.size[0] / w, img.size[1] / h
+    return img, (round(top * sy), round(left * sx), max(1, round(ch * sy)), max(1, round(cw * sx)))
+
+
+def pil_crop(blob, box_of: Callable[[int, int], Box], size: int, mirror: bool) -> np.ndarray:
+    """3 x size x size uint8 of one image: its box resized to size (antialiased bilinear)."""
+    img = Image.open(io.BytesIO(blob))
+    w, h = img.size
+    img, (top, left, ch, cw) = _draft(img, box_of(h, w), size)
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    if mirror:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+class CpuDecoder:
+    """Decodes on `threads` threads into a uint8 batch in host memory."""
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ffpipe-decode")
+
+    def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
+              mirror: np.ndarray) -> torch.Tensor:
+        out = np.empty((len(blobs), 3, size, size), dtype=np.uint8)
+
+        def work(i: int) -> None:
+            try:
+                out[i] = pil_crop(blobs[i], lambda h, w: box_of(i, h, w), size, bool(mirror[i]))
+            except _DECODE_ERRORS as err:
+                raise _damaged(names[i], err) from None
+
+        for _ in self.pool.map(work, range(len(blobs))):  # re-raises the first failure
+            pass
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class GpuDecoder:
+    """nvJPEG on `device` for the JPEGs of a batch (one batched call), PIL for anything else; the
+    crops resized on the device into a float batch of 0-255 values."""
+
+    def __init__(self, device: torch.device, threads: int):
+        self.device, self.cpu = device, CpuDecoder(threads)
+
+    def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        jpegs = [i for i, b in enumerate(blobs) if bytes(b[:2]) == JPEG_MAGIC]
+        images: list = [None] * len(blobs)
+        try:
+            for i, img in zip(jpegs, decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                 device=self.device)):
+                images[i] = img
+        except RuntimeError:
+            jpegs = []  # nvJPEG refused one of them (CMYK, damaged): each through the CPU, named
+        for i in range(len(blobs)):
+            if images[i] is None:
+                try:
+                    images[i] = decode_image(data[i], mode=ImageReadMode.RGB).to(self.device)
+                except RuntimeError as err:
+                    raise _damaged(names[i], err) from None
+        return images
+
+    def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
+              mirror: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(blobs), 3, size, size), device=self.device)
+        for i, img in enumerate(self._decode(blobs, names)):
+            top, left, ch, cw = box_of(i, img.shape[1], img.shape[2])
+            crop = img[None, :, top:top + ch, left:left + cw].float()
+            out[i] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False)[0]
+        flip = torch.from_numpy(mirror).to(self.device, non_blocking=True)
+        return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+    def close(self) -> None:
+        self.cpu.close()
