@@ -14,7 +14,8 @@ def channel_stats(images_NCHW: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images in [0, 1] units, accumulated in float64 chunks."""
     c = images_NCHW.shape[1]
     total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
-    for chunk in images_NCHW.split(4096):
+    per_image = max(1, images_NCHW[0].numel() * 8)  # bytes of one image in float64
+    for chunk in images_NCHW.split(max(1, min(4096, (128 << 20) // per_image))):  # <= 128 MB at a time
         v = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
         total += v.sum(1)
         total_sq += v.pow(2).sum(1)

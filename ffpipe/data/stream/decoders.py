@@ -25,24 +25,24 @@ BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> i
 JPEG_MAGIC = b"\xff\xd8"
 
 
-def _draft(img: Image.Image, box: Box, size: int) -> tuple[Image.Image, Box]:
-    """Let the JPEG decoder scale down by 2, 4 or 8 where the crop stays at least `size` on each
-    side; the box follows into the smaller image."""
+def _draft(img: Image.Image, box: Box, size: int) -> tuple[Image.Image, tuple[float, ...]]:
+    """The crop as PIL's (left, top, right, bottom). For a JPEG whose crop is at least twice
+    `size` on each side the decoder scales down by 2, 4 or 8 as it decodes (far less work), and
+    the box follows into the smaller image."""
     top, left, ch, cw = box
-    if img.format != "JPEG" or min(ch, cw) < 2 * size:
-        return img, box
     w, h = img.size
-    img.draft(img.mode, (max(1, w * size // cw), max(1, h * size // ch)))
+    if img.format == "JPEG" and min(ch, cw) >= 2 * size:
+        img.draft(img.mode, (max(1, w * size // cw), max(1, h * size // ch)))
     sx, sy = img.size[0] / w, img.size[1] / h
-    return img, (round(top * sy), round(left * sx), max(1, round(ch * sy)), max(1, round(cw * sx)))
+    return img, (left * sx, top * sy, min((left + cw) * sx, img.size[0]), min((top + ch) * sy, img.size[1]))
 
 
 def pil_crop(blob, box_of: Callable[[int, int], Box], size: int, mirror: bool) -> np.ndarray:
     """3 x size x size uint8 of one image: its box resized to size (antialiased bilinear)."""
     img = Image.open(io.BytesIO(blob))
     w, h = img.size
-    img, (top, left, ch, cw) = _draft(img, box_of(h, w), size)
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    img, box = _draft(img, box_of(h, w), size)
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
     if mirror:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)

@@ -1,0 +1,145 @@
+"""The streamed source read as stage 0 reads it: every row once per epoch in the seeded order, a
+resumed stream equal to the uninterrupted one, replicas' rows that join into the whole batch, a
+memory bound set by the shuffle window, and damaged shards or images named, never trained on."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ffpipe.config import DataConfig
+from ffpipe.data import eval_loader, load_data, training_loader
+from ffpipe.data.parquet import write_shard
+from ffpipe.data.stream import wants_stream
+from ffpipe.data.stream.order import epoch_order
+from ffpipe.data.stream.reader import ShardStore
+from ffpipe.errors import ConfigError, DataError
+from tests.helpers.streams import shards, stream_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return shards(tmp_path_factory.mktemp("stream"))
+
+
+def epoch(loader, e=0, start=0):
+    return [(x.clone(), y.clone()) for x, y in loader.batches(e, start)]
+
+
+def shard_labels(root, split="train"):
+    files = sorted((root / split).glob("*.parquet"))
+    return np.concatenate([pq.read_table(f, columns=["label"]).column("label").to_numpy() for f in files])
+
+
+def test_an_epoch_streams_every_row_once_in_the_seeded_order(root):
+    cfg = stream_config(root)
+    data = load_data(cfg, seed=0)
+    assert len(data.train) == 48 and data.train.shape == (3, 16, 16) and data.flip
+    assert data.train.classes == ["class0", "class1", "class2"] and len(data.mean) == 3
+    loader = training_loader(data, cfg, batch_size=8, seed=5, device=CPU)
+    batches = epoch(loader)
+    assert len(batches) == 6 and all(x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 for x, _ in batches)
+    order = epoch_order(data.train.rows_per_shard, 5, 0, cfg.shuffle_window)
+    labels = torch.cat([y for _, y in batches])
+    assert torch.equal(labels, torch.from_numpy(shard_labels(root)[order.use_ids]))
+    # the colour gives the class away: the crops are of the right images
+    red = torch.stack([x[y == 0][:, 0].mean() - x[y == 0][:, 2].mean() for x, y in batches if (y == 0).any()])
+    assert (red > 1).all()
+    again = epoch(loader)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert not torch.equal(torch.cat([y for _, y in epoch(loader, 1)]), labels)
+
+
+def test_a_stream_resumed_at_a_batch_equals_the_uninterrupted_one(root):
+    cfg = stream_config(root)
+    loader = training_loader(load_data(cfg, 0), cfg, 8, 3, CPU)
+    whole, resumed = epoch(loader, 2), epoch(loader, 2, start=4)
+    assert len(resumed) == 2
+    for (xa, ya), (xb, yb) in zip(whole[4:], resumed):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_replicas_decode_their_own_rows_which_join_into_the_whole_batch(root):
+    cfg = stream_config(root)
+    data = load_data(cfg, 0)
+    whole = epoch(training_loader(data, cfg, 8, 0, CPU))
+    cuts = [lambda n: slice(0, 3), lambda n: slice(3, n)]
+    parts = [epoch(training_loader(data, cfg, 8, 0, CPU, keep_rows=cut)) for cut in cuts]
+    for (x, y), (xa, ya), (xb, yb) in zip(whole, *parts):
+        assert torch.equal(torch.cat([xa, xb]), x) and torch.equal(torch.cat([ya, yb]), y)
+    loader = training_loader(data, cfg, 8, 0, CPU, keep_rows=cuts[1])
+    next(iter(loader.batches(0)))
+    assert loader.shard == (3, 8)  # where its rows lie in the whole batch, for the messages
+
+
+def test_evaluation_streams_the_test_split_in_order_with_centre_crops(root):
+    cfg = stream_config(root)
+    data = load_data(cfg, 0)
+    batches = epoch(eval_loader(data.test, data, cfg, 7, CPU))
+    assert [len(y) for _, y in batches] == [7, 7, 4]
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.from_numpy(shard_labels(root, "test")))
+    assert torch.equal(batches[0][0], epoch(eval_loader(data.test, data, cfg, 7, CPU))[0][0])
+
+
+def test_memory_holds_the_window_and_the_shards_read_ahead_not_the_split(root):
+    data = load_data(stream_config(root), 0)
+    order = epoch_order(data.train.rows_per_shard, 0, 0, window=12)
+    store = ShardStore(data.train, order, used=0, ahead=2)
+    most = 0
+    try:
+        for b in range(0, 48, 4):
+            store.take(order.use_ids[b:b + 4], slice(0, 4))
+            most = max(most, sum(len(s.labels) for s in store.loaded.values()))
+    finally:
+        store.close()
+    assert most <= 12 + 2 * 10 and not store.loaded  # a window plus the shards it straddles; all let go
+
+
+def flip_a_byte(path, where=0.5):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * where)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_shard_stops_the_stream_naming_the_file(tmp_path, damage):
+    root = shards(tmp_path, per_class=8)
+    victim = sorted((root / "train").glob("*.parquet"))[1]
+    if damage == "flipped":
+        flip_a_byte(victim, 0.3)
+    else:
+        victim.write_bytes(victim.read_bytes()[:-200])
+    cfg = stream_config(root)
+    with pytest.raises(DataError, match=str(victim.name)):
+        epoch(training_loader(load_data(cfg, 0), cfg, 4, 0, CPU))
+
+
+def test_an_image_that_does_not_decode_is_named_with_shard_row_and_file(tmp_path):
+    root = shards(tmp_path, per_class=4)
+    victim = sorted((root / "train").glob("*.parquet"))[0]
+    table = pq.read_table(victim)
+    meta = json.loads(table.schema.metadata[b"ffpipe"])
+    images = table.column("image").to_pylist()
+    images[2] = images[2][:40]  # a JPEG cut short (whole shards, good checksum: damaged at the source)
+    victim.unlink()
+    write_shard(pafs.LocalFileSystem(), str(victim),
+                pa.array(images, pa.large_binary()), table.column("label").to_numpy(),
+                table.column("index").to_numpy(), meta, table.column("source").to_pylist())
+    cfg = stream_config(root, shuffle_window=1)
+    source = table.column("source")[2].as_py()
+    with pytest.raises(DataError, match=rf"row 2 of shard .*{victim.name} \({source}\)"):
+        epoch(training_loader(load_data(cfg, 0), cfg, 4, 0, CPU))
+
+
+def test_what_a_stream_cannot_do_is_refused_with_the_fix(root, tmp_path):
+    with pytest.raises(DataError, match="data.val_fraction = 0.1 cannot be applied to a streamed split"):
+        load_data(stream_config(root, val_fraction=0.1), 0)
+    with pytest.raises(ConfigError, match="data prepare"):
+        DataConfig(name="cifar10", stream="on").validate()
+    assert wants_stream(stream_config(root, stream="auto", in_memory_max_gib=1e-6))
+    assert not wants_stream(stream_config(root, stream="auto"))  # 48 small images: read into memory
