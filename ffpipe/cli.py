@@ -181,6 +181,9 @@ def _bench(args) -> int:
     if args.bench_command == "early-exit":
         from ffpipe.bench.early_exit import bench_early_exit
         return bench_early_exit(args)
+    if args.bench_command == "stream":
+        from ffpipe.bench.stream import bench_stream
+        return bench_stream(args)
     if args.bench_command == "logging":
         from ffpipe.bench.logging_cost import bench_logging
         return bench_logging(args)

@@ -4,6 +4,7 @@
   memory.py      `ffpipe bench memory`: the largest batch BP, the sequential trainer and each
                  stage train on one device
   data.py        `ffpipe bench data`: how fast each source feeds stage 0
+  stream.py      `ffpipe bench stream`: the streamed source (shards, decode, crops) on its own
   pipeline.py    `ffpipe bench pipeline`: every backend beside BP and its peers on N GPUs
   logging_cost.py  `ffpipe bench logging`: images/s with and without the live loggers
   early_exit.py  `ffpipe bench early-exit`: accuracy against FLOPs per image as units answer early
@@ -33,6 +34,7 @@ def add_parsers(bench_sub) -> None:
     _add_step_parser(bench_sub)
     _add_memory_parser(bench_sub)
     _add_data_parser(bench_sub)
+    _add_stream_parser(bench_sub)
     _add_pipeline_parser(bench_sub)
     _add_logging_parser(bench_sub)
     _add_early_exit_parser(bench_sub)
@@ -97,6 +99,23 @@ def _add_data_parser(bench_sub) -> None:
                    help="also measure each dataset through Parquet shards in a temporary folder")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE")
     d.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _add_stream_parser(bench_sub) -> None:
+    s = bench_sub.add_parser("stream", help="images/s of the streamed source: shards to augmented batches")
+    s.add_argument("--root", required=True, help="shards of `ffpipe data prepare` (or, with --make, "
+                   "where to write an ImageNet-like set: ROOT/images and ROOT/shards)")
+    s.add_argument("--make", type=int, default=0, metavar="N", help="first write N ImageNet-like JPEGs")
+    s.add_argument("--classes", type=int, default=100, help="classes of --make")
+    s.add_argument("--decode", nargs="+", choices=("gpu", "cpu"), help="default: gpu and cpu on a GPU")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--image-size", type=int, default=224)
+    s.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="of the batches")
+    s.add_argument("--threads", type=int, default=0, help="data.decode_threads (0 = every core)")
+    s.add_argument("--window", type=int, default=8192, help="data.shuffle_window")
+    s.add_argument("--seconds", type=float, default=15.0, help="time measured per decoder")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--json", help="also write the results to this JSON file")
 
 
 def _add_pipeline_parser(bench_sub) -> None:

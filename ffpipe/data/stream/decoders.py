@@ -10,6 +10,7 @@ trains on an image that did not decode.
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -53,6 +54,7 @@ class CpuDecoder:
 
     def __init__(self, threads: int):
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ffpipe-decode")
+        self.seconds = {"decode+crop": 0.0}  # wall time of the batches (threads work together)
 
     def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
               mirror: np.ndarray) -> torch.Tensor:
@@ -64,8 +66,10 @@ class CpuDecoder:
             except _DECODE_ERRORS as err:
                 raise _damaged(names[i], err) from None
 
+        started = time.perf_counter()
         for _ in self.pool.map(work, range(len(blobs))):  # re-raises the first failure
             pass
+        self.seconds["decode+crop"] += time.perf_counter() - started
         return torch.from_numpy(out)
 
     def close(self) -> None:
@@ -78,6 +82,8 @@ class GpuDecoder:
 
     def __init__(self, device: torch.device, threads: int):
         self.device, self.cpu = device, CpuDecoder(threads)
+        # the thread's wall time in each; nvJPEG returns when its batch is decoded
+        self.seconds = {"decode": 0.0, "crop": 0.0}
 
     def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -102,13 +108,19 @@ class GpuDecoder:
     def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
               mirror: np.ndarray) -> torch.Tensor:
         out = torch.empty((len(blobs), 3, size, size), device=self.device)
-        for i, img in enumerate(self._decode(blobs, names)):
+        started = time.perf_counter()
+        images = self._decode(blobs, names)
+        decoded = time.perf_counter()
+        self.seconds["decode"] += decoded - started
+        for i, img in enumerate(images):
             top, left, ch, cw = box_of(i, img.shape[1], img.shape[2])
             crop = img[None, :, top:top + ch, left:left + cw].float()
             out[i] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
                                    align_corners=False)[0]
         flip = torch.from_numpy(mirror).to(self.device, non_blocking=True)
-        return torch.where(flip[:, None, None, None], out.flip(3), out)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+        self.seconds["crop"] += time.perf_counter() - decoded
+        return out
 
     def close(self) -> None:
         self.cpu.close()

@@ -50,6 +50,7 @@ class StreamLoader:
         self.host = True  # never the whole split on the device (DeviceLoader's question)
         # (first row, rows of the whole batch) of the batch last yielded, where keep_rows cuts it
         self.shard: tuple[int, int] | None = None
+        self.seconds: dict[str, float] = {}  # per phase, summed over the epochs streamed (bench stream)
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.drop_last)
@@ -81,6 +82,8 @@ class StreamLoader:
                     pass
             store.close()
             decoder.close()
+            for phase, spent in [("read", store.read_s), *decoder.seconds.items()]:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
 
     def _make_all(self, order, epoch, start, store, decoder, made: queue.Queue, stop) -> None:
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None

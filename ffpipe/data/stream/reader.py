@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,15 +88,18 @@ class ShardStore:
         self.loaded: dict[int, ShardRows] = {}
         self.ready: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self.stopping = threading.Event()
+        self.read_s = 0.0  # the reader thread's time in read_shard (read, checksum)
         self.thread = threading.Thread(target=self._read_all, name="ffpipe-shards", daemon=True)
         self.thread.start()
 
     def _read_all(self) -> None:
         for k in self.todo:
+            started = time.perf_counter()
             try:
                 item = (k, read_shard(self.split, k))
             except Exception as err:  # handed to the consumer, which raises it in its own thread
                 item = (k, err)
+            self.read_s += time.perf_counter() - started
             while not self.stopping.is_set():
                 try:
                     self.ready.put(item, timeout=0.1)

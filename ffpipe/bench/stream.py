@@ -1,0 +1,104 @@
+"""`ffpipe bench stream`: the streamed source on its own, as stage 0 runs it: encoded shards
+read and checked, JPEGs decoded and cropped (ImageNet's training crop and mirror), normalised
+batches of the run's dtype on the device. Per decoder: images/s, host memory (peak and growth),
+GPU memory, and each phase's share (read: the reader thread; decode and crop: the crops thread).
+
+`--make N` first writes an ImageNet-like image folder of N JPEGs (imagenet_like.py) and its
+shards (`ffpipe data prepare`, 256 MB shards) under --root."""
+from __future__ import annotations
+
+import datetime
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from ffpipe.bench.devices import asked_device
+from ffpipe.config import DataConfig
+from ffpipe.data import load_data, training_loader
+from ffpipe.data.prepare import prepare_shards
+from ffpipe.pipeline.sync import synchronize
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process, MiB."""
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_shards(root: Path, images: int, classes: int) -> dict:
+    from ffpipe.bench.imagenet_like import make_image_folder
+
+    started = time.perf_counter()
+    made = make_image_folder(root / "images", images, classes, test_images=max(classes, images // 50))
+    made["make_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    prepare_shards(DataConfig(name="image_folder", root=str(root / "images")), str(root / "shards"))
+    made["prepare_s"] = time.perf_counter() - started
+    return made
+
+
+def measure(args, decode: str, device: torch.device) -> dict:
+    cfg = DataConfig(name="parquet", root=str(args.shards), stream="on", image_size=args.image_size,
+                     decode=decode, decode_threads=args.threads, shuffle_window=args.window)
+    data = load_data(cfg, seed=0)
+    loader = training_loader(data, cfg, args.batch_size, 0, device, dtype=DTYPES[args.dtype])
+    rss_before, _ = rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    images, epoch, started = 0, 0, None
+    while started is None or time.perf_counter() - started < args.seconds:
+        for x, y in loader.batches(epoch):
+            if started is None:  # after the first batch: threads, nvJPEG and the first shards are up
+                synchronize(device)
+                started, loader.seconds = time.perf_counter(), {}
+                continue
+            images += len(y)
+            if time.perf_counter() - started >= args.seconds:
+                break
+        epoch += 1
+    synchronize(device)
+    elapsed = time.perf_counter() - started
+    rss_now, rss_peak = rss_mib()
+    return {"decode": decode, "images_per_s": images / elapsed, "images": images,
+            "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
+            "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+            "busy": {phase: s / elapsed for phase, s in loader.seconds.items()},
+            "train_images": len(data.train), "shards": len(data.train.shards)}
+
+
+def bench_stream(args) -> int:
+    device = asked_device(args.device)
+    root = Path(args.root)
+    made = make_shards(root, args.make, args.classes) if args.make else {}
+    args.shards = root / "shards" if (root / "shards").is_dir() else root
+    decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
+    rows = [measure(args, decode, device) for decode in decoders]
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"device": card, "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
+              "made": made, "rows": rows}
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def format_table(result: dict) -> str:
+    lines = [f"device: {result['device']}, torch {result['torch']}, {result['date']}; batch "
+             f"{result['batch_size']}, {result['image_size']} px, {result['dtype']}"]
+    if result["made"]:
+        m = result["made"]
+        lines.append(f"made {m['images']:,} ImageNet-like JPEGs ({m['mean_kb']:.0f} KB each) in "
+                     f"{m['make_s']:.0f} s, shards in {m['prepare_s']:.0f} s")
+    lines.append(f"{'decode':<8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
+    for r in result["rows"]:
+        busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
+        lines.append(f"{r['decode']:<8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
+                     f"{r['rss_growth_mib']:>8.0f}{r['gpu_peak_mib']:>9.0f}  {busy}")
+    return "\n".join(lines)
