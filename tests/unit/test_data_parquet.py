@@ -12,7 +12,7 @@ from ffpipe.config import DataConfig
 from ffpipe.data import load_data
 from ffpipe.data.parquet import META_KEY
 from ffpipe.data.prepare import prepare_shards
-from ffpipe.data.shards import read_split
+from ffpipe.data.shards import _Target, read_split
 from ffpipe.errors import ConfigError, DataError
 from tests.helpers import needs_fashion
 from tests.helpers.datasets import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
@@ -96,6 +96,14 @@ def test_damaged_shards_are_named(tmp_path):
         read_split(str(tmp_path / "s"), "train")
     with pytest.raises(DataError, match="no Parquet shards of the 'train' split"):
         read_split(str(tmp_path / "nowhere"), "train")
+
+
+def test_rows_land_at_their_index_in_any_order():
+    """A shard's rows may come in any order (prepare shuffles training rows): [0, 2, 1, 3] spans
+    a run of four but is no run in order."""
+    target = _Target(np.zeros((4, 1), np.uint8), np.zeros(4, np.int64), np.zeros(4, bool))
+    target.place("s", np.array([0, 2, 1, 3]), np.array([[10], [12], [11], [13]], np.uint8), np.arange(4))
+    assert target.images[:, 0].tolist() == [10, 11, 12, 13] and target.labels.tolist() == [0, 2, 1, 3]
 
 
 def test_prepare_refuses_to_mix_shards(tmp_path):
