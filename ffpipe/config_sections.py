@@ -18,6 +18,7 @@ MODELS = tuple(MODEL_GRANULARITIES)
 LOGGERS = ("tensorboard", "wandb", "mlflow")  # run.loggers (ffpipe/telemetry/sinks.py)
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
+PREPARE_INPUTS = ("image_parquet",)  # read by `ffpipe data prepare` only, never a data.name
 
 
 def _f(default, doc: str, choices: tuple = (), **kw):

@@ -1,6 +1,7 @@
 """Encoded splits (image folders, Parquet files of JPEG/PNG bytes) written as shards cut by size.
 
-A split here is anything with the methods FileSplit has for it (ffpipe/data/folders.py): labels, names() for errors, relative() for the
+A split here is anything with the methods FileSplit has for it (ffpipe/data/folders.py; also
+ParquetSplit in ffpipe/data/image_parquet.py): labels, names() for errors, relative() for the
 source column, nbytes(), sizes(threads), pieces() (the units the input reads at random: a file, a
 row group) and read(rows) (the encoded bytes of those rows, in that order).
 

@@ -1,21 +1,23 @@
 """`ffpipe data prepare`: a dataset's train and test splits written as Parquet shards of about
 --shard-mb each, then ROOT/manifest.json listing them (the layout, metadata and manifest are
 described in ffpipe/data/parquet.py). Small images are stored as raw uint8 bytes; image folders
-keep each file's original JPEG/PNG bytes, written as ffpipe/data/encoded.py describes and decoded
-when the shards are read."""
+and Parquet files of encoded images (ffpipe/data/image_parquet.py) keep each image's original
+JPEG/PNG bytes, written as ffpipe/data/encoded.py describes and decoded when the shards are read."""
 from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from ffpipe.config import DataConfig
+from ffpipe.config import PREPARE_INPUTS, DataConfig
 from ffpipe.data.arrays import ArraySet
 from ffpipe.data.encoded import SampledStats, ShardLimits, write_encoded_split
 from ffpipe.data.folders import folder_splits, readable_classes
+from ffpipe.data.image_parquet import parquet_splits
 from ffpipe.data.loader import channel_stats
 from ffpipe.data.parquet import (FORMAT_VERSION, MANIFEST, open_root, raw_column, shard_places,
                                  storage_errors, write_manifest, write_shard)
@@ -43,6 +45,12 @@ def _encoded_side(cfg: DataConfig, sizes: list[np.ndarray]) -> int:
 
 
 def _encoded_splits(cfg: DataConfig) -> tuple[dict, list[str]]:
+    if cfg.name in PREPARE_INPUTS:
+        if not cfg.root:
+            raise ConfigError("--dataset image_parquet needs --root DIR, the folder of Parquet files")
+        train, test = parquet_splits(Path(cfg.root).expanduser(), cfg.test_fraction, cfg.split_seed,
+                                     cfg.decode_threads)
+        return {"train": train, "test": test}, train.classes
     train, test = folder_splits(folder_root(cfg), cfg.test_fraction, cfg.split_seed)
     return {"train": train, "test": test}, readable_classes(train.classes)
 
@@ -107,7 +115,7 @@ def prepare_shards(cfg: DataConfig, out: str, shard_size: int = 0, shard_mb: flo
     once their image bytes reach `shard_mb` MiB (or at `shard_size` rows, if > 0), then
     out/manifest.json; returns the manifest."""
     _check_args(cfg, shard_size, shard_mb)
-    plan = _encoded_plan if cfg.name in ("imagenette", "image_folder") else _raw_plan
+    plan = _encoded_plan if cfg.name in ("imagenette", "image_folder", *PREPARE_INPUTS) else _raw_plan
     writers, shared, stats = plan(cfg, ShardLimits(max(1, int(shard_mb * 2**20)), shard_size))
     fs, base = open_root(out)
     base = base.rstrip("/")

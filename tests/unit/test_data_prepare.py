@@ -1,11 +1,13 @@
 """`ffpipe data prepare`: shards cut by size, training rows shuffled across shards (read back in
-source order), image sizes recorded, and a manifest written last."""
+source order), image sizes recorded, a manifest written last, and Hugging Face-style Parquet input."""
+import io
 import json
 
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from ffpipe.config import DataConfig
@@ -15,7 +17,7 @@ from ffpipe.data.parquet import read_manifest, read_meta
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.data.sources import load_source
 from ffpipe.errors import DataError
-from tests.helpers.datasets import fake_idx_dataset, fake_image_folder
+from tests.helpers.datasets import fake_idx_dataset, fake_image_folder, fake_image_parquet, pil_pixels
 from tests.unit.test_data_parquet import assert_same, prepare
 
 
@@ -95,3 +97,51 @@ def test_manifest_of_raw_shards_and_its_refusals(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text('{"format_version": 2}')
     with pytest.raises(DataError, match=f"manifest {tmp_path / 's' / 'manifest.json'} is malformed .*'dataset'"):
         read_manifest(str(tmp_path / "s"))
+
+
+def decoded(pngs):
+    return torch.from_numpy(np.stack([pil_pixels(io.BytesIO(b)) for b in pngs]))
+
+
+def test_hugging_face_parquet_round_trips(tmp_path, capsys):
+    names = ["ant", "bee", "cow"]
+    first = fake_image_parquet(tmp_path / "in" / "train-00000-of-00002.parquet", [0, 1, 2, 0, 1, 2, 0], names)
+    second = fake_image_parquet(tmp_path / "in" / "train-00001-of-00002.parquet", [2, 2, 1, 0, 1], names, seed=1)
+    test = fake_image_parquet(tmp_path / "in" / "data" / "test-00000-of-00001.parquet", [1, 0, 2], names, seed=2)
+    out = prepare(capsys, "image_parquet", tmp_path / "in", tmp_path / "s", "--shard-mb", "0.002")
+    assert "train: " in out and "test: 1 shard(s)" in out
+    data = load_data(DataConfig(name="parquet", root=str(tmp_path / "s")), seed=0)
+    assert data.train.classes == names and data.flip
+    assert torch.equal(data.train.images, decoded(first + second))
+    assert data.train.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 2, 2, 1, 0, 1]
+    assert torch.equal(data.test.images, decoded(test)) and data.test.labels.tolist() == [1, 0, 2]
+    sources = pq.read_table(tmp_path / "s" / "test" / "shard-00000.parquet").column("source").to_pylist()
+    assert sources == [f"data/test-00000-of-00001.parquet#{r}" for r in range(3)]
+
+
+def test_hugging_face_parquet_without_names_or_test_files(tmp_path):
+    pngs = fake_image_parquet(tmp_path / "in" / "train" / "0000.parquet", [0, 3, 1, 3] * 5, size=(12, 10))
+    manifest = prepare_shards(DataConfig(name="image_parquet", root=str(tmp_path / "in"), test_fraction=0.2),
+                              str(tmp_path / "s"))
+    assert manifest["classes"] == ["0", "1", "2", "3"] and manifest["image_shape"] == [3, 0, 0]
+    assert [manifest["splits"][s]["num_rows"] for s in ("train", "test")] == [16, 4]  # 20% of 5, 10, 5
+    data = load_data(DataConfig(name="parquet", root=str(tmp_path / "s"), image_size=10), seed=0)
+    assert sorted(data.train.labels.tolist() + data.test.labels.tolist()) == sorted([0, 3, 1, 3] * 5)
+    assert len(pngs) == 20 and data.train.shape == (3, 10, 10)
+
+
+def test_hugging_face_parquet_refuses_bad_rows(tmp_path):
+    bad = tmp_path / "in" / "train-0.parquet"
+    fake_image_parquet(bad, [0, 1, 5, 1], ["a", "b"])
+    cfg = DataConfig(name="image_parquet", root=str(tmp_path / "in"))
+    with pytest.raises(DataError, match=f"{bad} row 2: label 5 is outside 0..1"):
+        prepare_shards(cfg, str(tmp_path / "s"))
+    table = pq.read_table(bad)
+    empty = table.column("image").to_pylist()
+    empty[1] = {"bytes": b"", "path": None}
+    pq.write_table(table.set_column(0, "image", [empty]), bad)
+    with pytest.raises(DataError, match=f"{bad} row 1: the image is empty"):
+        prepare_shards(cfg, str(tmp_path / "s"))
+    (tmp_path / "in" / "extra.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match="extra.parquet belongs to no split"):
+        prepare_shards(cfg, str(tmp_path / "s"))
