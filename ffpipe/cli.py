@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import os
 import sys
@@ -56,10 +57,14 @@ def _runs_parsers(sub) -> None:
 def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = d.add_parser("prepare", help="write a dataset's train and test splits as Parquet shards")
-    p.add_argument("--dataset", required=True, choices=[n for n in config_mod.DATASETS if n != "parquet"])
+    p.add_argument("--dataset", required=True,
+                   choices=[n for n in config_mod.DATASETS if n != "parquet"] + list(config_mod.PREPARE_INPUTS))
     p.add_argument("--root", default="", help="the dataset's folder ('' = its usual places)")
     p.add_argument("--out", required=True, help="folder (or pyarrow filesystem URI) for the shards")
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    p.add_argument("--shard-mb", type=float, default=256,
+                   help="a shard closes once its images reach this many MiB (default 256)")
+    p.add_argument("--shard-size", type=int, default=0, help="also close a shard at this many images "
+                   "(default 0: by size only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="another data key (e.g. data.test_fraction=0.1 for an image folder)")
 
@@ -214,10 +219,15 @@ def _reports(args) -> int:
 def _prepare(args) -> int:
     from ffpipe.data.prepare import prepare_shards
 
-    tree = config_mod.merge({"data": {"name": args.dataset, "root": args.root}}, args.overrides)
-    written = prepare_shards(config_mod.from_dict(tree).data, args.out, args.shard_size)
-    for split, paths in written.items():
-        print(f"{split}: {len(paths)} shard(s) in {args.out}/{split}")
+    # An input of prepare only is no data.name: the other data keys are checked without it.
+    named = {} if args.dataset in config_mod.PREPARE_INPUTS else {"name": args.dataset}
+    tree = config_mod.merge({"data": {**named, "root": args.root}}, args.overrides)
+    data = dataclasses.replace(config_mod.from_dict(tree).data, name=args.dataset)
+    manifest = prepare_shards(data, args.out, args.shard_size, args.shard_mb)
+    for split, entry in manifest["splits"].items():
+        mb = entry["bytes"] / 2**20
+        print(f"{split}: {len(entry['shards'])} shard(s), {mb:,.{0 if mb >= 10 else 1}f} MB in {args.out}/{split}")
+    print(f"manifest: {args.out}/manifest.json")
     return 0
 
 

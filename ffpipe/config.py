@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from ffpipe.config_sections import (DATASETS, MODELS, AlgoConfig, DataConfig, ModelConfig,
+from ffpipe.config_sections import (DATASETS, MODELS, PREPARE_INPUTS, AlgoConfig, DataConfig, ModelConfig,
                                     PipelineConfig, RunConfig, TrainConfig, _require)
 from ffpipe.errors import ConfigError
 from ffpipe.plugins import is_plugin
@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
     import tomli as tomllib
 
 # The rest of ffpipe imports the sections and the names of models and datasets from here.
-__all__ = ["DATASETS", "MODELS", "SECTIONS", "AlgoConfig", "Config", "DataConfig", "ModelConfig",
+__all__ = ["DATASETS", "MODELS", "PREPARE_INPUTS", "SECTIONS", "AlgoConfig", "Config", "DataConfig", "ModelConfig",
            "PipelineConfig", "RunConfig", "TrainConfig", "check_names", "describe", "from_dict", "load", "load_tree",
            "merge", "parse_override", "parse_toml", "to_toml"]
 

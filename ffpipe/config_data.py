@@ -7,6 +7,7 @@ from ffpipe.config_fields import _f, _require
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
+PREPARE_INPUTS = ("image_parquet",)  # read by `ffpipe data prepare` only, never a data.name
 
 
 @dataclass

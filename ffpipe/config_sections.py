@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ffpipe.config_data import DATASETS, DataConfig  # noqa: F401 - one place to import sections from
+from ffpipe.config_data import DATASETS, PREPARE_INPUTS, DataConfig  # noqa: F401 - one place to import sections from
 from ffpipe.config_fields import _f, _require
 from ffpipe.errors import ConfigError
 

@@ -16,7 +16,7 @@ from ffpipe.data.subset import held_out_per_class, per_class_subset
 from ffpipe.errors import DataError
 
 # Datasets whose images may be mirrored left-right without changing their class (not digits).
-FLIPPABLE = {"fashion_mnist", "cifar10", "cifar100", "imagenette", "image_folder"}
+FLIPPABLE = {"fashion_mnist", "cifar10", "cifar100", "imagenette", "image_folder", "image_parquet"}
 
 
 @dataclass(frozen=True)

@@ -70,21 +70,27 @@ def decode_all(items: Sequence[Encoded], names: Sequence[str], size: int, thread
     return out
 
 
-def common_size(items: Sequence[Encoded], names: Sequence[str], threads: int = 0) -> int:
-    """The side of square images that all have the same size (headers only, nothing decoded)."""
+def image_sizes(items: Sequence[Encoded], names: Sequence[str], threads: int = 0) -> np.ndarray:
+    """int32 N x 2: (height, width) of every image, read from its header (nothing decoded); an
+    item that does not open as an image is refused with its name (`names[i]`)."""
     def size_of(i: int) -> tuple[int, int]:
         try:
             with _open(items[i]) as img:
-                return img.size
+                return img.size[::-1]
         except _DECODE_ERRORS as err:
             raise _damaged(names[i], err) from None
 
     with ThreadPoolExecutor(num_threads(threads)) as pool:
-        sizes = list(pool.map(size_of, range(len(items))))
-    first = sizes[0]
-    for name, s in zip(names, sizes):
-        if s != first or s[0] != s[1]:
-            raise DataError(f"images differ in size or are not square ({first[0]}x{first[1]} in "
-                            f"{names[0]}, {s[0]}x{s[1]} in {name}); set data.image_size to the side "
-                            "they should all be resized to")
-    return first[0]
+        return np.array(list(pool.map(size_of, range(len(items)))), dtype=np.int32).reshape(-1, 2)
+
+
+def common_size(items: Sequence[Encoded], names: Sequence[str], threads: int = 0) -> int:
+    """The side of square images that all have the same size (headers only, nothing decoded)."""
+    hw = image_sizes(items, names, threads)
+    odd = np.flatnonzero((hw != hw[0]).any(1) | (hw[:, 0] != hw[:, 1]))
+    if len(odd):
+        (h, w), (oh, ow) = hw[0], hw[odd[0]]
+        raise DataError(f"images differ in size or are not square ({w}x{h} in {names[0]}, {ow}x{oh} "
+                        f"in {names[odd[0]]}); set data.image_size to the side they should all be "
+                        "resized to")
+    return int(hw[0, 0])

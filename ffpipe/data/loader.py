@@ -10,19 +10,33 @@ import torch.nn.functional as F
 from ffpipe.data.arrays import ArraySet
 
 
+class ChannelSums:
+    """Running per-channel sums of uint8 images in [0, 1] units (float64), chunk by chunk."""
+
+    def __init__(self, channels: int):
+        self.total = torch.zeros(channels, dtype=torch.float64)
+        self.total_sq = torch.zeros(channels, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, images_NCHW: torch.Tensor) -> None:
+        v = images_NCHW.to(torch.float64).div_(255).transpose(0, 1).reshape(len(self.total), -1)
+        self.total += v.sum(1)
+        self.total_sq += v.pow(2).sum(1)
+        self.count += v.shape[1]
+
+    def stats(self) -> tuple[list[float], list[float]]:
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.pow(2)).clamp_min(1e-12).sqrt()
+        return mean.tolist(), std.tolist()
+
+
 def channel_stats(images_NCHW: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images in [0, 1] units, accumulated in float64 chunks."""
-    c = images_NCHW.shape[1]
-    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    sums = ChannelSums(images_NCHW.shape[1])
     per_image = max(1, images_NCHW[0].numel() * 8)  # bytes of one image in float64
     for chunk in images_NCHW.split(max(1, min(4096, (128 << 20) // per_image))):  # <= 128 MB at a time
-        v = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        total += v.sum(1)
-        total_sq += v.pow(2).sum(1)
-        count += v.shape[1]
-    mean = total / count
-    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
-    return mean.tolist(), std.tolist()
+        sums.add(chunk)
+    return sums.stats()
 
 
 def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:

@@ -1,19 +1,28 @@
 """Parquet shards: ROOT/<split>/shard-NNNNN.parquet, on a local disk or any filesystem pyarrow
-knows (s3://, gs://, hdfs://, file://).
+knows (s3://, gs://, hdfs://, file://), and ROOT/manifest.json listing them.
 
 Columns: image (large_binary: raw uint8 C*H*W bytes, or the original JPEG/PNG file), label (int64),
-index (int64: the row's place in the split as read from the source), and for image folders source
-(the file's path under the dataset folder). The schema metadata key b"ffpipe" holds JSON: dataset,
-classes, image_shape, image_format ("raw" | "encoded"), split, num_rows, checksum, and the
-shard's place: shard (k), num_shards, split_rows (so a missing shard is noticed).
+index (int64: the row's place in the split as read from the source), and for encoded images source
+(where the row came from: the file's path under the dataset folder, or FILE#row) and height, width
+(int32, from the image's header; format_version 2, absent from older shards). The schema metadata
+key b"ffpipe" holds JSON: format_version (1 raw, 2 encoded), dataset, classes, image_shape,
+image_format ("raw" | "encoded"), split, num_rows, checksum, and the shard's place: shard (k),
+num_shards, split_rows (so a missing shard is noticed).
 
 checksum = sha256( sha256(image bytes of every row, in row order) || sha256(labels as int64 LE) ):
 two running hashes, so a reader checks a shard while streaming it batch by batch.
+
+manifest.json (written last, so it exists only for a complete prepare): format_version 2, dataset,
+classes, image_format, image_shape ([3, 0, 0] when encoded sizes vary), mean and std (per channel,
+in [0, 1] units, of the training split or a seeded sample of it), stats_images (how many images
+they come from), and splits: {name: {num_rows, bytes, shards: [{path (relative to ROOT), rows,
+bytes (the file's size), checksum}]}}.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +33,22 @@ import pyarrow.parquet as pq
 from ffpipe.errors import DataError
 
 META_KEY = b"ffpipe"
+FORMAT_VERSION = 2  # the newest shard and manifest format this code reads and writes
+MANIFEST = "manifest.json"
 SHARD_BATCH_ROWS = 2048  # rows per streamed batch: bounds the reader's memory beyond the output
 ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, KeyError, json.JSONDecodeError)
+
+
+@contextmanager
+def storage_errors(what: str):
+    """pyarrow's and the filesystem's errors inside the block as one DataError: `what` (which
+    names the file or folder), then the cause; a DataError raised inside passes unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ARROW_ERRORS as err:
+        raise DataError(f"{what}: {type(err).__name__}: {err}") from None
 
 
 class Checksum:
@@ -69,17 +92,78 @@ def raw_column(images_NCHW: np.ndarray) -> pa.Array:
 
 
 def write_shard(fs: pafs.FileSystem, path: str, images: pa.Array, labels: np.ndarray,
-                index: np.ndarray, meta: dict, sources: list[str] | None = None) -> None:
+                index: np.ndarray, meta: dict, extra: dict[str, pa.Array] | None = None) -> dict:
+    """Write one shard (`extra`: more columns, e.g. source, height, width); returns its rows,
+    bytes (the file's size) and checksum."""
     checksum = Checksum()
     checksum.update(binary_values(images)[1], labels)
-    columns = {"image": images, "label": pa.array(labels, pa.int64()), "index": pa.array(index, pa.int64())}
-    if sources is not None:
-        columns["source"] = pa.array(sources, pa.string())
+    columns = {"image": images, "label": pa.array(labels, pa.int64()), "index": pa.array(index, pa.int64()),
+               **(extra or {})}
     meta = {**meta, "num_rows": len(labels), "checksum": checksum.hexdigest()}
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta)})
     with fs.open_output_stream(path) as f:
         # Dictionary-encoding unique image blobs only costs time; labels repeat, so they gain.
         pq.write_table(table, f, compression="zstd", use_dictionary=["label"])
+        size = f.tell()
+    return {"rows": len(labels), "bytes": size, "checksum": meta["checksum"]}
+
+
+def write_manifest(fs: pafs.FileSystem, base: str, manifest: dict) -> str:
+    """ROOT/manifest.json, written under a temporary name and then moved into place."""
+    path = f"{base.rstrip('/')}/{MANIFEST}"
+    with fs.open_output_stream(path + ".tmp") as f:
+        f.write(json.dumps(manifest, indent=1).encode() + b"\n")
+    fs.move(path + ".tmp", path)
+    return path
+
+
+def read_manifest(root: str) -> dict | None:
+    """ROOT/manifest.json (`root`: a folder or a URI), None when there is none; refused when it is
+    malformed or a shard it lists is missing or has another size."""
+    fs, base = open_root(root)
+    path = f"{base.rstrip('/')}/{MANIFEST}"
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read())
+        shards = _manifest_shards(manifest)
+        infos = fs.get_file_info([f"{base.rstrip('/')}/{s['path']}" for s in shards])
+    except (*ARROW_ERRORS, TypeError) as err:
+        raise DataError(f"manifest {path} is malformed ({type(err).__name__}: {err}); write the "
+                        "shards and manifest again with `ffpipe data prepare`") from None
+    for shard, info in zip(shards, infos):
+        if info.type != pafs.FileType.File or info.size != shard["bytes"]:
+            what = "missing" if info.type == pafs.FileType.NotFound else f"{info.size} bytes, not {shard['bytes']}"
+            raise DataError(f"manifest {path} lists shard {info.path}, which is {what}; copy the "
+                            "shards again or write them again with `ffpipe data prepare`")
+    return manifest
+
+
+def _manifest_shards(manifest: dict) -> list[dict]:
+    """Every shard entry of a manifest, its keys checked (a KeyError names a missing one)."""
+    if not 1 <= manifest["format_version"] <= FORMAT_VERSION:
+        raise ValueError(f"format_version {manifest['format_version']} is not 1..{FORMAT_VERSION} "
+                         "(a newer ffpipe wrote it?)")
+    for key in ("dataset", "classes", "image_format", "image_shape", "mean", "std", "stats_images"):
+        manifest[key]  # noqa: B018 - a KeyError names a missing entry
+    shards = []
+    for name, split in manifest["splits"].items():
+        entries = [{k: s[k] for k in ("path", "rows", "bytes", "checksum")} for s in split["shards"]]
+        if sum(s["rows"] for s in entries) != split["num_rows"]:
+            raise ValueError(f"the shards of split '{name}' do not add up to its num_rows")
+        shards += entries
+    return shards
+
+
+def shard_places(folder: str, runs: list[slice], meta: dict):
+    """(path, path relative to ROOT, run, metadata) of each shard of a split cut into `runs`
+    (consecutive slices covering its rows)."""
+    n = runs[-1].stop if runs else 0
+    for k, run in enumerate(runs):
+        name = f"shard-{k:05d}.parquet"
+        yield (f"{folder}/{name}", f"{meta['split']}/{name}", run,
+               {**meta, "shard": k, "num_shards": len(runs), "split_rows": n})
 
 
 def shard_paths(fs: pafs.FileSystem, base: str, split: str, root: str) -> list[str]:
@@ -101,6 +185,8 @@ def read_meta(fs: pafs.FileSystem, path: str) -> dict:
         with fs.open_input_file(path) as f:
             raw = pq.read_schema(f).metadata or {}
         meta = json.loads(raw[META_KEY])
+        if meta.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"format_version {meta['format_version']} is newer than this ffpipe reads")
         for key in ("dataset", "classes", "image_shape", "image_format", "split", "num_rows", "checksum",
                     "shard", "num_shards", "split_rows"):
             meta[key]  # noqa: B018 - a KeyError names a missing entry

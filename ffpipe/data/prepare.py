@@ -1,118 +1,136 @@
-"""`ffpipe data prepare`: a dataset's train and test splits written as Parquet shards (the layout
-and metadata are described in ffpipe/data/parquet.py). Small images are stored as raw uint8
-bytes; image folders keep each file's original JPEG/PNG bytes, decoded when the shards are read."""
+"""`ffpipe data prepare`: a dataset's train and test splits written as Parquet shards of about
+--shard-mb each, then ROOT/manifest.json listing them (the layout, metadata and manifest are
+described in ffpipe/data/parquet.py). Small images are stored as raw uint8 bytes; image folders
+and Parquet files of encoded images (ffpipe/data/image_parquet.py) keep each image's original
+JPEG/PNG bytes, written as ffpipe/data/encoded.py describes and decoded when the shards are read."""
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ffpipe.config import DataConfig
+from ffpipe.config import PREPARE_INPUTS, DataConfig
 from ffpipe.data.arrays import ArraySet
-from ffpipe.data.decode import common_size
-from ffpipe.data.folders import FileSplit, folder_splits, readable_classes
-from ffpipe.data.parquet import ARROW_ERRORS, open_root, raw_column, write_shard
+from ffpipe.data.encoded import SampledStats, ShardLimits, write_encoded_split
+from ffpipe.data.folders import folder_splits, readable_classes
+from ffpipe.data.image_parquet import parquet_splits
+from ffpipe.data.loader import channel_stats
+from ffpipe.data.parquet import (FORMAT_VERSION, MANIFEST, open_root, raw_column, shard_places,
+                                 storage_errors, write_manifest, write_shard)
 from ffpipe.data.sources import folder_root, load_source, target_size
 from ffpipe.errors import ConfigError, DataError
 
-SPLITS = ("train", "test")
 
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-
-
-def _shards(folder: str, n: int, shard_size: int, meta: dict):
-    """(path, rows, metadata) of each shard of a split of n rows."""
-    starts = range(0, n, shard_size)
-    for k, start in enumerate(starts):
-        shard_meta = {**meta, "shard": k, "num_shards": len(starts), "split_rows": n}
-        yield f"{folder}/shard-{k:05d}.parquet", slice(start, min(start + shard_size, n)), shard_meta
-
-
-def _write_raw_split(fs, folder: str, data: ArraySet, meta: dict, shard_size: int) -> list[str]:
+def _write_raw_split(fs, folder: str, meta: dict, data: ArraySet, rows_per_shard: int) -> list[dict]:
     images, labels = data.images.numpy(), data.labels.numpy()
-    paths = []
-    for path, rows, shard_meta in _shards(folder, len(labels), shard_size, meta):
-        write_shard(fs, path, raw_column(images[rows]), labels[rows],
-                    np.arange(rows.start, rows.stop), shard_meta)
-        paths.append(path)
-    return paths
+    n = len(labels)
+    runs = [slice(start, min(start + rows_per_shard, n)) for start in range(0, n, rows_per_shard)]
+    return [{"path": relative, **write_shard(fs, path, raw_column(images[run]), labels[run],
+                                             np.arange(run.start, run.stop), shard_meta)}
+            for path, relative, run, shard_meta in shard_places(folder, runs, meta)]
 
 
-def _write_encoded_split(fs, folder: str, split: FileSplit, meta: dict, shard_size: int) -> list[str]:
-    """One shard's files read at a time: memory holds a shard, never the whole dataset."""
-    labels, sources = split.labels.numpy(), split.relative()
-    paths = []
-    for path, rows, shard_meta in _shards(folder, len(labels), shard_size, meta):
-        blobs = pa.array([_read_bytes(f) for f in split.files[rows]], pa.large_binary())
-        write_shard(fs, path, blobs, labels[rows], np.arange(rows.start, rows.stop), shard_meta,
-                    sources[rows])
-        paths.append(path)
-    return paths
-
-
-def _encoded_side(cfg: DataConfig, splits: dict[str, FileSplit]) -> int:
-    """The side recorded for encoded images: the configured one, else the one size all share,
-    else 0 (then readers must set data.image_size)."""
+def _encoded_side(cfg: DataConfig, sizes: list[np.ndarray]) -> int:
+    """The side recorded for encoded images: the configured one, else the one square size all
+    share, else 0 (then readers must set data.image_size)."""
     if target_size(cfg):
         return target_size(cfg)
-    files = [f for s in splits.values() for f in s.files]
-    try:
-        return common_size(files, [str(f) for f in files], cfg.decode_threads)
-    except DataError as err:
-        if "differ in size" not in str(err):
-            raise
-        return 0
+    hw = np.concatenate(sizes)
+    same = (hw == hw[0]).all() and hw[0, 0] == hw[0, 1]
+    return int(hw[0, 0]) if same else 0
 
 
-def _splits(cfg: DataConfig) -> tuple[dict, dict]:
-    """(split name -> ArraySet or FileSplit, metadata shared by all shards)."""
-    if cfg.name in ("imagenette", "image_folder"):
-        train, test = folder_splits(folder_root(cfg), cfg.test_fraction, cfg.split_seed)
-        splits = {"train": train, "test": test}
-        side = _encoded_side(cfg, splits)
-        return splits, {"classes": readable_classes(train.classes), "image_shape": [3, side, side],
-                        "image_format": "encoded"}
+def _encoded_splits(cfg: DataConfig) -> tuple[dict, list[str]]:
+    if cfg.name in PREPARE_INPUTS:
+        if not cfg.root:
+            raise ConfigError("--dataset image_parquet needs --root DIR, the folder of Parquet files")
+        train, test = parquet_splits(Path(cfg.root).expanduser(), cfg.test_fraction, cfg.split_seed,
+                                     cfg.decode_threads)
+        return {"train": train, "test": test}, train.classes
+    train, test = folder_splits(folder_root(cfg), cfg.test_fraction, cfg.split_seed)
+    return {"train": train, "test": test}, readable_classes(train.classes)
+
+
+# A plan: (split name -> its writer: (fs, folder, meta) -> manifest entries, what every shard's
+# metadata and the manifest share, a function giving the manifest's mean, std and stats_images).
+def _encoded_plan(cfg: DataConfig, limits: ShardLimits) -> tuple[dict, dict, Callable[[], dict]]:
+    splits, classes = _encoded_splits(cfg)
+    sizes = {name: split.sizes(cfg.decode_threads) for name, split in splits.items()}
+    side = _encoded_side(cfg, list(sizes.values()))
+    stats = SampledStats(len(splits["train"].labels), side, cfg.split_seed, cfg.decode_threads)
+    writers = {"train": partial(write_encoded_split, split=splits["train"], sizes_N2=sizes["train"],
+                                limits=limits, seed=cfg.split_seed, stats=stats),
+               "test": partial(write_encoded_split, split=splits["test"], sizes_N2=sizes["test"],
+                               limits=limits, seed=None)}
+    shared = {"format_version": FORMAT_VERSION, "classes": classes, "image_format": "encoded",
+              "image_shape": [3, side, side]}
+    return writers, shared, stats.result
+
+
+def _raw_plan(cfg: DataConfig, limits: ShardLimits) -> tuple[dict, dict, Callable[[], dict]]:
     source = load_source(cfg)
-    return ({"train": source.train, "test": source.test},
-            {"classes": source.train.classes, "image_shape": list(source.train.shape), "image_format": "raw"})
+    rows = limits.rows or max(1, limits.bytes // math.prod(source.train.shape))
+    writers = {name: partial(_write_raw_split, data=data, rows_per_shard=rows)
+               for name, data in (("train", source.train), ("test", source.test))}
+    shared = {"format_version": 1, "classes": source.train.classes, "image_format": "raw",
+              "image_shape": list(source.train.shape)}
+
+    def stats() -> dict:
+        mean, std = channel_stats(source.train.images)
+        return {"mean": mean, "std": std, "stats_images": len(source.train)}
+    return writers, shared, stats
 
 
-def _refuse_old_shards(fs, folder: str) -> None:
-    """Old shards beside new ones would mix two datasets (or two shard sizes) in one split."""
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    if any(i.path.endswith(".parquet") for i in infos):
-        raise DataError(f"{folder} already holds Parquet shards; write into an empty --out folder "
-                        "or delete the old shards first")
+def _clear_the_way(fs, base: str, splits) -> None:
+    """Old shards beside new ones would mix two datasets (or two shard sizes) in one split; an
+    old manifest would describe shards that are no longer there."""
+    for name in splits:
+        folder = f"{base}/{name}"
+        with storage_errors(f"cannot write shards into {folder}"):
+            infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        if any(i.path.endswith(".parquet") for i in infos):
+            raise DataError(f"{folder} already holds Parquet shards; write into an empty --out folder "
+                            "or delete the old shards first")
+    with storage_errors(f"cannot write into {base}"):
+        if fs.get_file_info(f"{base}/{MANIFEST}").type == pafs.FileType.File:
+            fs.delete_file(f"{base}/{MANIFEST}")
 
 
-def prepare_shards(cfg: DataConfig, out: str, shard_size: int = 10_000) -> dict[str, list[str]]:
-    """Write every split of the dataset `cfg` names under `out` (a folder or a URI); returns the
-    shard paths of each split."""
+def _check_args(cfg: DataConfig, shard_size: int, shard_mb: float) -> None:
     if cfg.name == "parquet":
         raise ConfigError("--dataset parquet: the data are shards already; name the dataset they "
                           "come from (e.g. cifar10), or read them with data.name = 'parquet'")
-    if shard_size < 1:
-        raise ConfigError(f"--shard-size must be >= 1, got {shard_size}")
-    splits, shared = _splits(cfg)
+    if shard_size < 0:
+        raise ConfigError(f"--shard-size must be >= 0 (0 = by --shard-mb only), got {shard_size}")
+    if not shard_mb > 0:
+        raise ConfigError(f"--shard-mb must be > 0, got {shard_mb}")
+
+
+def prepare_shards(cfg: DataConfig, out: str, shard_size: int = 0, shard_mb: float = 256) -> dict:
+    """Write every split of the dataset `cfg` names under `out` (a folder or a URI), shards closing
+    once their image bytes reach `shard_mb` MiB (or at `shard_size` rows, if > 0), then
+    out/manifest.json; returns the manifest."""
+    _check_args(cfg, shard_size, shard_mb)
+    plan = _encoded_plan if cfg.name in ("imagenette", "image_folder", *PREPARE_INPUTS) else _raw_plan
+    writers, shared, stats = plan(cfg, ShardLimits(max(1, int(shard_mb * 2**20)), shard_size))
     fs, base = open_root(out)
-    written = {}
-    for name, split in splits.items():
-        folder = f"{base.rstrip('/')}/{name}"
-        meta = {"format_version": 1, "dataset": cfg.name, "split": name, **shared}
-        try:
-            _refuse_old_shards(fs, folder)
+    base = base.rstrip("/")
+    _clear_the_way(fs, base, writers)
+    splits = {}
+    for name, write in writers.items():
+        folder = f"{base}/{name}"
+        with storage_errors(f"cannot write shards into {folder}"):
             fs.create_dir(folder, recursive=True)
-            writer = _write_raw_split if isinstance(split, ArraySet) else _write_encoded_split
-            written[name] = writer(fs, folder, split, meta, shard_size)
-        except DataError:
-            raise
-        except ARROW_ERRORS as err:
-            raise DataError(f"cannot write shards into {folder}: {type(err).__name__}: {err}") from None
-    return written
+            entries = write(fs, folder, {"dataset": cfg.name, "split": name, **shared})
+        splits[name] = {"num_rows": sum(e["rows"] for e in entries),
+                        "bytes": sum(e["bytes"] for e in entries), "shards": entries}
+    manifest = {"format_version": FORMAT_VERSION, "dataset": cfg.name, "classes": shared["classes"],
+                "image_format": shared["image_format"], "image_shape": shared["image_shape"],
+                **stats(), "splits": splits}
+    with storage_errors(f"cannot write into {base}"):
+        write_manifest(fs, base, manifest)
+    return manifest

@@ -33,8 +33,8 @@ class _Target:
                            or len(np.unique(index)) != len(index)):
             raise DataError(f"Parquet shard {path}: row indices out of range 0..{n - 1} or repeated; "
                             "the split's shards are mixed up, write them again with `ffpipe data prepare`")
-        if len(index) and index[-1] - index[0] == len(index) - 1:  # unique: a contiguous run
-            index = slice(int(index[0]), int(index[-1]) + 1)  # (how prepare writes it): no gather
+        if len(index) and (np.diff(index) == 1).all():  # a run in order (raw and test shards):
+            index = slice(int(index[0]), int(index[-1]) + 1)  # no gather
         self.images[index] = images
         self.labels[index] = labels
         self.seen[index] = True

@@ -28,11 +28,14 @@ def per_class_subset(data: ArraySet, amount: float, seed: int) -> ArraySet:
 def held_out_per_class(labels: torch.Tensor, classes: list[str], fraction: float, seed: int,
                        key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held out) indices, both sorted: `fraction` of every class (at least one image),
-    drawn by `seed`. Every class keeps at least one image too; `key` names the config key."""
+    drawn by `seed`. Every class keeps at least one image too; `key` names the config key. A
+    class without images (labels read from files may skip one) has none to hold out."""
     gen = torch.Generator().manual_seed(seed)
     kept, held = [], []
     for c in range(len(classes)):
         members = torch.nonzero(labels == c).flatten()
+        if len(members) == 0:
+            continue
         n = max(1, round(fraction * len(members)))
         if n >= len(members):
             raise DataError(f"{key} = {fraction} would hold out all {len(members)} images of class "

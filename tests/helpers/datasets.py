@@ -1,12 +1,17 @@
-"""Small datasets written in the real on-disk formats: IDX files, CIFAR pickle batches, image folders."""
+"""Small datasets written in the real on-disk formats: IDX files, CIFAR pickle batches, image folders,
+Hugging Face-style Parquet files."""
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 
@@ -83,3 +88,26 @@ def pil_pixels(path: Path) -> np.ndarray:
     """PIL's own decode of a file: what the loaders must give, as 3 x H x W uint8."""
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+
+
+def png_bytes(pixels_HWC: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels_HWC).save(out, format="PNG")
+    return out.getvalue()
+
+
+def fake_image_parquet(path: Path, labels, names=None, size=(10, 10), row_group_size: int = 4,
+                       seed: int = 0) -> list[bytes]:
+    """A Parquet file as Hugging Face `datasets` writes one: image struct{bytes, path} of PNGs,
+    integer label, and (with `names`) the label names in the schema metadata; returns the PNGs."""
+    rng = np.random.default_rng(seed)
+    pngs = [png_bytes(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in labels]
+    image = pa.array([{"bytes": b, "path": None} for b in pngs],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"image": image, "label": pa.array(labels, pa.int64())})
+    if names is not None:
+        features = {"image": {"_type": "Image"}, "label": {"names": list(names), "_type": "ClassLabel"}}
+        table = table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return pngs

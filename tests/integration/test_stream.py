@@ -127,9 +127,12 @@ def test_an_image_that_does_not_decode_is_named_with_shard_row_and_file(tmp_path
     images = table.column("image").to_pylist()
     images[2] = images[2][:40]  # a JPEG cut short (whole shards, good checksum: damaged at the source)
     victim.unlink()
-    write_shard(pafs.LocalFileSystem(), str(victim),
-                pa.array(images, pa.large_binary()), table.column("label").to_numpy(),
-                table.column("index").to_numpy(), meta, table.column("source").to_pylist())
+    extra = {k: table.column(k).combine_chunks() for k in ("source", "height", "width")}
+    written = write_shard(pafs.LocalFileSystem(), str(victim), pa.array(images, pa.large_binary()),
+                          table.column("label").to_numpy(), table.column("index").to_numpy(), meta, extra)
+    manifest = json.loads((root / "manifest.json").read_text())  # as prepare would have listed it
+    manifest["splits"]["train"]["shards"][0].update(written)
+    (root / "manifest.json").write_text(json.dumps(manifest))
     cfg = stream_config(root, shuffle_window=1)
     source = table.column("source")[2].as_py()
     with pytest.raises(DataError, match=rf"row 2 of shard .*{victim.name} \({source}\)"):

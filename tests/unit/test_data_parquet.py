@@ -12,7 +12,7 @@ from ffpipe.config import DataConfig
 from ffpipe.data import load_data
 from ffpipe.data.parquet import META_KEY
 from ffpipe.data.prepare import prepare_shards
-from ffpipe.data.shards import read_split
+from ffpipe.data.shards import _Target, read_split
 from ffpipe.errors import ConfigError, DataError
 from tests.helpers import needs_fashion
 from tests.helpers.datasets import fake_cifar, fake_idx_dataset, fake_image_folder, pil_pixels
@@ -60,7 +60,8 @@ def test_image_folder_shards_keep_the_files_and_decode_like_pil(tmp_path, capsys
     shards = load_data(DataConfig(name="parquet", root=str(tmp_path / "shards")), seed=0)
     direct = load_data(DataConfig(name="image_folder", root=str(tmp_path / "src")), seed=0)
     assert_same(direct, shards)
-    assert np.array_equal(shards.train.images[0].numpy(), pil_pixels(first))
+    row = table.column("index")[0].as_py()  # the training rows are shuffled; index is the source place
+    assert np.array_equal(shards.train.images[row].numpy(), pil_pixels(first))
     resized = load_data(DataConfig(name="parquet", root=str(tmp_path / "shards"), image_size=12), seed=0)
     assert resized.train.shape == (3, 12, 12)
 
@@ -98,6 +99,14 @@ def test_damaged_shards_are_named(tmp_path):
         read_split(str(tmp_path / "nowhere"), "train")
 
 
+def test_rows_land_at_their_index_in_any_order():
+    """A shard's rows may come in any order (prepare shuffles training rows): [0, 2, 1, 3] spans
+    a run of four but is no run in order."""
+    target = _Target(np.zeros((4, 1), np.uint8), np.zeros(4, np.int64), np.zeros(4, bool))
+    target.place("s", np.array([0, 2, 1, 3]), np.array([[10], [12], [11], [13]], np.uint8), np.arange(4))
+    assert target.images[:, 0].tolist() == [10, 11, 12, 13] and target.labels.tolist() == [0, 2, 1, 3]
+
+
 def test_prepare_refuses_to_mix_shards(tmp_path):
     fake_idx_dataset(tmp_path / "src")
     cfg = DataConfig(name="mnist", root=str(tmp_path / "src"))
@@ -120,7 +129,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 @pytest.mark.slow
 @needs_fashion
 def test_real_fashion_mnist_through_shards(tmp_path, capsys):
-    out = prepare(capsys, "fashion_mnist", "", tmp_path / "fm")
+    out = prepare(capsys, "fashion_mnist", "", tmp_path / "fm", "--shard-size", "10000")
     assert "train: 6 shard(s)" in out and "test: 1 shard(s)" in out
     data = load_data(DataConfig(name="parquet", root=str(tmp_path / "fm")), seed=0)
     assert len(data.train) == 60000 and len(data.test) == 10000
