@@ -15,7 +15,7 @@ import torch
 
 from ffpipe.bench.devices import asked_device
 from ffpipe.config import DATASETS, DataConfig, from_dict, merge
-from ffpipe.data import DataBundle, DeviceLoader, load_data
+from ffpipe.data import DataBundle, DeviceLoader, StreamLoader, StreamSplit, load_data, training_loader
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.errors import DataError, FFPipeError
 from ffpipe.pipeline.sync import synchronize
@@ -26,11 +26,15 @@ DEFAULT_DATASETS = ("synthetic", *(n for n in DATASETS if n not in ("synthetic",
 SYNTHETIC = {"synthetic_train": 50_000, "synthetic_test": 10_000, "synthetic_shape": [3, 32, 32]}
 
 
-def loader_rate(data: DataBundle, device: torch.device, batch_size: int, seconds: float,
-                max_device_mib: float | None) -> tuple[float, DeviceLoader]:
-    """Training images per second through the loader, augmentation on, after one warm-up batch."""
-    loader = DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=0,
-                          augment=True, flip=data.flip, max_device_mib=max_device_mib)
+def loader_rate(data: DataBundle, cfg: DataConfig, device: torch.device, batch_size: int, seconds: float,
+                max_device_mib: float | None) -> tuple[float, DeviceLoader | StreamLoader]:
+    """Training images per second through the loader, augmentation on, after one warm-up batch
+    (a streamed split through its StreamLoader: `ffpipe bench stream` splits its time by phase)."""
+    if isinstance(data.train, StreamSplit):
+        loader = training_loader(data, cfg, batch_size, 0, device)
+    else:
+        loader = DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=0,
+                              augment=True, flip=data.flip, max_device_mib=max_device_mib)
     if len(loader) == 0:
         raise DataError(f"--batch-size {batch_size} is larger than the training set ({len(data.train)})")
     next(iter(loader.batches(0)))
@@ -50,9 +54,10 @@ def _measure(cfg: DataConfig, path: str, args, device: torch.device, limit) -> d
     start = time.perf_counter()
     data = load_data(cfg, seed=0)
     read_s = time.perf_counter() - start
-    rate, loader = loader_rate(data, device, args.batch_size, args.seconds, limit)
+    rate, loader = loader_rate(data, cfg, device, args.batch_size, args.seconds, limit)
+    placement = "stream" if isinstance(loader, StreamLoader) else "host" if loader.host else "device"
     return {"path": path, "images": len(data.train), "shape": "x".join(map(str, data.train.shape)),
-            "read_s": read_s, "placement": "host" if loader.host else "device",
+            "read_s": read_s, "placement": placement,
             "batch_size": args.batch_size, "images_per_s": rate}
 
 
