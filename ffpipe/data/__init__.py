@@ -11,7 +11,7 @@ from ffpipe.config import DataConfig
 from ffpipe.data.arrays import ArraySet
 from ffpipe.data.loader import DeviceLoader, channel_stats
 from ffpipe.data.sources import load_source
-from ffpipe.data.stream import StreamLoader, StreamSplit, stream_splits, wants_stream
+from ffpipe.data.stream import EVAL_CROP, StreamLoader, StreamSplit, stream_splits, wants_stream
 from ffpipe.data.subset import held_out_per_class, per_class_subset
 from ffpipe.errors import DataError
 
@@ -29,6 +29,9 @@ class DataInfo:
     std: list[float]
     flip: bool
     classes: tuple[str, ...] = ()  # the class names, by label
+    # share of the shorter side an evaluation image keeps before it is resized (streamed sets
+    # take ImageNet's centre 224/256; in-memory sets were resized whole: 1.0)
+    eval_crop: float = 1.0
 
 
 @dataclass
@@ -42,8 +45,9 @@ class DataBundle:
 
     @property
     def info(self) -> DataInfo:
+        crop = EVAL_CROP if isinstance(self.train, StreamSplit) else 1.0
         return DataInfo(self.train.shape, len(self.train.classes), len(self.train), self.mean,
-                        self.std, self.flip, tuple(self.train.classes))
+                        self.std, self.flip, tuple(self.train.classes), crop)
 
 
 def wants_flip(cfg: DataConfig, dataset: str) -> bool:

@@ -5,7 +5,8 @@ Channels: converted as Pillow converts them, to grayscale ("L") for a 1-channel 
 3-channel one (an alpha channel is dropped). Size: an image of the run's H x W is taken as it is;
 any other is resized as ffpipe resizes an image folder for training (data/decode.py fit_square:
 the shorter side to the run's size, antialiased bilinear, then the centre square), or, for a run
-whose input is not square, stretched to H x W.
+whose input is not square, stretched to H x W. A run trained from streamed shards (data.json's
+eval_crop) crops a file as its evaluation did: the centre 224/256 of the shorter side, resized.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ffpipe.data.decode import fit_square
+from ffpipe.data.stream.crops import eval_box
+from ffpipe.data.stream.decoders import pil_crop
 from ffpipe.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -39,8 +42,10 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def read_image(path: Path, in_shape: tuple[int, int, int]) -> torch.Tensor:
+def read_image(path: Path, in_shape: tuple[int, int, int], eval_crop: float = 1.0) -> torch.Tensor:
     """One file as uint8 C x H x W at the run's input shape (see the module's note)."""
+    if eval_crop != 1.0 and in_shape[0] == 3 and in_shape[1] == in_shape[2]:
+        return _centre_crop(path, in_shape[1])
     channels, height, width = in_shape
     if channels not in _MODES:
         raise DataError(f"this run takes {channels}-channel images; ffpipe predict reads 1- and 3-channel "
@@ -58,7 +63,16 @@ def read_image(path: Path, in_shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(array.copy())
 
 
-def read_images(paths: list[Path], in_shape: tuple[int, int, int]) -> torch.Tensor:
+def _centre_crop(path: Path, size: int) -> torch.Tensor:
+    """A run trained from streamed shards: the evaluation crop its test images had."""
+    try:
+        return torch.from_numpy(pil_crop(path.read_bytes(), eval_box, size, mirror=False).copy())
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}; give PNG or JPEG files "
+                        "(or any image Pillow opens)") from None
+
+
+def read_images(paths: list[Path], in_shape: tuple[int, int, int], eval_crop: float = 1.0) -> torch.Tensor:
     """N x C x H x W uint8 of the files, in order."""
-    return torch.stack([read_image(p, in_shape) for p in paths]) if paths else \
+    return torch.stack([read_image(p, in_shape, eval_crop) for p in paths]) if paths else \
         torch.zeros((0, *in_shape), dtype=torch.uint8)

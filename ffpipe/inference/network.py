@@ -51,6 +51,7 @@ class TrainedNetwork(nn.Module):
         self.learners, self.rule, self.numerics, self.batch_size = learners, rule, numerics, batch_size
         self.in_shape = tuple(data["in_shape"])
         self.classes = list(data["classes"])
+        self.eval_crop = float(data.get("eval_crop", 1.0))  # how ffpipe predict crops files (images.py)
         self.register_buffer("mean", torch.tensor(data["mean"]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(data["std"]).view(1, -1, 1, 1))
         self.eval()

@@ -28,7 +28,7 @@ def predict_files(run: str | Path, paths: list[str | Path], out: str | Path | No
     rows = []
     for start in range(0, len(files), network.batch_size):
         batch = files[start:start + network.batch_size]
-        found = network.predict(read_images(batch, network.in_shape), exit_at, min_confidence)
+        found = network.predict(read_images(batch, network.in_shape, network.eval_crop), exit_at, min_confidence)
         rows += [{"path": str(path), "class": name, "confidence": f"{confidence:.6f}", "exit_unit": unit}
                  for path, name, confidence, unit in zip(batch, found.names, found.confidence.tolist(),
                                                          found.exit_unit.tolist())]

@@ -153,11 +153,13 @@ class RunFolder:
     def plan(self) -> dict | None:
         return json.loads(self.store.read_text("plan.json")) if self.store.exists("plan.json") else None
 
-    def write_data_info(self, dataset: str, in_shape, classes, mean: list[float], std: list[float]) -> None:
-        """data.json: the model's input (C, H, W), its classes by label, and the per-channel mean and
-        std of the training images in [0, 1] units that every input is normalised with."""
+    def write_data_info(self, dataset: str, in_shape, classes, mean: list[float], std: list[float],
+                        eval_crop: float = 1.0) -> None:
+        """data.json: the model's input (C, H, W), its classes by label, the per-channel mean and
+        std of the training images in [0, 1] units that every input is normalised with, and the
+        share of an image's shorter side its evaluation crop keeps (streamed sets: 224/256)."""
         info = {"format": 1, "dataset": dataset, "in_shape": list(in_shape), "classes": list(classes),
-                "mean": list(mean), "std": list(std)}
+                "mean": list(mean), "std": list(std), "eval_crop": eval_crop}
         self.store.write_text("data.json", json.dumps(info, indent=1) + "\n")
 
     def data_info(self) -> dict | None:

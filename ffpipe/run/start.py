@@ -73,7 +73,8 @@ def _write_plan(folder: RunFolder, setup: RunSetup) -> None:
 def write_data_info(folder: RunFolder, setup: RunSetup) -> None:
     """data.json: what the trained model needs of its data to be used without it (load_run)."""
     info = setup.info
-    folder.write_data_info(setup.cfg.data.name, info.in_shape, info.classes, info.mean, info.std)
+    folder.write_data_info(setup.cfg.data.name, info.in_shape, info.classes, info.mean, info.std,
+                           info.eval_crop)
 
 
 def layout_asked(cfg: Config, saved: list[int]) -> bool:

@@ -5,8 +5,11 @@ import resource
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
+from ffpipe.inference.predict import predict_files
 from tests.helpers import REPO
 from tests.helpers.runs import assert_same_parameters, run_ffpipe, sequential_run, summary
 from tests.helpers.streams import shards, stream_run
@@ -23,6 +26,11 @@ def test_local_stages_learn_what_the_sequential_trainer_learns_from_a_stream(roo
     assert summary(ref)["train_images"] == 48
     run_ffpipe(stream_run(root) + [f"run.dir={tmp_path / 'local'}", "pipeline.stages=2"])
     assert_same_parameters(ref, tmp_path / "local")
+    # ffpipe predict on the test files crops them as the stream's evaluation did: the same score
+    files = sorted((root.parent / "images" / "test").rglob("*.*"))
+    rows = predict_files(ref, files, out=tmp_path / "p.csv")
+    right = sum(row["class"] == Path(row["path"]).parent.name for row in rows)
+    assert right / len(files) == summary(ref)["test_accuracy"]
 
 
 def test_a_run_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_one(root, tmp_path):

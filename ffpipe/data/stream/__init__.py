@@ -14,7 +14,7 @@ import numpy as np
 from ffpipe.config import DataConfig
 from ffpipe.data.loader import channel_stats
 from ffpipe.data.parquet import open_root, read_meta, shard_paths
-from ffpipe.data.stream.crops import eval_box
+from ffpipe.data.stream.crops import EVAL_CROP, eval_box
 from ffpipe.data.stream.decoders import CpuDecoder
 from ffpipe.data.stream.loader import StreamLoader
 from ffpipe.data.stream.order import epoch_order
@@ -81,4 +81,4 @@ def stream_splits(cfg: DataConfig, threads: int) -> tuple[StreamSplit, StreamSpl
     return train, test, mean, std
 
 
-__all__ = ["StreamLoader", "StreamSplit", "stream_splits", "wants_stream"]
+__all__ = ["EVAL_CROP", "StreamLoader", "StreamSplit", "stream_splits", "wants_stream"]
