@@ -64,6 +64,12 @@ def test_a_stream_resumed_at_a_batch_equals_the_uninterrupted_one(root):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_a_uri_pyarrow_opens_streams_the_same_batches(root):
+    cfg, uri = stream_config(root), stream_config(f"file://{root}")
+    local, remote = (epoch(training_loader(load_data(c, 0), c, 8, 0, CPU)) for c in (cfg, uri))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(local, remote))
+
+
 def test_replicas_decode_their_own_rows_which_join_into_the_whole_batch(root):
     cfg = stream_config(root)
     data = load_data(cfg, 0)
