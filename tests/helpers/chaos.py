@@ -82,8 +82,13 @@ class Chaos:
         if kind == "node":
             fault.target = f"node {node()}"
         else:
-            victims = pids()
-            assert victims, "no stage process to hit"
+            victims: list[int] = []
+
+            def found() -> bool:  # between a restart's stop and start no stage is alive: wait for one
+                victims[:] = pids()
+                return bool(victims)
+
+            self._wait(found, "a live stage process to hit", timeout=120)
             victim = self.rng.choice(sorted(victims))
             os.kill(victim, signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
             fault.target = f"{'SIGSTOP' if kind == 'stop' else 'SIGKILL'} pid {victim}"
