@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from ffpipe.errors import DataError
 
 Encoded = Union[Path, bytes]  # a file to read, or its bytes (from a Parquet shard)
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                   Image.DecompressionBombError)
 
 
@@ -38,7 +38,7 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def _damaged(name: str, err: Exception) -> DataError:
+def damaged_image(name: str, err: Exception) -> DataError:
     return DataError(f"cannot read image {name}: {type(err).__name__}: {err}; the file is "
                      "truncated, damaged or not a JPEG/PNG: replace or delete it")
 
@@ -61,8 +61,8 @@ def decode_all(items: Sequence[Encoded], names: Sequence[str], size: int, thread
     def work(i: int) -> None:
         try:
             out[i] = decode_one(items[i], size)
-        except _DECODE_ERRORS as err:
-            raise _damaged(names[i], err) from None
+        except DECODE_ERRORS as err:
+            raise damaged_image(names[i], err) from None
 
     with ThreadPoolExecutor(num_threads(threads)) as pool:
         for _ in pool.map(work, range(len(items))):  # re-raises the first failure
@@ -77,8 +77,8 @@ def image_sizes(items: Sequence[Encoded], names: Sequence[str], threads: int = 0
         try:
             with _open(items[i]) as img:
                 return img.size[::-1]
-        except _DECODE_ERRORS as err:
-            raise _damaged(names[i], err) from None
+        except DECODE_ERRORS as err:
+            raise damaged_image(names[i], err) from None
 
     with ThreadPoolExecutor(num_threads(threads)) as pool:
         return np.array(list(pool.map(size_of, range(len(items)))), dtype=np.int32).reshape(-1, 2)

@@ -63,6 +63,19 @@ class Checksum:
         return hashlib.sha256(self.images.digest() + self.labels.digest()).hexdigest()
 
 
+def damaged_shard(path: str, err: Exception) -> DataError:
+    return DataError(f"Parquet shard {path} is damaged or truncated ({type(err).__name__}: {err}); "
+                     "write it again with `ffpipe data prepare`")
+
+
+def check_shard(path: str, rows: int, checksum: Checksum, meta_rows: int, meta_checksum: str) -> None:
+    """A shard read whole must have the rows and checksum it was written with."""
+    if rows != meta_rows or checksum.hexdigest() != meta_checksum:
+        raise DataError(f"Parquet shard {path} fails its checksum ({rows} rows read, {meta_rows} "
+                        "written): the file was changed or damaged; write the shards again with "
+                        "`ffpipe data prepare`")
+
+
 def open_root(root: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and base path of a local folder or of a URI pyarrow understands."""
     if "://" in root:

@@ -14,7 +14,8 @@ import torch
 
 from ffpipe.data.arrays import ArraySet
 from ffpipe.data.decode import decode_all
-from ffpipe.data.parquet import ARROW_ERRORS, Checksum, binary_values, open_root, shard_paths, split_meta
+from ffpipe.data.parquet import (ARROW_ERRORS, Checksum, binary_values, check_shard, damaged_shard, open_root,
+                                 shard_paths, split_meta)
 from ffpipe.errors import DataError
 
 RAW_BATCH_ROWS = 4096
@@ -88,12 +89,8 @@ def _read_shard(fs: pafs.FileSystem, path: str, meta: dict, shape: tuple[int, in
     except DataError:
         raise
     except ARROW_ERRORS as err:
-        raise DataError(f"Parquet shard {path} is damaged or truncated ({type(err).__name__}: {err}); "
-                        "write it again with `ffpipe data prepare`") from None
-    if rows != meta["num_rows"] or checksum.hexdigest() != meta["checksum"]:
-        raise DataError(f"Parquet shard {path} fails its checksum ({rows} rows read, "
-                        f"{meta['num_rows']} written): the file was changed or damaged; write the "
-                        "shards again with `ffpipe data prepare`")
+        raise damaged_shard(path, err) from None
+    check_shard(path, rows, checksum, meta["num_rows"], meta["checksum"])
 
 
 def read_split(root: str, split: str, size: int = 0, threads: int = 0) -> tuple[ArraySet, dict]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ffpipe.data.decode import _DECODE_ERRORS, _damaged
+from ffpipe.data.decode import DECODE_ERRORS, damaged_image
 from ffpipe.data.stream.crops import Box
 
 BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> its crop
@@ -63,8 +63,8 @@ class CpuDecoder:
         def work(i: int) -> None:
             try:
                 out[i] = pil_crop(blobs[i], lambda h, w: box_of(i, h, w), size, bool(mirror[i]))
-            except _DECODE_ERRORS as err:
-                raise _damaged(names[i], err) from None
+            except DECODE_ERRORS as err:
+                raise damaged_image(names[i], err) from None
 
         started = time.perf_counter()
         for _ in self.pool.map(work, range(len(blobs))):  # re-raises the first failure
@@ -102,7 +102,7 @@ class GpuDecoder:
                 try:
                     images[i] = decode_image(data[i], mode=ImageReadMode.RGB).to(self.device)
                 except RuntimeError as err:
-                    raise _damaged(names[i], err) from None
+                    raise damaged_image(names[i], err) from None
         return images
 
     def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,

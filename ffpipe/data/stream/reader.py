@@ -17,10 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ffpipe.data.parquet import ARROW_ERRORS, Checksum, binary_values
+from ffpipe.data.parquet import ARROW_ERRORS, Checksum, binary_values, check_shard, damaged_shard
 from ffpipe.data.stream.order import EpochOrder, shard_of
 from ffpipe.data.stream.split import StreamSplit
-from ffpipe.errors import DataError
 
 
 @dataclass
@@ -52,14 +51,10 @@ def read_shard(split: StreamSplit, k: int) -> ShardRows:
         offsets, data = binary_values(table.column("image").chunk(0))
         labels = table.column("label").to_numpy()
     except ARROW_ERRORS as err:
-        raise DataError(f"Parquet shard {info.path} is damaged or truncated ({type(err).__name__}: "
-                        f"{err}); write it again with `ffpipe data prepare`") from None
+        raise damaged_shard(info.path, err) from None
     checksum = Checksum()
     checksum.update(data, labels)
-    if len(labels) != info.rows or checksum.hexdigest() != info.checksum:
-        raise DataError(f"Parquet shard {info.path} fails its checksum ({len(labels)} rows read, "
-                        f"{info.rows} written): the file was changed or damaged; write the shards "
-                        "again with `ffpipe data prepare`")
+    check_shard(info.path, len(labels), checksum, info.rows, info.checksum)
     sources = table.column("source").chunk(0) if "source" in table.column_names else None
     return ShardRows(info.path, offsets, data, labels, sources, 0)
 
