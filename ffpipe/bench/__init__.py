@@ -113,6 +113,8 @@ def _add_stream_parser(bench_sub) -> None:
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="of the batches")
     s.add_argument("--threads", type=int, default=0, help="data.decode_threads (0 = every core)")
     s.add_argument("--window", type=int, default=8192, help="data.shuffle_window")
+    s.add_argument("--workers", type=int, nargs="+", default=[0],
+                   help="batches made at once, one row each (0 = the loader's choice)")
     s.add_argument("--seconds", type=float, default=15.0, help="time measured per decoder")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--json", help="also write the results to this JSON file")

@@ -17,7 +17,7 @@ import torch
 
 from ffpipe.bench.devices import asked_device
 from ffpipe.config import DataConfig
-from ffpipe.data import load_data, training_loader
+from ffpipe.data import StreamLoader, load_data, stream_options
 from ffpipe.data.prepare import prepare_shards
 from ffpipe.pipeline.sync import synchronize
 
@@ -43,11 +43,13 @@ def make_shards(root: Path, images: int, classes: int) -> dict:
     return made
 
 
-def measure(args, decode: str, device: torch.device) -> dict:
+def measure(args, decode: str, workers: int, device: torch.device) -> dict:
     cfg = DataConfig(name="parquet", root=str(args.shards), stream="on", image_size=args.image_size,
                      decode=decode, decode_threads=args.threads, shuffle_window=args.window)
     data = load_data(cfg, seed=0)
-    loader = training_loader(data, cfg, args.batch_size, 0, device, dtype=DTYPES[args.dtype])
+    loader = StreamLoader(data.train, args.batch_size, device, data.mean, data.std, train=True,
+                          flip=data.flip, dtype=DTYPES[args.dtype], workers=workers,
+                          **stream_options(cfg, device))
     rss_before, _ = rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -65,7 +67,7 @@ def measure(args, decode: str, device: torch.device) -> dict:
     synchronize(device)
     elapsed = time.perf_counter() - started
     rss_now, rss_peak = rss_mib()
-    return {"decode": decode, "images_per_s": images / elapsed, "images": images,
+    return {"decode": decode, "workers": loader.workers, "images_per_s": images / elapsed, "images": images,
             "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
             "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
             "busy": {phase: s / elapsed for phase, s in loader.seconds.items()},
@@ -78,7 +80,7 @@ def bench_stream(args) -> int:
     made = make_shards(root, args.make, args.classes) if args.make else {}
     args.shards = root / "shards" if (root / "shards").is_dir() else root
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
-    rows = [measure(args, decode, device) for decode in decoders]
+    rows = [measure(args, decode, workers, device) for decode in decoders for workers in args.workers]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": card, "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
@@ -96,9 +98,9 @@ def format_table(result: dict) -> str:
         m = result["made"]
         lines.append(f"made {m['images']:,} ImageNet-like JPEGs ({m['mean_kb']:.0f} KB each) in "
                      f"{m['make_s']:.0f} s, shards in {m['prepare_s']:.0f} s")
-    lines.append(f"{'decode':<8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
+    lines.append(f"{'decode':<8}{'workers':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
     for r in result["rows"]:
         busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
-        lines.append(f"{r['decode']:<8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
+        lines.append(f"{r['decode']:<8}{r['workers']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
                      f"{r['rss_growth_mib']:>8.0f}{r['gpu_peak_mib']:>9.0f}  {busy}")
     return "\n".join(lines)

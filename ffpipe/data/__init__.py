@@ -118,4 +118,4 @@ def check_model_input(data: ArraySet, in_shape: tuple[int, ...], split: str) -> 
 
 
 __all__ = ["ArraySet", "DataBundle", "DataInfo", "DeviceLoader", "StreamLoader", "StreamSplit",
-           "check_model_input", "eval_loader", "load_data", "training_loader"]
+           "check_model_input", "eval_loader", "load_data", "stream_options", "training_loader"]

@@ -152,3 +152,17 @@ def test_what_a_stream_cannot_do_is_refused_with_the_fix(root, tmp_path):
         DataConfig(name="cifar10", stream="on").validate()
     assert wants_stream(stream_config(root, stream="auto", in_memory_max_gib=1e-6))
     assert not wants_stream(stream_config(root, stream="auto"))  # 48 small images: read into memory
+
+
+def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_path, capsys):
+    from ffpipe.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "stream", "--root", str(tmp_path / "inet"), "--make", "40", "--classes", "4",
+                 "--seconds", "1", "--batch-size", "8", "--image-size", "32", "--workers", "1", "2",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["made"]["images"] == 44 and 60 < result["made"]["mean_kb"] < 160  # ~500 x 375 JPEGs
+    assert [(r["decode"], r["workers"]) for r in result["rows"]] == [("cpu", 1), ("cpu", 2)]
+    assert all(r["images_per_s"] > 0 and r["rss_peak_mib"] > 0 and "read" in r["busy"] for r in result["rows"])
+    assert "images/s" in capsys.readouterr().out

@@ -1,15 +1,18 @@
 """StreamLoader: training or evaluation batches of a streamed split on the device, with the
 interface of DeviceLoader (len, batches(epoch, start)).
 
-Three things run at once: the shard reader (reader.py), a thread that turns the next batches'
-rows into image crops (decoders.py; at most `ahead` batches wait), and the consumer, which
-normalises a batch as it takes it. On a GPU the crops are made on a stream of their own, so they
-overlap the training step; the consumer's stream waits for them.
+Three things run at once: the shard reader (reader.py); threads that turn the next batches'
+rows into image crops (decoders.py; `ahead` batches in the making, each made whole by one
+thread, so a batch never depends on which thread made it); and the consumer, which takes rows
+in order, hands them out and normalises each batch as it takes it. On a GPU the crops are made on
+each thread's own CUDA stream, so they overlap the training step; the consumer's stream waits for
+them.
 """
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Callable, Iterator
 
@@ -23,25 +26,31 @@ from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
 from ffpipe.data.stream.split import StreamSplit
 
+GPU_WORKERS = 2
 KeepRows = Callable[[int], slice]  # a batch's row count -> the rows this process uses (replicas)
 
 
 class StreamLoader:
     def __init__(self, split: StreamSplit, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, flip: bool = True,
-                 augment: bool = True, decode: str = "auto",
-                 threads: int = 1, window: int = 8192, ahead: int = 3, drop_last: bool = True,
+                 augment: bool = True, decode: str = "auto", threads: int = 1, window: int = 8192,
+                 ahead: int = 3, workers: int = 0, drop_last: bool = True,
                  dtype: torch.dtype = torch.float32, keep_rows: KeepRows | None = None):
         """`decode`: 'gpu' (nvJPEG), 'cpu' (PIL on `threads` threads) or 'auto' (gpu on a GPU);
         `augment`: training crops random-resized (else the centre crop, still shuffled);
-        `window`: rows shuffled together (order.py); `keep_rows`: for one of several replicas
-        of stage 0, its rows of every batch (it decodes only those)."""
+        `window`: rows shuffled together (order.py); `ahead`: batches in the making; `workers`:
+        batches made at once (0: one on CPU, where each batch's images share the threads; two on
+        the GPU, so one batch's crops are launched while the next is decoded); `keep_rows`: for
+        one of several replicas of stage 0, its rows of every batch (it decodes only those)."""
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.window = train, seed, window
         self.augment = augment and train
         self.flip = flip and self.augment
         self.gpu = decode == "gpu" or (decode == "auto" and device.type == "cuda")
-        self.threads, self.ahead, self.dtype = threads, ahead, dtype
+        self.threads, self.dtype = threads, dtype
+        self.workers = workers or (GPU_WORKERS if self.gpu else 1)
+        self.ahead = max(ahead, self.workers)
+        self._local = threading.local()
         self.drop_last = drop_last and train
         self.cuts = keep_rows is not None
         self.keep_rows = keep_rows or (lambda n: slice(0, n))
@@ -61,63 +70,68 @@ class StreamLoader:
         shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
         store = ShardStore(self.split, order, start * self.batch_size, shards_ahead)
         decoder = GpuDecoder(self.device, self.threads) if self.gpu else CpuDecoder(self.threads)
-        made: queue.Queue = queue.Queue(maxsize=self.ahead)
-        stop = threading.Event()
-        worker = threading.Thread(target=self._make_all, args=(order, epoch, start, store, decoder, made, stop),
-                                  name="ffpipe-crops", daemon=True)
-        worker.start()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffpipe-crops")
+        pending: deque[Future] = deque()
+        upcoming = iter(range(start, len(self)))
+
+        def refill() -> None:
+            """Keep `ahead` batches in the making. Rows are taken here, in order (the store is
+            not shared between threads); decoding and cropping run on the pool."""
+            while len(pending) < self.ahead:
+                b = next(upcoming, None)
+                if b is None:
+                    return
+                pending.append(pool.submit(self._make, epoch, b, self._rows(order, b, store), decoder))
+
         try:
-            for _ in range(start, len(self)):
-                item = made.get()
-                if isinstance(item, BaseException):
-                    raise item
-                x, y, done, self.shard = item
+            refill()
+            while pending:
+                x, y, done, self.shard = pending.popleft().result()
+                refill()  # before this batch is handed over: the next ones decode during its step
                 yield self._finish(x, y, done)
         finally:
-            stop.set()
-            while worker.is_alive():  # let a worker blocked on a full queue see the stop
-                try:
-                    made.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
             store.close()
             decoder.close()
             for phase, spent in [("read", store.read_s), *decoder.seconds.items()]:
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
 
-    def _make_all(self, order, epoch, start, store, decoder, made: queue.Queue, stop) -> None:
-        side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        try:
-            for b in range(start, len(self)):
-                if stop.is_set():
-                    return
-                with torch.cuda.stream(side_stream) if side_stream is not None else nullcontext():
-                    item = self._make(order, epoch, b, store, decoder)
-                _put(made, item, stop)
-        except BaseException as err:  # raised again in the consumer's thread
-            _put(made, err, stop)
-
-    def _make(self, order, epoch: int, b: int, store: ShardStore, decoder):
+    def _rows(self, order, b: int, store: ShardStore):
         ids = order.use_ids[b * self.batch_size:(b + 1) * self.batch_size]
         keep = self.keep_rows(len(ids))
-        blobs, labels, names = store.take(ids, keep)
-        size = self.split.side
+        return len(ids), keep, *store.take(ids, keep)
+
+    def _make(self, epoch: int, b: int, rows, decoder):
+        """Batch b's crops (on this thread's CUDA stream on a GPU), its labels, the event its
+        crops are done at (GPU) and where its rows lie in the whole batch (replicas)."""
+        n, keep, blobs, labels, names = rows
         if self.augment:
-            draws = batch_draws(self.seed, epoch, b, len(ids))[keep]
+            draws = batch_draws(self.seed, epoch, b, n)[keep]
             mirror = mirrors(draws) if self.flip else np.zeros(len(draws), dtype=bool)
             box_of = lambda i, h, w: train_box(h, w, draws[i])  # noqa: E731
         else:
             mirror = np.zeros(len(blobs), dtype=bool)
             box_of = lambda i, h, w: eval_box(h, w)  # noqa: E731
-        x = decoder.batch(blobs, names, box_of, size, mirror)
+        with self._crops_stream():
+            x = decoder.batch(blobs, names, box_of, self.split.side, mirror)
+            done = None
+            if x.is_cuda:
+                done = torch.cuda.Event()
+                done.record()
         if self.device.type == "cuda" and not x.is_cuda:
             x = x.pin_memory()
-        done = None
-        if x.is_cuda:
-            done = torch.cuda.Event()
-            done.record()
-        cut = (keep.start, len(ids)) if keep != slice(0, len(ids)) else None
+        cut = (keep.start, n) if keep != slice(0, n) else None
         return x, torch.from_numpy(labels), done, cut
+
+    def _crops_stream(self):
+        """This thread's own CUDA stream, so crops overlap the training step (none on CPU)."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        if not hasattr(self._local, "stream"):
+            self._local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._local.stream)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, done) -> tuple[torch.Tensor, torch.Tensor]:
         if done is not None:  # made on the crops' stream: this stream waits, the memory is ours
@@ -127,11 +141,3 @@ class StreamLoader:
         x = (x - self.mean) / self.std
         return x.to(self.dtype), y.to(self.device, non_blocking=True)
 
-
-def _put(made: queue.Queue, item, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            made.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
