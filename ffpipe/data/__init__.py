@@ -99,13 +99,13 @@ def eval_loader(split: ArraySet | StreamSplit, data: DataBundle, cfg: DataConfig
 
 
 def stream_options(cfg: DataConfig, device) -> dict:
-    return {"decode": cfg.decode, "threads": cfg.decode_threads or default_threads(device),
+    return {"decode": cfg.decode, "threads": cfg.decode_threads or default_threads(),
             "window": cfg.shuffle_window}
 
 
-def default_threads(device) -> int:
-    """Decode threads when data.decode_threads = 0: the process's cores (a GPU decodes JPEGs
-    itself; its threads decode the rest)."""
+def default_threads() -> int:
+    """Decode threads when data.decode_threads = 0: the cores this process may run on (on a GPU,
+    nvJPEG decodes the JPEGs and the threads the rest)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

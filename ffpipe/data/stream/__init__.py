@@ -2,7 +2,7 @@
 `ffpipe data prepare`, decodes and crops them batch by batch (on the GPU where there is one), and
 holds only a shuffle window of encoded rows in host memory, never the dataset.
 
-data.stream decides (config_sections.DataConfig): 'on', 'off', or 'auto', which streams the
+data.stream decides (config_data.DataConfig): 'on', 'off', or 'auto', which streams the
 shards of JPEG/PNG images whose decoded training split would not fit in data.in_memory_max_gib.
 Streamed training batches take ImageNet's training crop (random-resized crop and mirror), and
 evaluation its centre crop (crops.py); in-memory data keeps its crop-with-padding.
