@@ -14,6 +14,7 @@ import os
 from ffpipe import config as config_mod
 from ffpipe.backends.torchrun_env import torchrun_world
 from ffpipe.config import Config
+from ffpipe.data import StreamSplit
 from ffpipe.errors import require_installed
 from ffpipe.models import dry_run as unit_shapes
 from ffpipe.pipeline.partition import stage_ranges, stage_seconds
@@ -39,13 +40,23 @@ def plan_run(cfg: Config) -> str:
              f"# dry run: {setup.num_stages} stage(s) of {len(setup.learners)} units on the {cfg.pipeline.backend} "
              f"backend, {setup.plan.total_steps} steps; predicted seconds per step measured on {device} "
              f"(each unit's training step alone, batch {profile_batch(cfg, device)} scaled to "
-             f"{cfg.train.batch_size}; transfers not included)"]
+             f"{cfg.train.batch_size}; transfers not included)", _data_line(setup)]
     topology = Topology.of(replicas or [1] * setup.num_stages)
     for k, units in enumerate(stage_ranges(setup.starts, len(setup.learners))):
         lines.append(f"# stage {k}: units {units.start}-{units.stop - 1}, predicted {seconds[k] * 1e3:.2f} ms/step"
                      f"{_per_replica(topology, k)}, on {_devices(cfg, topology, k)}")
     lines.append("# nothing was trained and no run folder was made")
     return "\n".join(lines)
+
+
+def _data_line(setup: RunSetup) -> str:
+    """What stage 0 will read: how many images, of what shape, and whether they are streamed."""
+    info, data = setup.info, setup.data
+    how = "streamed from shards batch by batch (data.stream)" if isinstance(data.train, StreamSplit) \
+        else "read into memory before the first step"
+    shape = " x ".join(map(str, info.in_shape))
+    return (f"# data: {setup.cfg.data.name}, {info.num_train} training images of {shape} in "
+            f"{info.num_classes} classes, {how}")
 
 
 def _processes(cfg: Config) -> int | None:

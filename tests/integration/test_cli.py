@@ -69,6 +69,7 @@ def test_dry_run_plans_the_run_and_trains_nothing(tmp_path):
     predicted = [float(line.split("predicted ")[1].split(" ms")[0]) for line in stages]
     assert all(ms > 0 for ms in predicted)
     assert "measured on cpu" in done.stdout and "2 stage(s) of 7 units on the local backend" in done.stdout
+    assert "# data: synthetic, 128 training images of 1 x 12 x 12 in 10 classes, read into memory" in done.stdout
     torchrun = ffpipe("train", "--dry-run", *FAST, "--set", "pipeline.backend=torchrun", "--set",
                       "pipeline.stages=2", "--set", "pipeline.boundaries=[2]")
     assert torchrun.returncode == 0, torchrun.stderr

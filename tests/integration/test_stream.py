@@ -145,6 +145,15 @@ def test_an_image_that_does_not_decode_is_named_with_shard_row_and_file(tmp_path
         epoch(training_loader(load_data(cfg, 0), cfg, 4, 0, CPU))
 
 
+def test_the_dry_run_says_the_data_will_stream(root):
+    from ffpipe import config as config_mod
+    from ffpipe.backends.dry_run import plan_run
+
+    cfg = config_mod.load(None, [f"data.root={root}", "data.name=parquet", "data.stream=on", "data.image_size=16",
+                                 "model.name=small_cnn", "train.batch_size=8", "train.device=cpu"])
+    assert "# data: parquet, 48 training images of 3 x 16 x 16 in 3 classes, streamed from shards" in plan_run(cfg)
+
+
 def test_what_a_stream_cannot_do_is_refused_with_the_fix(root, tmp_path):
     with pytest.raises(DataError, match="data.val_fraction = 0.1 cannot be applied to a streamed split"):
         load_data(stream_config(root, val_fraction=0.1), 0)
