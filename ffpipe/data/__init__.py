@@ -65,8 +65,8 @@ def split_validation(train: ArraySet, cfg: DataConfig) -> tuple[ArraySet, ArrayS
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     if wants_stream(cfg):
-        train, test, mean, std = stream_splits(cfg, cfg.decode_threads or 1)
-        return DataBundle(train, test, mean, std, wants_flip(cfg, train.dataset))
+        train, val, test, mean, std = stream_splits(cfg, seed, cfg.decode_threads or 1)
+        return DataBundle(train, test, mean, std, wants_flip(cfg, train.dataset), val)
     source = load_source(cfg)
     train, val = split_validation(source.train, cfg)
     mean, std = channel_stats(train.images)  # of the training part, before any subset
@@ -81,8 +81,9 @@ def training_loader(data: DataBundle, cfg: DataConfig, batch_size: int, seed: in
     `keep_rows`: a streamed split's rows this stage-0 replica decodes (StreamLoader)."""
     if isinstance(data.train, StreamSplit):
         return StreamLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
-                            flip=data.flip, augment=cfg.augment, **stream_options(cfg, device),
-                            drop_last=drop_last, dtype=dtype, keep_rows=keep_rows)
+                            flip=data.flip, augment=cfg.augment, cutout=cfg.cutout,
+                            **stream_options(cfg, device), drop_last=drop_last, dtype=dtype,
+                            keep_rows=keep_rows)
     return DeviceLoader(data.train, batch_size, device, data.mean, data.std, train=True, seed=seed,
                         augment=cfg.augment, flip=data.flip, max_device_mib=cfg.on_device_max_mib,
                         cutout=cfg.cutout, drop_last=drop_last, dtype=dtype)

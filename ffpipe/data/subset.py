@@ -12,17 +12,22 @@ def per_class_subset(data: ArraySet, amount: float, seed: int) -> ArraySet:
     """`amount` >= 1: that many images of each class; in (0, 1): that share of each class."""
     if amount == 0:
         return data
+    return data.take(subset_indices(data.labels, data.classes, amount, seed))
+
+
+def subset_indices(labels: torch.Tensor, classes: list[str], amount: float, seed: int) -> torch.Tensor:
+    """The sorted indices of per_class_subset's images (a streamed split keeps these rows)."""
     gen = torch.Generator().manual_seed(seed)
     keep = []
-    for c in range(len(data.classes)):
-        members = torch.nonzero(data.labels == c).flatten()
+    for c in range(len(classes)):
+        members = torch.nonzero(labels == c).flatten()
         n = int(amount) if amount >= 1 else max(1, round(amount * len(members)))
         if n > len(members):
             raise DataError(f"data.train_subset = {int(amount)} images per class, but class "
-                            f"{c} ('{data.classes[c]}') has only {len(members)}; "
+                            f"{c} ('{classes[c]}') has only {len(members)}; "
                             f"use at most {len(members)} or a fraction in (0, 1)")
         keep.append(members[torch.randperm(len(members), generator=gen)[:n]])
-    return data.take(torch.cat(keep).sort().values)
+    return torch.cat(keep).sort().values
 
 
 def held_out_per_class(labels: torch.Tensor, classes: list[str], fraction: float, seed: int,

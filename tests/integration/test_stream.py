@@ -2,6 +2,7 @@
 resumed stream equal to the uninterrupted one, replicas' rows that join into the whole batch, a
 memory bound set by the shuffle window, and damaged shards or images named, never trained on."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ from ffpipe.data.parquet import write_shard
 from ffpipe.data.stream import wants_stream
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
+from ffpipe.data.subset import held_out_per_class, subset_indices
 from ffpipe.errors import ConfigError, DataError
 from tests.helpers.streams import shards, stream_config
 
@@ -29,6 +31,13 @@ def root(tmp_path_factory):
 
 def epoch(loader, e=0, start=0):
     return [(x.clone(), y.clone()) for x, y in loader.batches(e, start)]
+
+
+def source_columns(root, split="train"):
+    """(source index, label) of every row of the split's shards, in shard order."""
+    files = sorted((root / split).glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f, columns=["index", "label"]) for f in files])
+    return table.column("index").to_numpy(), table.column("label").to_numpy()
 
 
 def shard_labels(root, split="train"):
@@ -154,13 +163,37 @@ def test_the_dry_run_says_the_data_will_stream(root):
     assert "# data: parquet, 48 training images of 3 x 16 x 16 in 3 classes, streamed from shards" in plan_run(cfg)
 
 
-def test_what_a_stream_cannot_do_is_refused_with_the_fix(root, tmp_path):
-    with pytest.raises(DataError, match="data.val_fraction = 0.1 cannot be applied to a streamed split"):
-        load_data(stream_config(root, val_fraction=0.1), 0)
-    with pytest.raises(ConfigError, match="data prepare"):
-        DataConfig(name="cifar10", stream="on").validate()
+def test_validation_part_and_subset_take_the_images_the_in_memory_path_takes(root):
+    """data.val_fraction and data.train_subset pick the images an in-memory read of the same
+    shards picks (by label, in the source's order); the stream then uses just those, the
+    held-out part for evaluation."""
+    cfg = stream_config(root, val_fraction=0.25, train_subset=8)
+    data, memory = load_data(cfg, seed=4), load_data(replace(cfg, stream="off"), seed=4)
+    index, labels = source_columns(root)
+    by_source = torch.from_numpy(labels[np.argsort(index)])  # what the in-memory reader holds
+    kept, held = held_out_per_class(by_source, data.train.classes, 0.25, cfg.split_seed, "x")
+    chosen = kept[subset_indices(by_source[kept], data.train.classes, 8, 4)]
+    ids = epoch_order(data.train.rows_per_shard, 0, 0, cfg.shuffle_window, keep=data.train.keep).use_ids
+    assert sorted(index[ids]) == chosen.tolist() and len(chosen) == 24
+    streamed = torch.cat([y for _, y in epoch(training_loader(data, cfg, 8, 0, CPU))])
+    assert torch.equal(streamed, torch.from_numpy(labels[ids]))
+    assert sorted(streamed.tolist()) == sorted(memory.train.labels.tolist())
+    val = torch.cat([y for _, y in epoch(eval_loader(data.val, data, cfg, 5, CPU))])
+    assert sorted(index[data.val.keep.nonzero()[0]]) == held.tolist()
+    assert sorted(val.tolist()) == sorted(memory.val.labels.tolist())
     assert wants_stream(stream_config(root, stream="auto", in_memory_max_gib=1e-6))
     assert not wants_stream(stream_config(root, stream="auto"))  # 48 small images: read into memory
+    with pytest.raises(ConfigError, match="data prepare"):
+        DataConfig(name="cifar10", stream="on").validate()
+
+
+def test_cutout_squares_the_streamed_crops_at_the_dataset_mean(root):
+    plain, cut = stream_config(root), stream_config(root, cutout=6)
+    data = load_data(plain, 0)
+    a, b = (epoch(training_loader(data, c, 8, 0, CPU))[0][0] for c in (plain, cut))
+    zeroed = (b == 0).all(dim=1)  # after normalising, 0 is the mean: a square of zeros per image
+    assert all(zeroed[i].sum() >= 9 for i in range(8)) and not (a == 0).all(dim=1).any()
+    assert torch.equal(a[~zeroed[:, None].expand_as(a)], b[~zeroed[:, None].expand_as(b)])
 
 
 def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_path, capsys):

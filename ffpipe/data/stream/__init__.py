@@ -10,6 +10,7 @@ evaluation its centre crop (crops.py); in-memory data keeps its crop-with-paddin
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ffpipe.config import DataConfig
 from ffpipe.data.loader import channel_stats
@@ -20,6 +21,7 @@ from ffpipe.data.stream.loader import StreamLoader
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
 from ffpipe.data.stream.split import DEFAULT_SIDE, StreamSplit, open_split
+from ffpipe.data.subset import held_out_per_class, subset_indices
 from ffpipe.errors import DataError
 
 STATS_ROWS = 512  # images the channel statistics come from when the shards have no manifest
@@ -40,16 +42,6 @@ def wants_stream(cfg: DataConfig) -> bool:
     return meta["split_rows"] * 3 * side * side > cfg.in_memory_max_gib * 2**30
 
 
-def refuse_unstreamable(cfg: DataConfig) -> None:
-    """The data keys a stream cannot honour, named with what to do instead."""
-    asked = {"data.train_subset": cfg.train_subset, "data.val_fraction": cfg.val_fraction,
-             "data.cutout": cfg.cutout}
-    for key, value in asked.items():
-        if value:
-            raise DataError(f"{key} = {value} cannot be applied to a streamed split (data.stream); "
-                            f"set {key} = 0, or data.stream = 'off' to read the images into memory")
-
-
 def sample_stats(split: StreamSplit, threads: int) -> tuple[list[float], list[float]]:
     """Channel mean and std of the first STATS_ROWS training rows (their evaluation crops)."""
     order = epoch_order(split.rows_per_shard, 0, 0, 1, shuffle=False)
@@ -66,19 +58,37 @@ def sample_stats(split: StreamSplit, threads: int) -> tuple[list[float], list[fl
     return channel_stats(images)
 
 
-def stream_splits(cfg: DataConfig, threads: int) -> tuple[StreamSplit, StreamSplit, list[float], list[float]]:
-    """(train, test, mean, std) of the shards under data.root, nothing decoded but a sample
-    for the statistics where the shards carry none."""
-    refuse_unstreamable(cfg)
+def parts(train: StreamSplit, cfg: DataConfig, seed: int) -> tuple[StreamSplit, StreamSplit | None]:
+    """(training part, validation part or None) of the training split, with the images the
+    in-memory path takes from the same shards: data.val_fraction held out by data.split_seed,
+    then data.train_subset of what is left drawn by `seed`, both in the source's order (the
+    label and index columns are read, no image)."""
+    if not (cfg.val_fraction or cfg.train_subset):
+        return train, None
+    rows, labels = train.source_order()
+    labels = torch.from_numpy(labels)
+    kept, val = torch.arange(len(labels)), None
+    if cfg.val_fraction:
+        kept, held = held_out_per_class(labels, train.classes, cfg.val_fraction, cfg.split_seed,
+                                        "data.val_fraction")
+        val = train.select(rows[held.numpy()])
+    if cfg.train_subset:
+        kept = kept[subset_indices(labels[kept], train.classes, cfg.train_subset, seed)]
+    return train.select(rows[kept.numpy()]), val
+
+
+def stream_splits(cfg: DataConfig, seed: int, threads: int
+                  ) -> tuple[StreamSplit, StreamSplit, StreamSplit | None, list[float], list[float]]:
+    """(train, validation or None, test, mean, std) of the shards under data.root, nothing
+    decoded but a sample for the statistics where the shards carry none."""
     train, meta = open_split(cfg.root, "train", cfg.image_size)
     test, _ = open_split(cfg.root, "test", train.side)
     if test.classes != train.classes:
         raise DataError(f"the test shards in {cfg.root} have {len(test.classes)} classes and the "
                         f"training shards {len(train.classes)}; prepare both splits together")
-    if "mean" in meta and "std" in meta:
-        return train, test, list(meta["mean"]), list(meta["std"])
-    mean, std = sample_stats(train, threads)
-    return train, test, mean, std
+    mean, std = (list(meta["mean"]), list(meta["std"])) if "mean" in meta and "std" in meta \
+        else sample_stats(train, threads)
+    return (*parts(train, cfg, seed), test, mean, std)
 
 
 __all__ = ["EVAL_CROP", "StreamLoader", "StreamSplit", "stream_splits", "wants_stream"]

@@ -16,7 +16,9 @@ SCALE = (0.08, 1.0)              # share of the image's area a training crop cov
 RATIO = (3 / 4, 4 / 3)           # its aspect ratio (width / height), drawn on a log scale
 ATTEMPTS = 10                    # tries at a crop that fits before falling back to the centre
 EVAL_CROP = 224 / 256            # the evaluation crop's side over the image's shorter side
-DRAWS = 2 * ATTEMPTS + 3         # per row: (area, ratio) per attempt, top, left, mirror
+# per row: (area, ratio) per attempt, then top, left, the mirror's coin, the cutout's centre (y, x)
+TOP, LEFT, MIRROR, CUT = 2 * ATTEMPTS, 2 * ATTEMPTS + 1, 2 * ATTEMPTS + 2, 2 * ATTEMPTS + 3
+DRAWS = 2 * ATTEMPTS + 5
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -35,8 +37,8 @@ def train_box(h: int, w: int, draws: np.ndarray) -> Box:
         aspect = math.exp(log_lo + (log_hi - log_lo) * draws[2 * k + 1])
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(draws[2 * ATTEMPTS] * (h - ch + 1))
-            left = int(draws[2 * ATTEMPTS + 1] * (w - cw + 1))
+            top = int(draws[TOP] * (h - ch + 1))
+            left = int(draws[LEFT] * (w - cw + 1))
             return top, left, ch, cw
     # Fallback (as torchvision): the whole image, cut to the nearest allowed ratio, centred.
     if w / h < RATIO[0]:
@@ -56,4 +58,9 @@ def eval_box(h: int, w: int) -> Box:
 
 def mirrors(draws: np.ndarray) -> np.ndarray:
     """Which rows are mirrored left-right (a fair coin per row)."""
-    return draws[:, -1] < 0.5
+    return draws[:, MIRROR] < 0.5
+
+
+def cutout_centres(draws: np.ndarray, side: int) -> np.ndarray:
+    """Each row's cutout centre (row, column) in the side x side crop (data.cutout)."""
+    return (draws[:, CUT:CUT + 2] * side).astype(np.int64)

@@ -19,8 +19,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ffpipe.data.loader import batches_per_epoch
-from ffpipe.data.stream.crops import batch_draws, eval_box, mirrors, train_box
+from ffpipe.data.loader import batches_per_epoch, cut_out
+from ffpipe.data.stream.crops import batch_draws, cutout_centres, eval_box, mirrors, train_box
 from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
@@ -34,10 +34,11 @@ class StreamLoader:
     def __init__(self, split: StreamSplit, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, flip: bool = True,
                  augment: bool = True, decode: str = "auto", threads: int = 1, window: int = 8192,
-                 ahead: int = 3, workers: int = 0, drop_last: bool = True,
+                 ahead: int = 3, workers: int = 0, drop_last: bool = True, cutout: int = 0,
                  dtype: torch.dtype = torch.float32, keep_rows: KeepRows | None = None):
         """`decode`: 'gpu' (nvJPEG), 'cpu' (PIL on `threads` threads) or 'auto' (gpu on a GPU);
         `augment`: training crops random-resized (else the centre crop, still shuffled);
+        `cutout`: the side of data.cutout's square (training);
         `window`: rows shuffled together (order.py); `ahead`: batches in the making; `workers`:
         batches made at once (0: one on CPU, where each batch's images share the threads; two on
         the GPU, so one batch's crops are launched while the next is decoded); `keep_rows`: for
@@ -46,6 +47,7 @@ class StreamLoader:
         self.train, self.seed, self.window = train, seed, window
         self.augment = augment and train
         self.flip = flip and self.augment
+        self.cutout = cutout if train else 0
         self.gpu = decode == "gpu" or (decode == "auto" and device.type == "cuda")
         self.threads, self.dtype = threads, dtype
         self.workers = workers or (GPU_WORKERS if self.gpu else 1)
@@ -66,7 +68,8 @@ class StreamLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images, labels) of batches start, start+1, ... of `epoch`."""
-        order = epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train)
+        order = epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train,
+                            self.split.keep)
         shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
         store = ShardStore(self.split, order, start * self.batch_size, shards_ahead)
         decoder = GpuDecoder(self.device, self.threads) if self.gpu else CpuDecoder(self.threads)
@@ -86,9 +89,9 @@ class StreamLoader:
         try:
             refill()
             while pending:
-                x, y, done, self.shard = pending.popleft().result()
+                x, y, done, self.shard, centres = pending.popleft().result()
                 refill()  # before this batch is handed over: the next ones decode during its step
-                yield self._finish(x, y, done)
+                yield self._finish(x, y, done, centres)
         finally:
             for future in pending:
                 future.cancel()
@@ -107,8 +110,8 @@ class StreamLoader:
         """Batch b's crops (on this thread's CUDA stream on a GPU), its labels, the event its
         crops are done at (GPU) and where its rows lie in the whole batch (replicas)."""
         n, keep, blobs, labels, names = rows
+        draws = batch_draws(self.seed, epoch, b, n)[keep] if self.train else None
         if self.augment:
-            draws = batch_draws(self.seed, epoch, b, n)[keep]
             mirror = mirrors(draws) if self.flip else np.zeros(len(draws), dtype=bool)
             box_of = lambda i, h, w: train_box(h, w, draws[i])  # noqa: E731
         else:
@@ -123,7 +126,8 @@ class StreamLoader:
         if self.device.type == "cuda" and not x.is_cuda:
             x = x.pin_memory()
         cut = (keep.start, n) if keep != slice(0, n) else None
-        return x, torch.from_numpy(labels), done, cut
+        centres = cutout_centres(draws, self.split.side) if self.cutout else None
+        return x, torch.from_numpy(labels), done, cut, centres
 
     def _crops_stream(self):
         """This thread's own CUDA stream, so crops overlap the training step (none on CPU)."""
@@ -133,11 +137,13 @@ class StreamLoader:
             self._local.stream = torch.cuda.Stream(self.device)
         return torch.cuda.stream(self._local.stream)
 
-    def _finish(self, x: torch.Tensor, y: torch.Tensor, done) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finish(self, x: torch.Tensor, y: torch.Tensor, done, centres) -> tuple[torch.Tensor, torch.Tensor]:
         if done is not None:  # made on the crops' stream: this stream waits, the memory is ours
             torch.cuda.current_stream(self.device).wait_event(done)
             x.record_stream(torch.cuda.current_stream(self.device))
         x = x.to(self.device, non_blocking=True).float().div_(255)
         x = (x - self.mean) / self.std
+        if centres is not None:  # after normalising: the square is the dataset's mean, as in memory
+            x = cut_out(x, torch.from_numpy(centres).to(self.device), self.cutout)
         return x.to(self.dtype), y.to(self.device, non_blocking=True)
 

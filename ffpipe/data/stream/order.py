@@ -43,18 +43,22 @@ def shard_starts(rows_per_shard: list[int]) -> np.ndarray:
 
 
 def epoch_order(rows_per_shard: list[int], seed: int, epoch: int, window: int,
-                shuffle: bool = True) -> EpochOrder:
+                shuffle: bool = True, keep: np.ndarray | None = None) -> EpochOrder:
     """The epoch's read and use orders; `shuffle` False: shards and rows in stored order
-    (evaluation)."""
+    (evaluation); `keep`: which of the split's rows are in the stream (a bool mask: a training
+    subset, or the training or validation part), the others skipped."""
     starts = shard_starts(rows_per_shard)
-    n = int(starts[-1])
-    window = max(1, min(window, n))
     if not shuffle:
-        ids = np.arange(n, dtype=np.int64)
-        return EpochOrder(np.arange(len(rows_per_shard)), ids, ids, window)
+        ids = np.arange(int(starts[-1]), dtype=np.int64)
+        ids = ids if keep is None else ids[keep]
+        return EpochOrder(np.arange(len(rows_per_shard)), ids, ids, max(1, min(window, len(ids))))
     rng = np.random.Generator(np.random.PCG64([seed, epoch, 0x5EED]))
     shard_order = rng.permutation(len(rows_per_shard))
     read_ids = np.concatenate([np.arange(starts[s], starts[s + 1], dtype=np.int64) for s in shard_order])
+    if keep is not None:
+        read_ids = read_ids[keep[read_ids]]
+    n = len(read_ids)
+    window = max(1, min(window, n))
     use_ids = read_ids.copy()
     for lo in range(0, n, window):
         hi = min(lo + window, n)

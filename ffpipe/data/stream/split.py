@@ -3,12 +3,14 @@ checksum, and what the model needs to know (classes, image side, channel statist
 shards' manifest or footers; no image is read."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from ffpipe.data.parquet import open_root, read_manifest, shard_paths, split_meta
+from ffpipe.data.parquet import ARROW_ERRORS, damaged_shard, open_root, read_manifest, shard_paths, split_meta
 from ffpipe.data.stream.order import shard_starts
 from ffpipe.errors import DataError
 
@@ -31,12 +33,35 @@ class StreamSplit:
     classes: list[str]
     side: int
     dataset: str
+    keep: np.ndarray | None = None  # which rows the stream uses (bool, one per row); None: all
 
     def __post_init__(self):
         self.starts = shard_starts([s.rows for s in self.shards])
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return int(self.starts[-1]) if self.keep is None else int(self.keep.sum())
+
+    def source_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows in the order the source listed them, their labels in that order): from the
+        label and index columns only (a few bytes a row), so subsets can be drawn as an
+        in-memory read of the same shards draws them."""
+        labels, index = [], []
+        for info in self.shards:
+            try:
+                with self.fs.open_input_file(info.path) as f:
+                    table = pq.read_table(f, columns=["label", "index"])
+            except ARROW_ERRORS as err:
+                raise damaged_shard(info.path, err) from None
+            labels.append(table.column("label").to_numpy())
+            index.append(table.column("index").to_numpy())
+        rows = np.argsort(np.concatenate(index), kind="stable")
+        return rows, np.concatenate(labels).astype(np.int64)[rows]
+
+    def select(self, rows: np.ndarray) -> "StreamSplit":
+        """The same shards, streaming only `rows` (indices into the whole split)."""
+        keep = np.zeros(int(self.starts[-1]), dtype=bool)
+        keep[rows] = True
+        return dataclasses.replace(self, keep=keep)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -47,7 +72,8 @@ class StreamSplit:
         return [s.rows for s in self.shards]
 
     def mean_shard_rows(self) -> float:
-        return float(np.mean(self.rows_per_shard))
+        """Rows a shard gives the stream, on average (of those it keeps)."""
+        return max(1.0, len(self) / len(self.shards))
 
 
 def _from_manifest(manifest: dict, base: str, split: str) -> list[ShardInfo]:
