@@ -14,10 +14,15 @@ def root(tmp_path_factory):
     return shards(tmp_path_factory.mktemp("stream_torchrun"))
 
 
-def test_torchrun_stages_learn_what_the_sequential_trainer_learns_from_a_stream(root, tmp_path):
-    ref = sequential_run(tmp_path / "sequential", stream_run(root))
-    run_ffpipe(stream_run(root) + [f"run.dir={tmp_path / 'torchrun'}"], stages=2)
+@pytest.mark.parametrize("extra", [[], ["data.val_fraction=0.25", "data.train_subset=12", "data.cutout=4",
+                                         "algo.vote=weighted"]], ids=["all", "subsets"])
+def test_torchrun_stages_learn_what_the_sequential_trainer_learns_from_a_stream(root, tmp_path, extra):
+    ref = sequential_run(tmp_path / "sequential", stream_run(root) + extra)
+    run_ffpipe(stream_run(root) + extra + [f"run.dir={tmp_path / 'torchrun'}"], stages=2)
     assert_same_parameters(ref, tmp_path / "torchrun")
+    if extra:  # the weights chosen on the streamed validation part, the same in both
+        assert summary(ref)["train_images"] == 36
+        assert summary(ref)["history"] == summary(tmp_path / "torchrun")["history"]
 
 
 def test_stage_zero_replicas_split_the_stream_and_match_the_unreplicated_run(root, tmp_path):
