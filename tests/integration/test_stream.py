@@ -208,3 +208,29 @@ def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_pat
     assert [(r["decode"], r["workers"]) for r in result["rows"]] == [("cpu", 1), ("cpu", 2)]
     assert all(r["images_per_s"] > 0 and r["rss_peak_mib"] > 0 and "read" in r["busy"] for r in result["rows"])
     assert "images/s" in capsys.readouterr().out
+
+
+def test_the_gpu_decoders_crops_agree_with_pils_and_name_a_damaged_image(root):
+    """GpuDecoder's own path (torchvision's decoders, torch's antialiased resize) run on the CPU:
+    the same boxes as PIL's, the pixels within rounding; a damaged image is named. On a GPU,
+    tests/gpu/test_stream_gpu.py checks nvJPEG the same way."""
+    from ffpipe.data.stream.crops import eval_box
+    from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder
+
+    data = load_data(stream_config(root, image_size=32), 0)
+    order = epoch_order(data.train.rows_per_shard, 0, 0, 1, shuffle=False)
+    store = ShardStore(data.train, order, 0, ahead=8)
+    blobs, _, names = store.take(order.use_ids[:12], slice(0, 12))
+    store.close()
+    box_of, flat = (lambda i, h, w: eval_box(h, w)), np.zeros(12, dtype=bool)
+    gpu_path, pil = GpuDecoder(CPU, 2), CpuDecoder(2)
+    try:
+        ours = gpu_path.batch(blobs, names, box_of, 32, flat)
+        diff = (ours - pil.batch(blobs, names, box_of, 32, flat).float()).abs()
+        assert diff.mean() < 1.0 and diff.max() < 16
+        blobs[5] = np.asarray(blobs[5])[:50]
+        with pytest.raises(DataError, match=r"row \d+ of shard .*\.parquet \(train/"):
+            gpu_path.batch(blobs, names, box_of, 32, flat)
+    finally:
+        gpu_path.close()
+        pil.close()

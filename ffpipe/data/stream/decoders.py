@@ -76,17 +76,26 @@ class CpuDecoder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _cpu_decode(data: torch.Tensor, name: str) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise damaged_image(name, err) from None
+
+
 class GpuDecoder:
     """nvJPEG on `device` for the JPEGs of a batch (one batched call), PIL for anything else; the
     crops resized on the device into a float batch of 0-255 values."""
 
     def __init__(self, device: torch.device, threads: int):
-        self.device, self.cpu = device, CpuDecoder(threads)
+        self.device, self.cpu = device, CpuDecoder(threads)  # its threads decode what nvJPEG does not
         # the thread's wall time in each; nvJPEG returns when its batch is decoded
         self.seconds = {"decode": 0.0, "crop": 0.0}
 
     def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
 
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
         jpegs = [i for i, b in enumerate(blobs) if bytes(b[:2]) == JPEG_MAGIC]
@@ -96,13 +105,10 @@ class GpuDecoder:
                                                  device=self.device)):
                 images[i] = img
         except RuntimeError:
-            jpegs = []  # nvJPEG refused one of them (CMYK, damaged): each through the CPU, named
-        for i in range(len(blobs)):
-            if images[i] is None:
-                try:
-                    images[i] = decode_image(data[i], mode=ImageReadMode.RGB).to(self.device)
-                except RuntimeError as err:
-                    raise damaged_image(names[i], err) from None
+            pass  # nvJPEG refused one of them (CMYK, damaged): all go through the CPU, which names it
+        rest = [i for i in range(len(blobs)) if images[i] is None]
+        for i, img in zip(rest, self.cpu.pool.map(lambda i: _cpu_decode(data[i], names[i]), rest)):
+            images[i] = img.to(self.device)
         return images
 
     def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
