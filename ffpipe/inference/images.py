@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ffpipe.data.decode import fit_square
+from ffpipe.data.decode import DECODE_ERRORS, fit_square
 from ffpipe.data.stream.crops import eval_box
 from ffpipe.data.stream.decoders import pil_crop
 from ffpipe.errors import DataError
@@ -44,32 +44,23 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 def read_image(path: Path, in_shape: tuple[int, int, int], eval_crop: float = 1.0) -> torch.Tensor:
     """One file as uint8 C x H x W at the run's input shape (see the module's note)."""
-    if eval_crop != 1.0 and in_shape[0] == 3 and in_shape[1] == in_shape[2]:
-        return _centre_crop(path, in_shape[1])
     channels, height, width = in_shape
     if channels not in _MODES:
         raise DataError(f"this run takes {channels}-channel images; ffpipe predict reads 1- and 3-channel "
                         "ones: pass the images as a tensor to load_run(...).predict instead")
     try:
+        if eval_crop != 1.0 and channels == 3 and height == width:  # streamed: its evaluation crop
+            return torch.from_numpy(pil_crop(path.read_bytes(), eval_box, height, mirror=False).copy())
         with Image.open(path) as img:
             img = img.convert(_MODES[channels])
             if img.size != (width, height):
                 img = fit_square(img, height) if height == width else img.resize((width, height), Image.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}; give PNG or JPEG files "
                         "(or any image Pillow opens)") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy())
-
-
-def _centre_crop(path: Path, size: int) -> torch.Tensor:
-    """A run trained from streamed shards: the evaluation crop its test images had."""
-    try:
-        return torch.from_numpy(pil_crop(path.read_bytes(), eval_box, size, mirror=False).copy())
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}; give PNG or JPEG files "
-                        "(or any image Pillow opens)") from None
 
 
 def read_images(paths: list[Path], in_shape: tuple[int, int, int], eval_crop: float = 1.0) -> torch.Tensor:

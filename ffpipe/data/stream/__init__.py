@@ -14,7 +14,7 @@ import torch
 
 from ffpipe.config import DataConfig
 from ffpipe.data.loader import channel_stats
-from ffpipe.data.parquet import open_root, read_meta, shard_paths
+from ffpipe.data.parquet import open_root, read_manifest, read_meta, shard_paths
 from ffpipe.data.stream.crops import EVAL_CROP, eval_box
 from ffpipe.data.stream.decoders import CpuDecoder
 from ffpipe.data.stream.loader import StreamLoader
@@ -81,8 +81,9 @@ def stream_splits(cfg: DataConfig, seed: int, threads: int
                   ) -> tuple[StreamSplit, StreamSplit, StreamSplit | None, list[float], list[float]]:
     """(train, validation or None, test, mean, std) of the shards under data.root, nothing
     decoded but a sample for the statistics where the shards carry none."""
-    train, meta = open_split(cfg.root, "train", cfg.image_size)
-    test, _ = open_split(cfg.root, "test", train.side)
+    manifest = read_manifest(cfg.root)  # once: it checks that every shard it lists is there
+    train, meta = open_split(cfg.root, "train", cfg.image_size, manifest)
+    test, _ = open_split(cfg.root, "test", train.side, manifest)
     if test.classes != train.classes:
         raise DataError(f"the test shards in {cfg.root} have {len(test.classes)} classes and the "
                         f"training shards {len(train.classes)}; prepare both splits together")

@@ -44,9 +44,9 @@ def read_shard(split: StreamSplit, k: int) -> ShardRows:
     info = split.shards[k]
     try:
         with split.fs.open_input_file(info.path) as f:
-            names = pq.read_schema(f).names
-            f.seek(0)
-            table = pq.read_table(f, columns=[c for c in ("image", "label", "source") if c in names])
+            shard = pq.ParquetFile(f)  # its footer, parsed once
+            names = shard.schema_arrow.names
+            table = shard.read(columns=[c for c in ("image", "label", "source") if c in names])
         table = table.combine_chunks()
         offsets, data = binary_values(table.column("image").chunk(0))
         labels = table.column("label").to_numpy()
@@ -123,10 +123,11 @@ class ShardStore:
             blobs.append(shard.blob(int(r)))
             labels.append(shard.labels[r])
             names.rows.append((shard, int(r)))
-        for s in shards:
-            self._load(int(s)).left -= 1
-            if self.loaded[int(s)].left == 0:
-                del self.loaded[int(s)]
+        for s in shards.tolist():
+            shard = self._load(s)
+            shard.left -= 1
+            if shard.left == 0:
+                del self.loaded[s]
         return blobs, np.asarray(labels, dtype=np.int64), names
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ffpipe.data.parquet import ARROW_ERRORS, damaged_shard, open_root, read_manifest, shard_paths, split_meta
+from ffpipe.data.parquet import ARROW_ERRORS, damaged_shard, open_root, shard_paths, split_meta
 from ffpipe.data.stream.order import shard_starts
 from ffpipe.errors import DataError
 
@@ -28,7 +28,6 @@ class ShardInfo:
 class StreamSplit:
     """What stands in a DataBundle for a split read as a stream (an ArraySet's questions answered)."""
     fs: pafs.FileSystem
-    where: str
     shards: list[ShardInfo]
     classes: list[str]
     side: int
@@ -36,7 +35,7 @@ class StreamSplit:
     keep: np.ndarray | None = None  # which rows the stream uses (bool, one per row); None: all
 
     def __post_init__(self):
-        self.starts = shard_starts([s.rows for s in self.shards])
+        self.starts = shard_starts(self.rows_per_shard)
 
     def __len__(self) -> int:
         return int(self.starts[-1]) if self.keep is None else int(self.keep.sum())
@@ -87,12 +86,11 @@ def _from_footers(fs, base: str, root: str, split: str) -> tuple[list[ShardInfo]
     return [ShardInfo(p, m["num_rows"], m["checksum"]) for p, m in zip(paths, meta["shards"])], meta
 
 
-def open_split(root: str, split: str, side: int) -> tuple[StreamSplit, dict]:
+def open_split(root: str, split: str, side: int, manifest: dict | None) -> tuple[StreamSplit, dict]:
     """The split `split` of the shards under `root` (a folder or a URI) and the shards' shared
-    metadata (the manifest's where there is one: it has the channel statistics; else the
-    footers'); `side`: the crops' side (0: the side the shards record, else DEFAULT_SIDE)."""
+    metadata (`manifest`, read_manifest's, where there is one: it has the channel statistics;
+    else the footers'); `side`: the crops' side (0: the side the shards record, else DEFAULT_SIDE)."""
     fs, base = open_root(root)
-    manifest = read_manifest(root)
     if manifest is not None and split in manifest["splits"]:
         meta, shards = manifest, _from_manifest(manifest, base, split)
     else:
@@ -102,4 +100,4 @@ def open_split(root: str, split: str, side: int) -> tuple[StreamSplit, dict]:
                         "whole; data.stream is for JPEG/PNG shards (image folders): set "
                         "data.stream = 'off'")
     side = side or meta["image_shape"][1] or DEFAULT_SIDE
-    return StreamSplit(fs, f"{root}/{split}", shards, list(meta["classes"]), side, meta["dataset"]), meta
+    return StreamSplit(fs, shards, list(meta["classes"]), side, meta["dataset"]), meta
