@@ -16,6 +16,7 @@ from torch import nn
 
 from ffpipe.kernels import row_norm, triton_runs
 from ffpipe.kernels.layout import is_nhwc
+from ffpipe.kernels.window_pool import pool_windows
 
 LOG_EPS = 1e-6
 TENSOR_CORE_CHANNELS = 8
@@ -46,8 +47,17 @@ class GoodnessHead(nn.Module):
             self.proj = nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2)
 
     def forward(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
+        return self.score(self.pool_input(z)[0], kind)
+
+    def pool_input(self, z: torch.Tensor):
+        """(the map the head reads: z, or z pooled; z's boundary-norm statistics where the pooling
+        gave them from the same read, else None)."""
         if self.pool and not self.flat:
-            z = pool_at_most(z, self.pool)
+            return pool_and_stats(z, self.pool)
+        return z, None
+
+    def score(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
+        """Goodness from what `pool_input` gave."""
         return goodness(self._project(self.layers(z)), kind, self.num_classes)
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:
@@ -73,35 +83,34 @@ _POOL_ELEMENTS = 2**31 - 1
 
 def pool_at_most(z: torch.Tensor, side: int) -> torch.Tensor:
     """Maps average-pooled to at most side x side (as they are where they are that small)."""
+    return pool_and_stats(z, side)[0]
+
+
+def pool_and_stats(z: torch.Tensor, side: int):
+    """(z pooled to at most side x side; z's per-sample (mean, rstd) where the window pooling's
+    one read on a GPU gave them (kernels/window_pool.py), else None)."""
     if z.shape[-2] <= side and z.shape[-1] <= side:
-        return z
-    return pool_to(z, (min(side, z.shape[-2]), min(side, z.shape[-1])))
+        return z, None
+    size = (min(side, z.shape[-2]), min(side, z.shape[-1]))
+    if _windows_divide(z, size):
+        return pool_windows(z, *size)
+    return pool_to(z, size), None
+
+
+def _windows_divide(z: torch.Tensor, size: tuple[int, int]) -> bool:
+    return z.dim() == 4 and z.shape[-2] % size[0] == 0 and z.shape[-1] % size[1] == 0
 
 
 def pool_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Average pooling to `size`: a mean over equal windows where the sides divide, else adaptive
     pooling (in slices of the batch where the whole is too large for CUDA's kernel)."""
-    (h, w), (out_h, out_w) = z.shape[-2:], size
-    if z.dim() == 4 and h % out_h == 0 and w % out_w == 0:
-        return window_mean(z, out_h, out_w)
+    if _windows_divide(z, size):
+        return pool_windows(z, *size)[0]
     per_sample = max(1, z[0].numel())
     if z.numel() <= _POOL_ELEMENTS:
         return F.adaptive_avg_pool2d(z, size)
     rows = max(1, _POOL_ELEMENTS // per_sample)
     return torch.cat([F.adaptive_avg_pool2d(part, size) for part in z.split(rows)])
-
-
-def window_mean(z: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """Mean over (H/out_h) x (W/out_w) windows, as a reduction over a view in z's own memory
-    format. The same numbers as adaptive pooling for sides that divide, and on an H200 (bf16,
-    channels_last, 2026-11-28) forward and backward took 0.79 ms where adaptive pooling took
-    1.01 ms (256 x 256 x 56 x 56 -> 4 x 4) and 0.54 ms against 1.05 ms (2048 x 64 x 32 x 32):
-    torch's channels_last adaptive-pooling kernels are slow, its reductions are not."""
-    n, c, h, w = z.shape
-    if is_nhwc(z):
-        windows = z.permute(0, 2, 3, 1).reshape(n, out_h, h // out_h, out_w, w // out_w, c)
-        return windows.mean(dim=(2, 4)).permute(0, 3, 1, 2)
-    return z.reshape(n, c, out_h, h // out_h, out_w, w // out_w).mean(dim=(3, 5))
 
 
 class _MeanSquare(torch.autograd.Function):
@@ -182,7 +191,7 @@ def vote_probs(g_BC: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def normalize_output(z: torch.Tensor) -> torch.Tensor:
+def normalize_output(z: torch.Tensor, row_stats=None) -> torch.Tensor:
     """Layer norm without affine over every dim but the batch: what a unit passes on.
 
     It removes the scale (and so the goodness) of this unit from the next unit's input, which
@@ -191,12 +200,15 @@ def normalize_output(z: torch.Tensor) -> torch.Tensor:
     Computed in z's own dtype and memory format, with fp32 statistics: autocast (which would
     upcast the whole tensor) is off; a channels_last tensor is normalised as its NHWC view, in
     which every sample is contiguous, instead of being copied to NCHW and back. On a GPU the
-    rows go to row_norm's kernels, which spread a long row over many thread blocks.
+    rows go to row_norm's kernels, which spread a long row over many thread blocks; `row_stats`,
+    each sample's (mean, rstd) that the head's pooling measured on the GPU, leave them one pass.
     """
     with torch.autocast(z.device.type, enabled=False):
         nhwc = is_nhwc(z)
         rows = z.permute(0, 2, 3, 1) if nhwc else z
-        if triton_runs(rows) and rows.is_contiguous() and rows[0].numel() >= row_norm.MIN_ROW:
+        if row_stats is not None and rows.is_contiguous():
+            out = row_norm.normalize_rows(rows.reshape(rows.shape[0], -1), *row_stats).view(rows.shape)
+        elif triton_runs(rows) and rows.is_contiguous() and rows[0].numel() >= row_norm.MIN_ROW:
             out = row_norm.layer_norm_rows(rows.reshape(rows.shape[0], -1)).view(rows.shape)
         else:
             out = F.layer_norm(rows, rows.shape[1:])

@@ -63,7 +63,8 @@ class LocalUnit(nn.Module):
     def forward(self, x: torch.Tensor, skips: tuple, y: torch.Tensor | None = None,
                 out_dtype: torch.dtype | None = None) -> UnitOutput:
         z, skips = self.body(x, skips)
-        g_BC = self.head(z, self.goodness_kind)
+        head_input, row_stats = self.head.pool_input(z)
+        g_BC = self.head.score(head_input, self.goodness_kind)
         loss = correct = None
         if y is not None:
             loss = sff_loss(g_BC, y, self.margin, self.temperature)
@@ -72,13 +73,13 @@ class LocalUnit(nn.Module):
             correct = count_correct(g_BC, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.
-        boundary = partial(_pass_on, out_dtype=out_dtype)
+        boundary = partial(_pass_on, out_dtype=out_dtype, row_stats=row_stats)
         return UnitOutput(z.detach(), tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
 
     def vote(self, scores_BC: torch.Tensor) -> torch.Tensor:
         return vote_probs(scores_BC, self.temperature)
 
 
-def _pass_on(z: torch.Tensor, out_dtype: torch.dtype | None) -> torch.Tensor:
-    x_next = normalize_output(z).detach()  # no_grad inside; the detach says where the boundary is
+def _pass_on(z: torch.Tensor, out_dtype: torch.dtype | None, row_stats=None) -> torch.Tensor:
+    x_next = normalize_output(z, row_stats).detach()  # no_grad inside; the detach says where the boundary is
     return x_next if out_dtype is None else x_next.to(out_dtype)

@@ -11,6 +11,10 @@ does: every ReLU output goes to one convolution, a max pool, a goodness head (wh
 a new tensor; an aux term's gradient is summed into a new one), or to a block's convolution and
 its shortcut together, whose two gradients autograd sums first. A gradient that is not a plain
 dense tensor (an expanded one) is not written: it gets a new tensor as in torch.
+
+A gradient that arrives already masked by this ReLU's output (the pooled head's, written so by
+kernels/window_pool.py, which leaves it in `premasked`) is passed on as it is: masking it again
+would give the same values for one more read and write of the whole map.
 """
 from __future__ import annotations
 
@@ -29,10 +33,19 @@ class _ReLUMaskingGrad(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        premasked, ctx.premasked = getattr(ctx, "premasked", None), None
+        if premasked is not None and grad is premasked[0] and grad._version == premasked[1]:
+            return grad  # the very tensor the head masked, unchanged (not summed with another)
         out, = ctx.saved_tensors
         if _dense(grad) and not grad.requires_grad:
             return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
         return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+def lean_relu_node(t: torch.Tensor):
+    """The LeanReLU backward node that made `t` (t is its output), or None."""
+    node = t.grad_fn
+    return node if type(node) is _ReLUMaskingGrad._backward_cls else None
 
 
 def _dense(t: torch.Tensor) -> bool:

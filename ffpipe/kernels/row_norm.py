@@ -80,13 +80,22 @@ def combine(mean_RK: torch.Tensor, m2_RK: torch.Tensor, count_K: torch.Tensor, r
 
 def layer_norm_rows(flat: torch.Tensor) -> torch.Tensor:
     """Layer norm without affine of each row of a contiguous CUDA matrix (rows x elements)."""
+    return normalize_rows(flat, *row_stats(flat))
+
+
+def row_stats(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean and 1/std (fp32) of a contiguous CUDA matrix, from its chunks' terms."""
     rows, row_len = flat.shape
     chunks = triton.cdiv(row_len, BLOCK * CHUNK_BLOCKS)
     mean_RK = torch.empty(rows, chunks, device=flat.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
     _chunk_stats[(rows, chunks)](flat, mean_RK, m2_RK, row_len, chunks, BLOCK=BLOCK, CHUNK_BLOCKS=CHUNK_BLOCKS)
-    count_K = chunk_counts(row_len, chunks, flat.device)
-    mean_R, rstd_R = combine(mean_RK, m2_RK, count_K, row_len)
+    return combine(mean_RK, m2_RK, chunk_counts(row_len, chunks, flat.device), row_len)
+
+
+def normalize_rows(flat: torch.Tensor, mean_R: torch.Tensor, rstd_R: torch.Tensor) -> torch.Tensor:
+    """(x - mean) * rstd per row, in x's dtype: one read and one write of a contiguous matrix."""
+    rows, row_len = flat.shape
     out = torch.empty_like(flat)
     _apply[(rows, triton.cdiv(row_len, BLOCK))](flat, out, mean_R, rstd_R, row_len, BLOCK=BLOCK)
     return out

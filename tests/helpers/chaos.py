@@ -24,8 +24,9 @@ from ffpipe.run.checkpoints import complete_steps, saved
 from ffpipe.run.folder import RunFolder
 
 RESTARTED = ("resuming at step", "restarting from the beginning")
-# 360 steps of 7 units, a checkpoint every 4; a silent neighbour is noticed after 8 s
-RUN = ["model.name=small_cnn", "model.granularity=layer", "train.epochs=60", "train.eval_every=100",
+# 120 steps of 7 units (the faults are over by about step 30), a checkpoint every 4; a silent
+# neighbour is noticed after 8 s
+RUN = ["model.name=small_cnn", "model.granularity=layer", "train.epochs=20", "train.eval_every=100",
        "run.checkpoint_every=4", "pipeline.timeout_s=8", "pipeline.max_restarts=20"]
 
 

@@ -1,0 +1,69 @@
+"""The pooled head's one-read forward (kernels/window_pool.py) compiled on a GPU: the window means
+and the boundary norm's statistics against the plain path, and a bf16 ResNet-50 unit's step."""
+import pytest
+import torch
+
+from ffpipe.config import AlgoConfig
+from ffpipe.ff import goodness
+from ffpipe.ff.goodness import GoodnessHead
+from ffpipe.ff.unit import LocalUnit
+from ffpipe.kernels import window_pool
+from ffpipe.kernels.relu import LeanReLU
+from ffpipe.models.resnet import resnet_units
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("shape, out", [((64, 256, 56, 56), (4, 4)), ((96, 64, 32, 32), (4, 4)),
+                                        ((8, 2048, 8, 8), (4, 4)), ((5, 3, 12, 20), (4, 2))])
+def test_window_terms_give_the_window_means_and_each_samples_statistics(shape, out):
+    z = (torch.randn(shape, device=CUDA) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    assert window_pool.fuses(z)
+    pooled, (mean_R, rstd_R) = window_pool.fused_forward(z, *out)
+    exact = window_pool.window_mean(z.double(), *out)
+    assert pooled.dtype == torch.bfloat16 and pooled.is_contiguous(memory_format=torch.channels_last)
+    assert (pooled.double() - exact).abs().max() <= 2**-7  # one bf16 rounding of values ~ |1|
+    flat = z.double().reshape(shape[0], -1)
+    torch.testing.assert_close(mean_R.double(), flat.mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rstd_R.double(), torch.rsqrt(flat.var(1, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_the_masked_gradient_is_the_plain_paths_bit_for_bit(monkeypatch):
+    """After a LeanReLU: the kernel's spread and mask against autograd's mean backward and the
+    ReLU's own mask, bf16, a ResNet-50 first-stage map."""
+    def grad(fused: bool):
+        monkeypatch.setattr(window_pool, "fuses", lambda z: fused)
+        torch.manual_seed(0)
+        y = torch.randn(64, 256, 56, 56, device=CUDA).bfloat16().contiguous(memory_format=torch.channels_last)
+        y.requires_grad_(True)
+        pooled, stats = window_pool.pool_windows(LeanReLU()(y * 1), 4, 4)
+        assert (stats is not None) == fused
+        (pooled.float() * torch.randn(pooled.shape, device=CUDA)).sum().backward()
+        return y.grad
+    fused = grad(True)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fused, grad(False))
+
+
+def _resnet50_unit_step(fused: bool, monkeypatch):
+    monkeypatch.setattr(window_pool, "fuses", lambda z: fused and z.is_cuda)
+    torch.manual_seed(0)
+    body = resnet_units("resnet50", (3, 224, 224), "block")[1]  # 64 -> 256 channels at 56 x 56
+    unit = LocalUnit(1, body, GoodnessHead(256, 1000, pool=4), AlgoConfig()).to(CUDA)
+    unit = unit.to(memory_format=torch.channels_last)
+    x = torch.randn(32, 64, 56, 56, device=CUDA).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = unit(x, (), torch.randint(0, 1000, (32,), device=CUDA))
+    out.loss.backward()
+    return out.loss.item(), out.x.float(), [p.grad.float() for p in unit.parameters()]
+
+
+def test_a_bf16_resnet50_unit_learns_as_on_the_plain_path(monkeypatch):
+    loss, x_next, grads = _resnet50_unit_step(True, monkeypatch)
+    loss_plain, x_plain, grads_plain = _resnet50_unit_step(False, monkeypatch)
+    assert abs(loss - loss_plain) <= 1e-3 * abs(loss_plain)
+    assert (x_next - x_plain).abs().max() <= 0.05  # bf16 outputs of values ~ |4|
+    for g, g_plain in zip(grads, grads_plain):
+        assert (g - g_plain).norm() <= 0.02 * g_plain.norm() + 1e-6
+    assert goodness.triton_runs(x_next)

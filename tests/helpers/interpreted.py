@@ -1,0 +1,122 @@
+"""The GPU path of the pooled head and the boundary norm run by Triton's interpreter on the CPU.
+
+Run as `TRITON_INTERPRET=1 python -m tests.helpers.interpreted` (Triton reads the variable when a
+kernel is defined, so it needs a process of its own; tests/unit/test_kernels_interpreted.py does
+that). Each check compares the kernels' results with the plain path's and raises if they differ;
+the kernels' indexing, masks and statistics are what it tests, not their speed.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ffpipe.config import AlgoConfig
+from ffpipe.ff import goodness
+from ffpipe.ff.goodness import GoodnessHead
+from ffpipe.ff.unit import LocalUnit
+from ffpipe.kernels import row_norm, window_pool
+from ffpipe.kernels.relu import LeanReLU
+from ffpipe.models.resnet import small_cnn_units
+
+
+class Ops(TorchDispatchMode):
+    """The names of the aten operations run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def gpu_path(on: bool) -> None:
+    """Whether ffpipe takes its Triton path for CPU tensors (as it does for CUDA ones)."""
+    runs = (lambda t: True) if on else (lambda t: False)
+    window_pool.triton_runs = goodness.triton_runs = runs
+
+
+def check_window_terms() -> None:
+    torch.manual_seed(0)
+    for shape, out, dtype in [((3, 20, 16, 12), (4, 4), torch.float32), ((2, 7, 8, 8), (4, 2), torch.bfloat16),
+                              ((2, 300, 8, 8), (2, 2), torch.float32)]:
+        z = (torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+        pooled, (mean_R, rstd_R) = window_pool.fused_forward(z, *out)
+        want = window_pool.window_mean(z, *out)
+        assert pooled.dtype == dtype and pooled.shape == want.shape, (pooled.shape, want.shape)
+        assert pooled.is_contiguous(memory_format=torch.channels_last)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(pooled.float(), want.float(), atol=tol, rtol=tol)
+        flat = z.float().reshape(shape[0], -1)
+        torch.testing.assert_close(mean_R, flat.mean(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rstd_R, torch.rsqrt(flat.var(1, unbiased=False) + row_norm.EPS), rtol=1e-5, atol=1e-5)
+
+
+def pooled_grad(on: bool, dtype: torch.dtype, after_relu: bool, extra_reader: bool = False):
+    """y's gradient through (a LeanReLU and) the window pool, on the kernels' path or the plain one;
+    and whether any ReLU mask ran in torch."""
+    gpu_path(on)
+    torch.manual_seed(0)
+    y = (torch.randn(3, 20, 16, 12) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = y.requires_grad_(True)
+    z = LeanReLU()(y * 1) if after_relu else y * 1
+    pooled, stats = goodness.pool_and_stats(z, 4)
+    assert (stats is not None) == on
+    loss = (pooled.float() * torch.randn(pooled.shape)).sum()
+    if extra_reader:
+        loss = loss + z.float().square().mean()
+    with Ops() as ops:
+        loss.backward()
+    return y.grad, "threshold_backward" in ops.names
+
+
+def check_spread() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        for after_relu, extra in ((True, False), (True, True), (False, False)):
+            grad, torch_masked = pooled_grad(True, dtype, after_relu, extra)
+            want, _ = pooled_grad(False, dtype, after_relu, extra)
+            assert torch.equal(grad, want), (dtype, after_relu, extra)
+            # after a ReLU alone, the kernel's mask is the only one; summed with another reader's
+            # gradient, the ReLU masks the sum
+            assert torch_masked == extra, (dtype, after_relu, extra)
+
+
+def check_row_norm() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(3, 2 * row_norm.BLOCK * row_norm.CHUNK_BLOCKS + 77) * 5 + 2
+    want = torch.nn.functional.layer_norm(x, x.shape[1:])
+    torch.testing.assert_close(row_norm.layer_norm_rows(x), want, atol=2e-5, rtol=1e-5)
+
+
+def unit_step(on: bool):
+    """One SFF step of a residual block unit with a pooled head, on the GPU path or the plain one."""
+    gpu_path(on)
+    torch.manual_seed(3)
+    unit = LocalUnit(1, small_cnn_units((3, 16, 16), "block")[1], GoodnessHead(16, 10, pool=4), AlgoConfig())
+    x = torch.randn(4, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = unit(x, (), torch.randint(0, 10, (4,)))
+    out.loss.backward()
+    return [p.grad for p in unit.parameters()], out.x, out.loss.detach()
+
+
+def check_unit_step() -> None:
+    calls = []
+    for name in ("fused_forward", "normalize_rows"):
+        module = window_pool if name == "fused_forward" else row_norm
+        kernel = getattr(module, name)
+        setattr(module, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    grads_gpu, x_gpu, loss_gpu = unit_step(True)
+    assert calls == ["fused_forward", "normalize_rows"], calls  # one read for the head and the norm's statistics
+    grads, x_plain, loss = unit_step(False)
+    assert len(calls) == 2
+    torch.testing.assert_close(loss_gpu, loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_gpu, x_plain, atol=1e-4, rtol=1e-4)
+    for a, b in zip(grads_gpu, grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+if __name__ == "__main__":
+    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step):
+        check()
+        print("ok", check.__name__, flush=True)
