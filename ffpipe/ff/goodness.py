@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffpipe.kernels import row_norm, triton_runs
+from ffpipe.kernels import row_norm, triton_runs, window_pool
 from ffpipe.kernels.layout import is_nhwc
-from ffpipe.kernels.window_pool import pool_windows
 
 LOG_EPS = 1e-6
 TENSOR_CORE_CHANNELS = 8
@@ -87,30 +86,40 @@ def pool_at_most(z: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def pool_and_stats(z: torch.Tensor, side: int):
-    """(z pooled to at most side x side; z's per-sample (mean, rstd) where the window pooling's
-    one read on a GPU gave them (kernels/window_pool.py), else None)."""
+    """(z pooled to at most side x side; z's per-sample (mean, rstd) where the pooling's one read
+    on a GPU gave them (kernels/window_pool.py), else None)."""
     if z.shape[-2] <= side and z.shape[-1] <= side:
         return z, None
     size = (min(side, z.shape[-2]), min(side, z.shape[-1]))
-    if _windows_divide(z, size):
-        return pool_windows(z, *size)
+    if window_pool.fuses(z):
+        return window_pool.pool_windows(z, *size)
     return pool_to(z, size), None
-
-
-def _windows_divide(z: torch.Tensor, size: tuple[int, int]) -> bool:
-    return z.dim() == 4 and z.shape[-2] % size[0] == 0 and z.shape[-1] % size[1] == 0
 
 
 def pool_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Average pooling to `size`: a mean over equal windows where the sides divide, else adaptive
     pooling (in slices of the batch where the whole is too large for CUDA's kernel)."""
-    if _windows_divide(z, size):
-        return pool_windows(z, *size)[0]
+    (h, w), (out_h, out_w) = z.shape[-2:], size
+    if z.dim() == 4 and h % out_h == 0 and w % out_w == 0:
+        return window_mean(z, out_h, out_w)
     per_sample = max(1, z[0].numel())
     if z.numel() <= _POOL_ELEMENTS:
         return F.adaptive_avg_pool2d(z, size)
     rows = max(1, _POOL_ELEMENTS // per_sample)
     return torch.cat([F.adaptive_avg_pool2d(part, size) for part in z.split(rows)])
+
+
+def window_mean(z: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Mean over (H/out_h) x (W/out_w) windows, as a reduction over a view in z's own memory
+    format. The same numbers as adaptive pooling for sides that divide, and on an H200 (bf16,
+    channels_last, 2026-11-28) forward and backward took 0.79 ms where adaptive pooling took
+    1.01 ms (256 x 256 x 56 x 56 -> 4 x 4) and 0.54 ms against 1.05 ms (2048 x 64 x 32 x 32):
+    torch's channels_last adaptive-pooling kernels are slow, its reductions are not."""
+    n, c, h, w = z.shape
+    if is_nhwc(z):
+        windows = z.permute(0, 2, 3, 1).reshape(n, out_h, h // out_h, out_w, w // out_w, c)
+        return windows.mean(dim=(2, 4)).permute(0, 3, 1, 2)
+    return z.reshape(n, c, out_h, h // out_h, out_w, w // out_w).mean(dim=(3, 5))
 
 
 class _MeanSquare(torch.autograd.Function):

@@ -1,19 +1,23 @@
-"""The pooled head's window mean on a GPU, with fewer passes over a unit's output.
+"""The pooled head's average pooling on a GPU, with fewer passes over a unit's output.
 
-Per step an SFF unit does three things to its output z that BP does not: the pooled head's mean
-over windows (a read of z), the boundary norm (a read for its statistics, then a read and a write)
-and, in the backward, the pooling's gradient, which autograd spreads over a new z-sized tensor
-and copies into z's layout (a write, then a read and a write) before the block's last ReLU masks
-it (two reads, a write). Here, for a channels_last z on a GPU Triton compiles for:
-- forward: one kernel reads z once and writes both the window sums and each window's mean and
-  squared-deviation sum, which become the boundary norm's per-sample statistics (Chan's
-  combination, kernels/row_norm.py); the boundary then only reads z once more and writes;
-- backward: one kernel writes each window's gradient over its pixels, and when z is a LeanReLU's
-  output, masked by it (one read of z, one write); that ReLU passes it on unchanged
-  (kernels/relu.py, `premasked`).
-The backward's values are the plain path's bit for bit (the same division, by torch, and the same
-mask); the forward's up to fp32 summation order. Elsewhere (the CPU, NCHW maps) the plain path
-runs: on the CPU a broadcast-and-mask in torch took twice the plain path's time.
+Per step an SFF unit does three things to its output z that BP does not: the pooled head's
+average pooling (a read of z), the boundary norm (a read for its statistics, then a read and a
+write) and, in the backward, the pooling's gradient, which autograd spreads over a new z-sized
+tensor (and, for equal windows, copies into z's layout: a read and a write) before the block's
+last ReLU masks it (two reads, a write). Here, for a channels_last z on a GPU Triton compiles for:
+- forward: one kernel reads z once and writes both the window sums and, for the part of z each
+  window owns, its mean and squared-deviation sum; those become the boundary norm's per-sample
+  statistics (Chan's combination, kernels/row_norm.py), so the boundary only reads z once more
+  and writes;
+- backward: one kernel writes each pixel's gradient, the sum of its windows' (at most two a side),
+  and when z is a LeanReLU's output, masked by it (one read of z, one write); that ReLU passes it
+  on unchanged (kernels/relu.py, `premasked`).
+Windows are adaptive pooling's (row i: floor(i H / OH) to ceil((i + 1) H / OH)), so sides that
+divide get equal windows and, for example, ResNet-152's 14 x 14 maps (36 of its 50 units) the
+overlapping ones of torch's adaptive pooling. With equal windows the backward's values are the
+plain path's bit for bit (the same division, by torch, and the same mask); otherwise, and in the
+forward, they agree up to fp32 summation order. Elsewhere (the CPU, NCHW maps) the plain path
+runs: on the CPU a broadcast-and-mask written in torch ops took twice the plain path's time.
 """
 from __future__ import annotations
 
@@ -27,32 +31,18 @@ from ffpipe.kernels.relu import lean_relu_node
 TILE = 4096  # elements of z per program step (pixels x channels)
 
 
-def window_mean(z: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """Mean over (H/out_h) x (W/out_w) windows, as a reduction over a view in z's own memory
-    format. The same numbers as adaptive pooling for sides that divide, and on an H200 (bf16,
-    channels_last, 2026-11-28) forward and backward took 0.79 ms where adaptive pooling took
-    1.01 ms (256 x 256 x 56 x 56 -> 4 x 4) and 0.54 ms against 1.05 ms (2048 x 64 x 32 x 32):
-    torch's channels_last adaptive-pooling kernels are slow, its reductions are not."""
-    n, c, h, w = z.shape
-    if is_nhwc(z):
-        windows = z.permute(0, 2, 3, 1).reshape(n, out_h, h // out_h, out_w, w // out_w, c)
-        return windows.mean(dim=(2, 4)).permute(0, 3, 1, 2)
-    return z.reshape(n, c, out_h, h // out_h, out_w, w // out_w).mean(dim=(3, 5))
+def fuses(z: torch.Tensor) -> bool:
+    """Whether the kernels run: a channels_last CUDA map on a device Triton compiles for."""
+    return triton_runs(z) and z.dim() == 4 and is_nhwc(z)
 
 
 def pool_windows(z: torch.Tensor, out_h: int, out_w: int):
-    """(window means of z, z's per-sample (mean, rstd) where the kernels ran, else None)."""
-    if not fuses(z):
-        return window_mean(z, out_h, out_w), None
+    """(z average-pooled to out_h x out_w as adaptive pooling does, in z's dtype and format;
+    z's per-sample (mean, rstd), fp32) by the kernels: only where `fuses(z)`."""
     if torch.is_grad_enabled() and z.requires_grad:
         pooled, stats = _WindowMean.apply(z, out_h, out_w, lean_relu_node(z))
         return pooled, (stats[0], stats[1])
     return fused_forward(z, out_h, out_w)
-
-
-def fuses(z: torch.Tensor) -> bool:
-    """Whether the one-read forward runs: a channels_last CUDA map on a device Triton compiles for."""
-    return triton_runs(z) and z.dim() == 4 and is_nhwc(z)
 
 
 class _WindowMean(Function):
@@ -76,17 +66,47 @@ class _WindowMean(Function):
         return grad, None, None, None
 
 
+def _sides(size: int, out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's length along one side, and the length of the part it owns (from its start to
+    the next window's): made on the device, so that a CUDA graph can capture them."""
+    i = torch.arange(out + 1, device=device)
+    starts = i * size // out
+    ends = ((i[:-1] + 1) * size + out - 1) // out
+    return ends - starts[:-1], starts[1:] - starts[:-1]
+
+
+def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
+    """(the pooled map in z's dtype and format, (mean_R, rstd_R) of each sample) from one read of
+    a channels_last z by `_window_terms`."""
+    n, c, h, w = z.shape
+    (win_h, own_h), (win_w, own_w) = _sides(h, out_h, z.device), _sides(w, out_w, z.device)
+    sums = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
+    mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
+    m2_RK = torch.empty_like(mean_RK)
+    block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1))
+    _window_terms[(n, out_h * out_w)](z, sums, mean_RK, m2_RK, h, w, c, out_h, out_w,
+                                      BLOCK_P=block_p, BLOCK_C=block_c)
+    area = (win_h[:, None] * win_w[None, :]).float()
+    pooled = (sums / area[None, :, :, None]).to(z.dtype).permute(0, 3, 1, 2)
+    owned_K = (own_h[:, None] * own_w[None, :]).flatten().float() * c
+    return pooled, row_norm.combine(mean_RK, m2_RK, owned_K, c * h * w)
+
+
 def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Tensor:
-    """The window mean's gradient in z's shape and channels_last format: each window's gradient
-    over its area (torch's division, as in autograd's mean backward) on each of its pixels, and
-    with `masked` zero where z is not positive (the ReLU's backward), in one pass."""
+    """The pooling's gradient in z's shape and channels_last format: each window's gradient over
+    its area (torch's division) summed over the windows of each pixel, and with `masked` zero
+    where z is not positive (the ReLU's backward), in one pass."""
     n, c, h, w = z.shape
     out_h, out_w = grad_pooled.shape[-2:]
-    kh, kw = h // out_h, w // out_w
-    per_window = (grad_pooled / (kh * kw)).permute(0, 2, 3, 1).contiguous()  # N x OH x OW x C
+    if h % out_h == 0 and w % out_w == 0:  # equal windows: the division autograd's mean makes
+        per_window = grad_pooled / ((h // out_h) * (w // out_w))
+    else:  # fp32: a pixel may sum two to four windows' shares
+        win_h, win_w = _sides(h, out_h, z.device)[0], _sides(w, out_w, z.device)[0]
+        per_window = grad_pooled.float() / (win_h[:, None] * win_w[None, :]).float()
+    per_window = per_window.permute(0, 2, 3, 1).contiguous()  # N x OH x OW x C
     out = torch.empty_like(z, memory_format=torch.channels_last)
-    block_c, block_p = _blocks(c, kh * kw)
-    _spread_window[(n, out_h * out_w)](per_window, z, out, w, c, kh, kw, out_w, MASKED=masked,
+    block_c, block_p = _blocks(c, -(-h // out_h) * -(-w // out_w))
+    _spread_window[(n, out_h * out_w)](per_window, z, out, h, w, c, out_h, out_w, MASKED=masked,
                                        BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
@@ -99,78 +119,79 @@ def _blocks(channels: int, pixels: int) -> tuple[int, int]:
 
 if triton is not None:
     @triton.jit
-    def _window_terms(z_ptr, sums_ptr, mean_ptr, m2_ptr, W, C, KH, KW, OW,
+    def _window_terms(z_ptr, sums_ptr, mean_ptr, m2_ptr, H, W, C, OH, OW,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, window): the window's channel sums, and its count, mean and
-        # squared-deviation sum (Welford's terms, combined block by block as Chan's) in fp32.
+        # One program per (sample, window): the window's channel sums, and the count, mean and
+        # squared-deviation sum (Welford's terms, combined tile by tile as Chan's; fp32) of the
+        # part it owns: its rows and columns before the next window's start. Owned parts tile z,
+        # so every element counts once in the sample's statistics.
         n, win = tl.program_id(0), tl.program_id(1)
-        windows = tl.num_programs(1)
-        row, col = win // OW, win % OW
-        base = z_ptr + n.to(tl.int64) * (windows * KH * KW * C)
+        i, j = win // OW, win % OW
+        r0, c0 = i * H // OH, j * W // OW
+        kh, kw = ((i + 1) * H + OH - 1) // OH - r0, ((j + 1) * W + OW - 1) // OW - c0
+        own_r, own_c = (i + 1) * H // OH, (j + 1) * W // OW
+        base = z_ptr + n.to(tl.int64) * H * W * C
         count = tl.zeros((), tl.float32)
         mean = tl.zeros((), tl.float32)
         m2 = tl.zeros((), tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cs = c0 + tl.arange(0, BLOCK_C)
+        for cb in range(0, C, BLOCK_C):
+            cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
             acc = tl.zeros((BLOCK_C,), tl.float32)
-            for p0 in range(0, KH * KW, BLOCK_P):
+            for p0 in range(0, kh * kw, BLOCK_P):
                 ps = p0 + tl.arange(0, BLOCK_P)
-                p_ok = ps < KH * KW
-                pixel = (row * KH + ps // KW) * W + col * KW + ps % KW
-                ok = p_ok[:, None] & c_ok[None, :]
-                x = tl.load(base + pixel.to(tl.int64)[:, None] * C + cs[None, :], mask=ok, other=0.0)
+                h, w = r0 + ps // kw, c0 + ps % kw
+                ok = (ps < kh * kw)[:, None] & c_ok[None, :]
+                x = tl.load(base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :], mask=ok, other=0.0)
                 x = x.to(tl.float32)
                 acc += tl.sum(x, axis=0)
-                n_b = tl.sum(tl.sum(ok.to(tl.float32), axis=1), axis=0)
-                mean_b = tl.sum(tl.sum(x, axis=1), axis=0) / n_b
-                dev = tl.where(ok, x - mean_b, 0.0)
+                own = ok & ((h < own_r) & (w < own_c))[:, None]
+                n_b = tl.sum(tl.sum(own.to(tl.float32), axis=1), axis=0)
+                mean_b = tl.sum(tl.sum(tl.where(own, x, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
+                dev = tl.where(own, x - mean_b, 0.0)
                 m2_b = tl.sum(tl.sum(dev * dev, axis=1), axis=0)
                 total = count + n_b
                 delta = mean_b - mean
-                mean = mean + delta * n_b / total
-                m2 = m2 + m2_b + delta * delta * count * n_b / total
+                mean = mean + delta * n_b / tl.maximum(total, 1.0)
+                m2 = m2 + m2_b + delta * delta * count * n_b / tl.maximum(total, 1.0)
                 count = total
-            tl.store(sums_ptr + (n.to(tl.int64) * windows + win) * C + cs, acc, mask=c_ok)
-        tl.store(mean_ptr + n * windows + win, mean)
-        tl.store(m2_ptr + n * windows + win, m2)
+            tl.store(sums_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, acc, mask=c_ok)
+        tl.store(mean_ptr + n * OH * OW + win, mean)
+        tl.store(m2_ptr + n * OH * OW + win, m2)
 
     @triton.jit
-    def _spread_window(g_ptr, z_ptr, out_ptr, W, C, KH, KW, OW, MASKED: tl.constexpr,
+    def _spread_window(g_ptr, z_ptr, out_ptr, H, W, C, OH, OW, MASKED: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, window): the window's gradient (N x OH x OW x C, already over
-        # its area) written over its pixels, zero where z <= 0 when MASKED (threshold_backward's
-        # rule, so NaNs pass as in torch).
+        # One program per (sample, window), writing the part of z the window owns: each pixel
+        # gets this window's share (N x OH x OW x C, over its area), plus the window above's and
+        # the one to the left's (and the one above-left's) where they overlap it; zero where
+        # z <= 0 when MASKED (threshold_backward's rule, so NaNs pass as in torch).
         n, win = tl.program_id(0), tl.program_id(1)
-        windows = tl.num_programs(1)
-        row, col = win // OW, win % OW
-        base = n.to(tl.int64) * (windows * KH * KW * C)
-        for c0 in range(0, C, BLOCK_C):
-            cs = c0 + tl.arange(0, BLOCK_C)
+        i, j = win // OW, win % OW
+        r0, c0 = i * H // OH, j * W // OW
+        rows, cols = (i + 1) * H // OH - r0, (j + 1) * W // OW - c0
+        up_end, left_end = (i * H + OH - 1) // OH, (j * W + OW - 1) // OW  # where windows i-1, j-1 end
+        base = n.to(tl.int64) * H * W * C
+        g_row = g_ptr + (n.to(tl.int64) * OH + i) * OW * C
+        for cb in range(0, C, BLOCK_C):
+            cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
-            g = tl.load(g_ptr + (n.to(tl.int64) * windows + win) * C + cs, mask=c_ok, other=0.0)
-            for p0 in range(0, KH * KW, BLOCK_P):
+            g = tl.load(g_row + j * C + cs, mask=c_ok, other=0.0).to(tl.float32)
+            g_up = tl.load(g_row - OW * C + j * C + cs, mask=c_ok & (i > 0), other=0.0).to(tl.float32)
+            g_left = tl.load(g_row + (j - 1) * C + cs, mask=c_ok & (j > 0), other=0.0).to(tl.float32)
+            g_both = tl.load(g_row - OW * C + (j - 1) * C + cs, mask=c_ok & (i > 0) & (j > 0),
+                             other=0.0).to(tl.float32)
+            for p0 in range(0, rows * cols, BLOCK_P):
                 ps = p0 + tl.arange(0, BLOCK_P)
-                pixel = (row * KH + ps // KW) * W + col * KW + ps % KW
-                ok = (ps < KH * KW)[:, None] & c_ok[None, :]
-                offs = base + pixel.to(tl.int64)[:, None] * C + cs[None, :]
+                h, w = r0 + ps // cols, c0 + ps % cols
+                ok = (ps < rows * cols)[:, None] & c_ok[None, :]
+                up, left = (h < up_end)[:, None], (w < left_end)[:, None]
                 out = tl.broadcast_to(g[None, :], (BLOCK_P, BLOCK_C))
+                out = out + tl.where(up, g_up[None, :], 0.0)
+                out = out + tl.where(left, g_left[None, :], 0.0)
+                out = out + tl.where(up & left, g_both[None, :], 0.0)
+                offs = base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :]
                 if MASKED:
                     z = tl.load(z_ptr + offs, mask=ok, other=0.0)
-                    out = tl.where(z <= 0, tl.zeros_like(out), out)
-                tl.store(out_ptr + offs, out, mask=ok)
-
-
-def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
-    """(window means in z's dtype and format, (mean_R, rstd_R) of each sample) from one read of a
-    channels_last z by `_window_terms`."""
-    n, c, h, w = z.shape
-    kh, kw = h // out_h, w // out_w
-    windows = out_h * out_w
-    sums = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
-    mean_RK = torch.empty(n, windows, device=z.device, dtype=torch.float32)
-    m2_RK = torch.empty_like(mean_RK)
-    block_c, block_p = _blocks(c, kh * kw)
-    _window_terms[(n, windows)](z, sums, mean_RK, m2_RK, w, c, kh, kw, out_w, BLOCK_P=block_p, BLOCK_C=block_c)
-    pooled = (sums / (kh * kw)).to(z.dtype).permute(0, 3, 1, 2)
-    return pooled, row_norm.combine(mean_RK, m2_RK, float(kh * kw * c), c * h * w)
+                    out = tl.where(z <= 0, 0.0, out)
+                tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)

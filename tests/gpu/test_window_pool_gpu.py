@@ -16,12 +16,13 @@ CUDA = torch.device("cuda", 0)
 
 
 @pytest.mark.parametrize("shape, out", [((64, 256, 56, 56), (4, 4)), ((96, 64, 32, 32), (4, 4)),
-                                        ((8, 2048, 8, 8), (4, 4)), ((5, 3, 12, 20), (4, 2))])
+                                        ((8, 2048, 8, 8), (4, 4)), ((5, 3, 12, 20), (4, 2)),
+                                        ((64, 1024, 14, 14), (4, 4)), ((64, 2048, 7, 7), (4, 4))])
 def test_window_terms_give_the_window_means_and_each_samples_statistics(shape, out):
     z = (torch.randn(shape, device=CUDA) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
     assert window_pool.fuses(z)
     pooled, (mean_R, rstd_R) = window_pool.fused_forward(z, *out)
-    exact = window_pool.window_mean(z.double(), *out)
+    exact = torch.nn.functional.adaptive_avg_pool2d(z.double(), out)
     assert pooled.dtype == torch.bfloat16 and pooled.is_contiguous(memory_format=torch.channels_last)
     assert (pooled.double() - exact).abs().max() <= 2**-7  # one bf16 rounding of values ~ |1|
     flat = z.double().reshape(shape[0], -1)
@@ -29,21 +30,30 @@ def test_window_terms_give_the_window_means_and_each_samples_statistics(shape, o
     torch.testing.assert_close(rstd_R.double(), torch.rsqrt(flat.var(1, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)
 
 
-def test_the_masked_gradient_is_the_plain_paths_bit_for_bit(monkeypatch):
+def _masked_grad(fused: bool, shape, monkeypatch):
+    monkeypatch.setattr(window_pool, "fuses", lambda z: fused)
+    torch.manual_seed(0)
+    y = torch.randn(shape, device=CUDA).bfloat16().contiguous(memory_format=torch.channels_last)
+    y.requires_grad_(True)
+    pooled, stats = goodness.pool_and_stats(LeanReLU()(y * 1), 4)
+    assert (stats is not None) == fused
+    (pooled.float() * torch.randn(pooled.shape, device=CUDA)).sum().backward()
+    return y.grad
+
+
+def test_the_masked_gradient_is_the_plain_paths_bit_for_bit_with_equal_windows(monkeypatch):
     """After a LeanReLU: the kernel's spread and mask against autograd's mean backward and the
     ReLU's own mask, bf16, a ResNet-50 first-stage map."""
-    def grad(fused: bool):
-        monkeypatch.setattr(window_pool, "fuses", lambda z: fused)
-        torch.manual_seed(0)
-        y = torch.randn(64, 256, 56, 56, device=CUDA).bfloat16().contiguous(memory_format=torch.channels_last)
-        y.requires_grad_(True)
-        pooled, stats = window_pool.pool_windows(LeanReLU()(y * 1), 4, 4)
-        assert (stats is not None) == fused
-        (pooled.float() * torch.randn(pooled.shape, device=CUDA)).sum().backward()
-        return y.grad
-    fused = grad(True)
+    fused = _masked_grad(True, (64, 256, 56, 56), monkeypatch)
     assert fused.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(fused, grad(False))
+    assert torch.equal(fused, _masked_grad(False, (64, 256, 56, 56), monkeypatch))
+
+
+@pytest.mark.parametrize("shape", [(64, 1024, 14, 14), (64, 2048, 7, 7)])
+def test_the_masked_gradient_of_overlapping_windows_is_torchs_adaptive_pooling_one(monkeypatch, shape):
+    fused = _masked_grad(True, shape, monkeypatch).float()
+    plain = _masked_grad(False, shape, monkeypatch).float()
+    assert (fused - plain).abs().max() <= 2**-8 * plain.abs().max()  # a bf16 rounding apart
 
 
 def _resnet50_unit_step(fused: bool, monkeypatch):

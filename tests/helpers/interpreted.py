@@ -37,13 +37,19 @@ def gpu_path(on: bool) -> None:
     window_pool.triton_runs = goodness.triton_runs = runs
 
 
+# (map, pooled size, dtype): equal windows, and adaptive pooling's overlapping ones (ResNet-152's
+# 14 x 14 maps and the 7 x 7 ones after them, pooled to 4 x 4)
+SHAPES = [((3, 20, 16, 12), (4, 4), torch.float32), ((2, 7, 8, 8), (4, 2), torch.bfloat16),
+          ((2, 300, 8, 8), (2, 2), torch.float32), ((2, 20, 14, 14), (4, 4), torch.float32),
+          ((2, 6, 7, 7), (4, 4), torch.bfloat16), ((1, 5, 14, 10), (4, 3), torch.float32)]
+
+
 def check_window_terms() -> None:
     torch.manual_seed(0)
-    for shape, out, dtype in [((3, 20, 16, 12), (4, 4), torch.float32), ((2, 7, 8, 8), (4, 2), torch.bfloat16),
-                              ((2, 300, 8, 8), (2, 2), torch.float32)]:
+    for shape, out, dtype in SHAPES:
         z = (torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
         pooled, (mean_R, rstd_R) = window_pool.fused_forward(z, *out)
-        want = window_pool.window_mean(z, *out)
+        want = torch.nn.functional.adaptive_avg_pool2d(z.float(), out)
         assert pooled.dtype == dtype and pooled.shape == want.shape, (pooled.shape, want.shape)
         assert pooled.is_contiguous(memory_format=torch.channels_last)
         tol = 1e-5 if dtype == torch.float32 else 1e-2
@@ -53,12 +59,12 @@ def check_window_terms() -> None:
         torch.testing.assert_close(rstd_R, torch.rsqrt(flat.var(1, unbiased=False) + row_norm.EPS), rtol=1e-5, atol=1e-5)
 
 
-def pooled_grad(on: bool, dtype: torch.dtype, after_relu: bool, extra_reader: bool = False):
-    """y's gradient through (a LeanReLU and) the window pool, on the kernels' path or the plain one;
-    and whether any ReLU mask ran in torch."""
+def pooled_grad(on: bool, dtype: torch.dtype, after_relu: bool, extra_reader: bool = False, shape=(3, 20, 16, 12)):
+    """y's gradient through (a LeanReLU and) the pooling to 4 x 4, on the kernels' path or the plain
+    one; and whether any ReLU mask ran in torch."""
     gpu_path(on)
     torch.manual_seed(0)
-    y = (torch.randn(3, 20, 16, 12) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = (torch.randn(shape) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
     y = y.requires_grad_(True)
     z = LeanReLU()(y * 1) if after_relu else y * 1
     pooled, stats = goodness.pool_and_stats(z, 4)
@@ -80,6 +86,12 @@ def check_spread() -> None:
             # after a ReLU alone, the kernel's mask is the only one; summed with another reader's
             # gradient, the ReLU masks the sum
             assert torch_masked == extra, (dtype, after_relu, extra)
+    for shape in ((2, 20, 14, 14), (2, 6, 7, 7), (1, 5, 14, 10)):  # overlapping windows: up to fp32 rounding
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            grad, torch_masked = pooled_grad(True, dtype, True, shape=shape)
+            want, _ = pooled_grad(False, dtype, True, shape=shape)
+            torch.testing.assert_close(grad.float(), want.float(), atol=tol, rtol=tol)
+            assert not torch_masked and grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def check_row_norm() -> None:

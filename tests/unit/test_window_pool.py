@@ -4,6 +4,7 @@ gradient that arrives already masked, unchanged, is passed on; any other is mask
 import torch
 from torch.autograd import Function
 
+from ffpipe.ff import goodness
 from ffpipe.kernels import window_pool
 from ffpipe.kernels.relu import LeanReLU, lean_relu_node
 from tests.helpers.interpreted import Ops
@@ -55,7 +56,8 @@ def test_a_premasked_gradient_passes_the_relu_and_a_summed_one_is_masked():
 
 def test_on_the_cpu_the_plain_window_mean_runs_and_gives_no_statistics():
     z = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    pooled, stats = window_pool.pool_windows(z, 4, 4)
-    assert stats is None and torch.equal(pooled, window_pool.window_mean(z, 4, 4))
+    assert not window_pool.fuses(z)
+    pooled, stats = goodness.pool_and_stats(z, 4)
+    assert stats is None and torch.equal(pooled, goodness.window_mean(z, 4, 4))
     pooled.sum().backward()
     assert torch.equal(z.grad, torch.full_like(z, 1 / 4))
