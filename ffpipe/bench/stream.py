@@ -19,6 +19,7 @@ from ffpipe.bench.devices import asked_device
 from ffpipe.config import DataConfig
 from ffpipe.data import StreamLoader, load_data, stream_options
 from ffpipe.data.prepare import prepare_shards
+from ffpipe.data.stream.decoders import codecs
 from ffpipe.pipeline.sync import synchronize
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -82,7 +83,7 @@ def bench_stream(args) -> int:
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
     rows = [measure(args, decode, workers, device) for decode in decoders for workers in args.workers]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": card, "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
               "made": made, "rows": rows}
     print(format_table(result))
@@ -92,7 +93,8 @@ def bench_stream(args) -> int:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"device: {result['device']}, torch {result['torch']}, {result['date']}; batch "
+    lines = [f"device: {result['device']}, torch {result['torch']}, GPU decoder {result['jpeg_library']}, "
+             f"{result['date']}; batch "
              f"{result['batch_size']}, {result['image_size']} px, {result['dtype']}"]
     if result["made"]:
         m = result["made"]

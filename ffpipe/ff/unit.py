@@ -81,5 +81,7 @@ class LocalUnit(nn.Module):
 
 
 def _pass_on(z: torch.Tensor, out_dtype: torch.dtype | None, row_stats=None) -> torch.Tensor:
-    x_next = normalize_output(z, row_stats).detach()  # no_grad inside; the detach says where the boundary is
+    # no_grad inside; the detach says where the boundary is. `row_stats`: z's per-sample mean and
+    # rstd, where the head's pooling measured them in its read of z (kernels/window_pool.py)
+    x_next = normalize_output(z, row_stats).detach()
     return x_next if out_dtype is None else x_next.to(out_dtype)

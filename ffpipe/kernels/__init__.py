@@ -3,8 +3,9 @@
   layout.py     is_nhwc: channels_last in memory (the boundary norm, the head's pooling and the
                 p2p transport each take a map's NHWC view only when it is one)
   row_norm.py   the boundary norm's layer norm of long rows as two Triton kernels
-  window_pool.py  the pooled head's window mean: one read for it and the boundary norm's
-                statistics, one pass for its gradient masked by the block's last ReLU
+  window_pool.py  the pooled head's average pooling (equal or adaptive windows): one read for
+                it and the boundary norm's statistics, one pass for its gradient masked by the
+                block's last ReLU
   batchnorm.py  LeanBatchNorm: batch norm past 2^31 elements, its input gradient written over its
                 input (a Triton kernel); BatchNormCopy, the base of every batch-norm replacement
   relu.py       LeanReLU: a ReLU whose backward masks the incoming gradient in place

@@ -209,10 +209,17 @@ def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_pat
     assert "images/s" in capsys.readouterr().out
 
 
-def test_the_gpu_decoders_crops_agree_with_pils_and_name_a_damaged_image(root):
-    """GpuDecoder's own path (torchvision's decoders, torch's antialiased resize) run on the CPU:
-    the same boxes as PIL's, the pixels within rounding; a damaged image is named. On a GPU,
-    tests/gpu/test_stream_gpu.py checks nvJPEG the same way."""
+def _codecs():
+    from ffpipe.data.stream import decoders
+
+    return [c for c in (decoders.torchvision_codecs(), decoders.torchcodec_codecs()) if c is not None]
+
+
+@pytest.mark.parametrize("codec", _codecs(), ids=lambda c: c.name)
+def test_the_gpu_decoders_crops_agree_with_pils_and_name_a_damaged_image(root, codec):
+    """GpuDecoder's own path (TorchCodec's or torchvision's decoders, torch's antialiased resize)
+    run on the CPU: the same boxes as PIL's, the pixels within rounding; a damaged image is named.
+    On a GPU, tests/gpu/test_stream_gpu.py checks nvJPEG the same way."""
     from ffpipe.data.stream.crops import eval_box
     from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder
 
@@ -222,7 +229,7 @@ def test_the_gpu_decoders_crops_agree_with_pils_and_name_a_damaged_image(root):
     blobs, _, names = store.take(order.use_ids[:12], slice(0, 12))
     store.close()
     box_of, flat = (lambda i, h, w: eval_box(h, w)), np.zeros(12, dtype=bool)
-    gpu_path, pil = GpuDecoder(CPU, 2), CpuDecoder(2)
+    gpu_path, pil = GpuDecoder(CPU, 2, codec), CpuDecoder(2)
     try:
         ours = gpu_path.batch(blobs, names, box_of, 32, flat)
         diff = (ours - pil.batch(blobs, names, box_of, 32, flat).float()).abs()

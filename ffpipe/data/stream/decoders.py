@@ -1,6 +1,8 @@
 """Encoded images (JPEG/PNG bytes) to one batch of size x size crops: on CPU threads with PIL
 (libjpeg-turbo; PIL lets go of the GIL while it decodes and resizes), or on the GPU with nvJPEG
-(torchvision.io.decode_jpeg, a batch at a time) and torch's antialiased resize.
+(a batch at a time) and torch's antialiased resize. The GPU path decodes with TorchCodec where it
+is installed and loads (torchvision deprecated its image decoders in 0.29 for TorchCodec's), else
+with torchvision.io (`codecs()`).
 
 Both crop the same box (crops.py) and resize it with antialiased bilinear filtering, which torch
 made to follow PIL's; what differs is the JPEG decoder's rounding. A batch either decodes whole or
@@ -9,9 +11,11 @@ trains on an image that did not decode.
 """
 from __future__ import annotations
 
+import functools
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -76,12 +80,42 @@ class CpuDecoder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _cpu_decode(data: torch.Tensor, name: str) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+@dataclass(frozen=True)
+class Codecs:
+    """One library's image decoders, to RGB uint8 C x H x W tensors."""
+    name: str
+    jpegs: Callable[[list, torch.device], list]  # a batch of JPEGs (1-D uint8 tensors) on a device
+    image: Callable[[torch.Tensor], torch.Tensor]  # any format it reads, on the CPU
+    errors: tuple  # what it raises for data it cannot decode
 
+
+def torchcodec_codecs() -> Codecs | None:
+    """TorchCodec's decoders, or None where it is not installed or does not load (its compiled
+    parts are built for one torch version)."""
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError as err:
+        from torchcodec.decoders import decode_image, decode_jpeg
+    except (ImportError, OSError, RuntimeError):
+        return None
+    return Codecs("torchcodec", lambda data, device: decode_jpeg(data, mode="RGB", device=device),
+                  lambda data: decode_image(data, mode="RGB"), (RuntimeError, ValueError))
+
+
+def torchvision_codecs() -> Codecs:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    return Codecs("torchvision", lambda data, device: decode_jpeg(data, mode=ImageReadMode.RGB, device=device),
+                  lambda data: decode_image(data, mode=ImageReadMode.RGB), (RuntimeError,))
+
+
+@functools.lru_cache(maxsize=None)
+def codecs() -> Codecs:
+    return torchcodec_codecs() or torchvision_codecs()
+
+
+def _cpu_decode(codec: Codecs, data: torch.Tensor, name: str) -> torch.Tensor:
+    try:
+        return codec.image(data)
+    except codec.errors as err:
         raise damaged_image(name, err) from None
 
 
@@ -89,25 +123,24 @@ class GpuDecoder:
     """nvJPEG on `device` for the JPEGs of a batch (one batched call), PIL for anything else; the
     crops resized on the device into a float batch of 0-255 values."""
 
-    def __init__(self, device: torch.device, threads: int):
+    def __init__(self, device: torch.device, threads: int, codec: Codecs | None = None):
         self.device, self.cpu = device, CpuDecoder(threads)  # its threads decode what nvJPEG does not
+        self.codec = codec or codecs()
         # the thread's wall time in each; nvJPEG returns when its batch is decoded
         self.seconds = {"decode": 0.0, "crop": 0.0}
 
     def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
         jpegs = [i for i, b in enumerate(blobs) if bytes(b[:2]) == JPEG_MAGIC]
         images: list = [None] * len(blobs)
         try:
-            for i, img in zip(jpegs, decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB,
-                                                 device=self.device)):
+            for i, img in zip(jpegs, self.codec.jpegs([data[i] for i in jpegs], self.device) if jpegs else []):
                 images[i] = img
-        except RuntimeError:
+        except self.codec.errors:
             pass  # nvJPEG refused one of them (CMYK, damaged): all go through the CPU, which names it
         rest = [i for i in range(len(blobs)) if images[i] is None]
-        for i, img in zip(rest, self.cpu.pool.map(lambda i: _cpu_decode(data[i], names[i]), rest)):
+        decode = functools.partial(_cpu_decode, self.codec)
+        for i, img in zip(rest, self.cpu.pool.map(lambda i: decode(data[i], names[i]), rest)):
             images[i] = img.to(self.device)
         return images
 
