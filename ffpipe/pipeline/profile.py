@@ -62,11 +62,14 @@ def measure_loader_cost(cfg: Config, data, device: torch.device, dtype: torch.dt
     batch = profile_batch(cfg, device)
     stream = training_loader(data, cfg.data, batch, cfg.train.seed, device,
                              dtype=dtype or torch.float32).batches(0)  # stage 0's input dtype
-    next(stream)  # warm-up
-    synchronize(device)
-    t0 = time.perf_counter()
-    taken = sum(1 for _, _ in zip(range(batches), stream))
-    synchronize(device)
+    try:
+        next(stream)  # warm-up
+        synchronize(device)
+        t0 = time.perf_counter()
+        taken = sum(1 for _, _ in zip(range(batches), stream))
+        synchronize(device)
+    finally:
+        stream.close()  # a streamed source's reader and decoding threads stop here, not at a later GC
     return (time.perf_counter() - t0) / max(taken, 1) * cfg.train.batch_size / batch
 
 
