@@ -17,6 +17,7 @@ from ffpipe.telemetry.sinks import LiveMetrics, chosen, eval_scalars, stage_scal
 
 ROWS_EVERY_S = 2.0  # the stage's metric file is rewritten at a log step at most this often,
 ROWS_BUSY = 0.05    # and the writer spends at most this share of the time on it (a long run's file grows)
+POINTS_WAITING = 64  # log points handed to the live loggers and not yet sent, at most (MetricsFeed)
 
 
 class StageLive:
@@ -29,14 +30,15 @@ class StageLive:
         names = chosen(cfg.run.loggers) if place.lead else []
         self.metrics = LiveMetrics(names, folder, place.stage, _run_name(folder), cfg.to_dict()) if names else None
         self.writer = Writer(f"ffpipe-telemetry-{place.stage}")
+        self.feed = MetricsFeed(self.metrics, self.writer, names, place.stage) if names else None
         self.recorder = FlightRecorder(folder, place.stage, start.attempt.number, cfg.pipeline.timeout_s / 2).start()
 
     def on_log(self, stage_id: int, step: int, rows: list[dict]) -> None:
         if self.outer_log is not None:
             self.outer_log(stage_id, step, rows)
         with self.logger.telemetry:  # what the loop itself spends: handing over
-            if self.metrics is not None:
-                self.writer.submit(self.metrics.write, step, stage_scalars(rows))
+            if self.feed is not None:
+                self.feed.send(step, stage_scalars(rows))
             if time.monotonic() > self._rows_due and not self._rows_queued:
                 self._rows_queued = True  # one write waits at most: it takes the newest rows
                 self.writer.submit(self._write_rows_paced)
@@ -59,7 +61,7 @@ class StageLive:
     def on_result(self, result: dict) -> None:
         if self.outer_result is not None:
             self.outer_result(result)
-        if self.metrics is not None:
+        if self.feed is not None:  # evaluations are few and each one wanted: never skipped
             self.writer.submit(self.metrics.write, result["step"], eval_scalars(result))
 
     def why_stalled(self) -> str:
@@ -72,7 +74,47 @@ class StageLive:
         if self.logger is not None:
             self.logger.telemetry_writer_s = self.writer.busy.total
         if self.metrics is not None:
+            self.feed.close()
             self.metrics.close()
+
+
+class MetricsFeed:
+    """A stage's log points to its live loggers through the writer, at most `waiting` of them not
+    yet sent. A logger slower than the log cadence (a remote MLflow server answering in 100 ms,
+    with a point every 20 ms) would otherwise hold every point in memory and keep the run from
+    ending until all were sent. Points past that are skipped and counted, and said once on stderr
+    (and their number at the end); the run folder's metric rows keep every one."""
+
+    def __init__(self, metrics, writer: "Writer", names: list[str], stage_id: int, waiting: int = POINTS_WAITING):
+        self.metrics, self.writer, self.names, self.stage_id = metrics, writer, names, stage_id
+        self._slots = threading.BoundedSemaphore(waiting)
+        self.sent = self.skipped = 0
+
+    def send(self, step: int, scalars: dict[str, float]) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.skipped += 1
+            if self.skipped == 1:
+                self._say("fall behind the log cadence: the points they have not taken are skipped "
+                          "while they catch up (the run folder's metrics keep every row; a larger "
+                          "train.log_every sends fewer)")
+            return
+        self.writer.submit(self._write, step, scalars)
+
+    def _write(self, step: int, scalars: dict[str, float]) -> None:
+        try:
+            self.metrics.write(step, scalars)
+            self.sent += 1
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """After the writer has ended: the number of points skipped, if any."""
+        if self.skipped:
+            self._say(f"were sent {self.sent:,} log points and skipped {self.skipped:,}")
+
+    def _say(self, what: str) -> None:
+        print(f"ffpipe: stage {self.stage_id}: the live loggers ({', '.join(self.names)}) {what}",
+              file=sys.stderr, flush=True)
 
 
 class Writer:
