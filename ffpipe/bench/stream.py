@@ -83,9 +83,9 @@ def bench_stream(args) -> int:
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
     rows = [measure(args, decode, workers, device) for decode in decoders for workers in args.workers]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
-              "made": made, "rows": rows}
+    result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "batch_size": args.batch_size,
+              "image_size": args.image_size, "dtype": args.dtype, "made": made, "rows": rows}
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

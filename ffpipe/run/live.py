@@ -73,7 +73,7 @@ class StageLive:
         self.writer.close()
         if self.logger is not None:
             self.logger.telemetry_writer_s = self.writer.busy.total
-        if self.metrics is not None:
+        if self.feed is not None:
             self.feed.close()
             self.metrics.close()
 
