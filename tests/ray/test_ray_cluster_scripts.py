@@ -60,7 +60,10 @@ def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_th
                PYTHON_ON_HEAD=sys.executable, RUN_DIR="spread")
     (tmp_path / "other").mkdir()
     bystander = fresh_machine_env(tmp_path / "other")  # another user's head, say
-    head, worker = _node_env(env, "head", 41000), _node_env(env, "worker", 41200)
+    # Worker ports below Linux's ephemeral range (32768-60999), from which Ray draws the ports it
+    # picks itself: its agent once drew 41017 inside a range of 41000-41099 and the head refused
+    # to start.
+    head, worker = _node_env(env, "head", 21000), _node_env(env, "worker", 21200)
     try:
         start_head(bystander, "--num-cpus=0", "--include-dashboard=false")
         started = _script(head, "head", address, "--num-cpus=2").stdout
