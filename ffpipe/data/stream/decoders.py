@@ -139,8 +139,7 @@ class GpuDecoder:
         except self.codec.errors:
             pass  # nvJPEG refused one of them (CMYK, damaged): all go through the CPU, which names it
         rest = [i for i in range(len(blobs)) if images[i] is None]
-        decode = functools.partial(_cpu_decode, self.codec)
-        for i, img in zip(rest, self.cpu.pool.map(lambda i: decode(data[i], names[i]), rest)):
+        for i, img in zip(rest, self.cpu.pool.map(lambda i: _cpu_decode(self.codec, data[i], names[i]), rest)):
             images[i] = img.to(self.device)
         return images
 
