@@ -6,7 +6,8 @@ kernels; a graph launches them all at once. How it works:
   warm-up  the first WARMUP_STEPS batches train eagerly on a side stream (cuDNN picks its
            algorithms, the optimizer creates its state), as real steps;
   capture  the next batch's tensors become the static inputs, the gradients are dropped so that
-           the captured backward writes them afresh (not accumulating), and the step is recorded;
+           the captured backward writes them afresh (not accumulating), and the step is recorded
+           (microbatches: one graph per kind of slice, see GraphedStep);
   replay   each batch is copied into the static inputs, the graph replays, and the outputs are
            copied out: the next replay overwrites the static outputs while a transport may
            still be sending the previous ones.
@@ -44,6 +45,7 @@ _CAPTURE_LOCK = threading.Lock()
 class GraphPlan:
     capture: bool                    # the step replays as a CUDA graph once warmed up
     max_step_s: float | None = None  # ...unless its last warm-up took longer (None: always)
+    microbatches: int = 1            # train.microbatches: a graph per kind of slice when > 1
 
 
 def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, replicated: bool = False,
@@ -53,16 +55,11 @@ def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, re
     'auto' graphs every CUDA stage that trains (training shapes are static: every training batch
     is full), except a step too long to gain from it (GRAPH_MAX_STEP_S; replicated stages always
     capture, as every replica must replay the same collectives) and a stage with dropout (its
-    masks are drawn on the host every step: a graph would replay one) or with microbatches (the
-    graphed step ends in the optimizer step, which only a step's last microbatch takes). 'on'
-    insists, and says where it cannot be; 'off' keeps the eager step. Evaluation has no training
-    step to capture."""
+    masks are drawn on the host every step: a graph would replay one). Microbatches replay a
+    graph per kind of slice (GraphedStep). 'on' insists, and says where it cannot be; 'off'
+    keeps the eager step. Evaluation has no training step to capture."""
     if not training:
         return GraphPlan(False)
-    if setting == "on" and microbatches > 1:
-        raise ConfigError("config key 'train.cuda_graphs' 'on' cannot go with train.microbatches > 1 (a "
-                          "graph replays a whole step, optimizer included): use 'auto' (eager "
-                          "microbatches) or train.microbatches = 1")
     if setting == "on" and dropout:
         raise ConfigError("config key 'train.cuda_graphs' 'on' cannot go with model.dropout (its masks "
                           "are drawn on the host every step, a graph would replay one): use 'auto' "
@@ -70,27 +67,44 @@ def plan_graphs(setting: str, device: torch.device, *, dropout: bool = False, re
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"train.cuda_graphs = 'on' needs a CUDA device but this stage runs on "
                           f"{device}; use 'auto' (graphs where there is a GPU) or 'off'")
-    if setting == "off" or device.type != "cuda" or dropout or microbatches > 1:
+    if setting == "off" or device.type != "cuda" or dropout:
         return GraphPlan(False)
-    return GraphPlan(True, GRAPH_MAX_STEP_S if setting == "auto" and not replicated else None)
+    return GraphPlan(True, GRAPH_MAX_STEP_S if setting == "auto" and not replicated else None, microbatches)
 
 
-StepFn = Callable[[torch.Tensor, tuple, torch.Tensor, float], tuple[torch.Tensor, tuple]]
+StepFn = Callable[[torch.Tensor, tuple, torch.Tensor, float, bool], tuple[torch.Tensor, tuple]]
 
 
 def _signature(tensors: list[torch.Tensor], share: float) -> tuple:
     return tuple((t.shape, t.dtype, t.stride()) for t in tensors) + (share,)
 
 
-class GraphedStep:
-    """Calls `learn(x, skips, y, share) -> (x_out, skips_out)` through a CUDA graph once warmed up.
+@dataclass
+class _Replay:
+    """One captured slice of a step: its graph and the static tensors it reads and writes."""
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    outputs: tuple
+    signature: tuple
 
-    `reset_grads(set_to_none)` clears the stage's gradients. A batch of another shape than the
-    captured one (none arrives in training: every training batch is full) runs eagerly.
+
+class GraphedStep:
+    """Calls `learn(x, skips, y, share, ends_step) -> (x_out, skips_out)` through CUDA graphs once
+    warmed up.
+
+    Whole steps (train.microbatches = 1) replay one graph, whose backward writes the gradients
+    afresh. Microbatches replay one graph per kind of slice, keyed by (starts the step, ends it):
+    the first zeroes the gradients, every slice adds to them, the last also takes the optimizer
+    step. Their gradients are the last warm-up step's, zeroed and kept, so that every graph
+    reads and writes the same tensors (and no parameter the step leaves without a gradient gets
+    one); the graphs share one memory pool (they replay one at a time, on one stream).
+    `reset_grads(set_to_none)` clears the stage's gradients. A slice of another shape than its
+    graph's (none arrives in training: every training batch is full and split alike) runs eagerly.
     """
 
     def __init__(self, learn: StepFn, reset_grads: Callable[[bool], None], device: torch.device,
-                 prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x, max_step_s: float | None = None):
+                 prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x, max_step_s: float | None = None,
+                 microbatches: int = 1):
         """`max_step_s`: stay eager when the last warm-up step took longer (None: always capture)."""
         self.learn = learn
         self.max_step_s = max_step_s
@@ -100,50 +114,58 @@ class GraphedStep:
         # static input on replays, so the batch is not converted into a second buffer first
         self.prepare = prepare
         self.device = device
-        self.eager_steps = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self._inputs: list[torch.Tensor] = []
-        self._outputs: tuple = ()
-        self._signature: tuple = ()
+        self.sliced = microbatches > 1
+        self.eager_steps = 0  # optimizer steps taken in the warm-up
+        self.replays: dict[tuple[bool, bool], _Replay] = {}
+        self._pool = None
 
-    def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor,
-                 share: float = 1.0) -> tuple[torch.Tensor, tuple]:
-        inputs = [x, *skips, y]
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """The graph of a step's first slice (of a whole step): None before the capture."""
+        first = self.replays.get((True, not self.sliced)) or self.replays.get((True, True))
+        return first.graph if first is not None else None
+
+    def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor, share: float = 1.0,
+                 micro: int = 0, ends_step: bool = True) -> tuple[torch.Tensor, tuple]:
+        """One slice of a step: `micro` its index (0: the step's first), `ends_step` the last."""
+        key = (micro == 0, ends_step)
         if self.declined:
-            out = self.learn(self.prepare(x), skips, y, share)
-            self.reset_grads(True)
+            out = self.learn(self.prepare(x), skips, y, share, ends_step)
+            if ends_step:
+                self.reset_grads(True)
             return out
-        if self.graph is None and self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
-            if self.eager_steps == WARMUP_STEPS and self.max_step_s is not None:
+        if not self.replays and (self.eager_steps < WARMUP_STEPS or micro > 0):  # whole steps warm up
+            self.eager_steps += ends_step
+            if ends_step and self.eager_steps == WARMUP_STEPS and self.max_step_s is not None:
                 return self._timed_warm_up(self.prepare(x), skips, y, share)
-            return self._warm_up(self.prepare(x), skips, y, share)
-        if self.graph is None:
-            self._capture(inputs, share)
-        elif _signature(inputs, share) != self._signature:
-            return self._eager(self.prepare(x), skips, y, share)
-        for static, fresh in zip(self._inputs, inputs):
+            return self._warm_up(self.prepare(x), skips, y, share, ends_step)
+        inputs = [x, *skips, y]
+        replay = self.replays.get(key) or self._capture(key, inputs, share)
+        if _signature(inputs, share) != replay.signature:
+            return self._eager(self.prepare(x), skips, y, share, key)
+        for static, fresh in zip(replay.inputs, inputs):
             static.copy_(fresh)  # converts x's dtype and layout as prepare() does
-        self.graph.replay()
-        out_x, out_skips = self._outputs
+        replay.graph.replay()
+        out_x, out_skips = replay.outputs
         return out_x.clone(), tuple(s.clone() for s in out_skips)
 
-    def _warm_up(self, x, skips, y, share):
+    def _warm_up(self, x, skips, y, share, ends_step=True):
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         for t in (x, *skips, y):
             t.record_stream(side)  # read there: not to be reused before the side stream is done
         with torch.cuda.stream(side):
-            out_x, out_skips = self.learn(x, skips, y, share)
-            self.reset_grads(True)
+            out_x, out_skips = self.learn(x, skips, y, share, ends_step)
+            if ends_step:  # sliced: the last warm-up's gradients stay, zeroed, for the graphs
+                self.reset_grads(not (self.sliced and self.eager_steps == WARMUP_STEPS))
         current.wait_stream(side)
         for t in (out_x, *out_skips):
             t.record_stream(current)
         return out_x, out_skips
 
     def _timed_warm_up(self, x, skips, y, share):
-        """The last warm-up step, timed (two host syncs, once): is a graph worth it?"""
+        """The last warm-up slice, timed (two host syncs, once): is a graph worth it?"""
         synchronize(self.device)
         start = time.perf_counter()
         out = self._warm_up(x, skips, y, share)
@@ -151,32 +173,40 @@ class GraphedStep:
         self.declined = time.perf_counter() - start > self.max_step_s
         return out
 
-    def _eager(self, x, skips, y, share):
-        # The gradients are the graph's tensors: zero them so this backward starts from nothing,
-        # and leave them there for the next replay, which overwrites them.
-        self.reset_grads(False)
-        return self.learn(x, skips, y, share)
+    def _eager(self, x, skips, y, share, key):
+        # The gradients are the graphs' tensors: a step's first slice zeroes them so that this
+        # backward starts from nothing, and they stay there for the next replay.
+        starts, ends_step = key
+        if starts:
+            self.reset_grads(False)
+        return self.learn(x, skips, y, share, ends_step)
 
-    def _capture(self, inputs: list[torch.Tensor], share: float) -> None:
+    def _capture(self, key: tuple[bool, bool], inputs: list[torch.Tensor], share: float) -> _Replay:
+        starts, ends_step = key
         x = self.prepare(inputs[0])
         # clone keeps the memory format
-        self._inputs = [x if x is not inputs[0] else x.clone(), *(t.clone() for t in inputs[1:])]
-        self._signature = _signature(inputs, share)
-        x, *skips, y = self._inputs
-        self.reset_grads(True)  # the captured backward then allocates (= overwrites) them
+        static = [x if x is not inputs[0] else x.clone(), *(t.clone() for t in inputs[1:])]
+        x, *skips, y = static
+        if not self.sliced:
+            self.reset_grads(True)  # the captured backward then allocates (= overwrites) them
         graph = torch.cuda.CUDAGraph()
         with _CAPTURE_LOCK, torch.cuda.device(self.device):
             # thread_local: other stage threads and NCCL's watchdog may use CUDA meanwhile
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._outputs = self.learn(x, tuple(skips), y, share)
-        self.graph = graph
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                if self.sliced and starts:
+                    self.reset_grads(False)  # zeroed in place, inside the graph
+                outputs = self.learn(x, tuple(skips), y, share, ends_step)
+        self._pool = graph.pool()
+        self.replays[key] = _Replay(graph, static, outputs, _signature(inputs, share))
+        return self.replays[key]
 
     def release(self) -> None:
-        """Drop the graph and its memory. A graph that captured NCCL collectives holds their
+        """Drop the graphs and their memory. A graph that captured NCCL collectives holds their
         communicator: destroying the process group while it lives blocks forever (seen on 4 x
         H200: replicated stages finished training and never exited)."""
-        if self.graph is None:
+        if not self.replays:
             return
         torch.cuda.synchronize(self.device)
-        self.graph.reset()
-        self.graph, self._inputs, self._outputs, self._signature = None, [], (), ()
+        for replay in self.replays.values():
+            replay.graph.reset()
+        self.replays, self._pool = {}, None

@@ -98,8 +98,8 @@ class Stage:
         self.input_dtype = input_dtype(train.precision, learners[0], device)
         self.step, self.lr = 0, 0.0
         self.meter = StageMeter(stage_id, self.unit_ids, device, options.sync_timeout_s, replica_group)
-        self.graphed = (GraphedStep(self._learn, self._reset_grads, device, self._prepare, graphs.max_step_s)
-                        if graphs.capture else None)
+        self.graphed = (GraphedStep(self._learn, self._reset_grads, device, self._prepare, graphs.max_step_s,
+                                    graphs.microbatches) if graphs.capture else None)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -142,8 +142,8 @@ class Stage:
         # Each loss weighted by its rows' share of the step's batch, so that the summed gradients
         # are those of the batch's mean loss (a replica's shard, or an uneven last microbatch).
         share = share_of(len(msg.y), msg.step_rows or msg.batch_size)
-        if self.graphed is not None:  # it prepares x itself (into the graph's input); one microbatch
-            x, skips = self.graphed(msg.x, msg.skips, msg.y, share)
+        if self.graphed is not None:  # it prepares x itself (into the graph's input)
+            x, skips = self.graphed(msg.x, msg.skips, msg.y, share, msg.micro, msg.ends_step)
         else:
             x, skips = self._learn(self._prepare(msg.x), msg.skips, msg.y, share, msg.ends_step)
             if msg.ends_step:

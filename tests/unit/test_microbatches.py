@@ -99,7 +99,7 @@ def test_a_stage_steps_its_optimizer_once_per_step_and_reports_the_batch_mean_lo
         assert a["accuracy"] == b["accuracy"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
-def test_microbatches_refuse_replicas_classic_ff_graphs_on_and_more_slices_than_rows():
+def test_microbatches_refuse_replicas_classic_ff_and_more_slices_than_rows_and_are_graphed():
     with pytest.raises(ConfigError, match="train.microbatches.*pipeline.replicas"):
         make_config("train.microbatches=2", "pipeline.backend=torchrun", "pipeline.stages=2",
                     "pipeline.replicas=[2, 1]")
@@ -107,6 +107,7 @@ def test_microbatches_refuse_replicas_classic_ff_graphs_on_and_more_slices_than_
         make_config("train.microbatches=2", "algo.name=ff", "model.name=mlp", "model.granularity=layer")
     with pytest.raises(ConfigError, match="'train.microbatches' must be between 1 and train.batch_size"):
         make_config("train.microbatches=33")
-    with pytest.raises(ConfigError, match="'train.cuda_graphs' 'on' cannot go with train.microbatches"):
-        plan_graphs("on", torch.device("cuda"), microbatches=2)
-    assert not plan_graphs("auto", torch.device("cuda"), microbatches=2).capture  # eager microbatches
+    for setting in ("on", "auto"):  # a graph per kind of slice (tests/gpu/test_step_gpu.py)
+        plan = plan_graphs(setting, torch.device("cuda"), microbatches=2)
+        assert plan.capture and plan.microbatches == 2
+    assert not plan_graphs("auto", torch.device("cpu"), microbatches=2).capture
