@@ -117,7 +117,8 @@ class TrainConfig:
     drop_last: bool = _f(True, "drop each epoch's last partial training batch, so that every step "
                          "has one shape; false: train on it too (eagerly where the step is graphed)")
     cuda_graphs: str = _f("auto", "replay each stage's training step as one CUDA graph (a replicated "
-                          "stage's NCCL collectives included): 'auto' = on CUDA devices, except a step "
+                          "stage's NCCL collectives included; with train.microbatches, one graph per "
+                          "kind of slice): 'auto' = on CUDA devices, except a step "
                           "that takes over 0.5 s (it gains nothing and the graph's memory pool costs "
                           "room; a batch of another shape, such as a last partial one, runs "
                           "eagerly), 'on' = insist "
