@@ -115,10 +115,9 @@ def status(location: str) -> str:
 def _stage_lines(folder: RunFolder, cfg, running: bool) -> list[str]:
     from ffpipe.telemetry.rows import rows_of_parquet  # pyarrow: only here
 
-    names = sorted(n for n in folder.store.list("metrics") if n.startswith("stage-"))
     lines, total = [], None
-    for name in names:
-        rows = [r for r in rows_of_parquet([folder.store.read_bytes(f"metrics/{name}")]) if r["phase"] == "train"]
+    for name in folder.stage_metric_files():  # a running stage's file is replaced whole, never half-written
+        rows = [r for r in rows_of_parquet([folder.store.read_bytes(name)]) if r["phase"] == "train"]
         if not rows:
             continue
         last = rows[-1]

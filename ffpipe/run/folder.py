@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import tempfile
 import time
@@ -180,12 +181,19 @@ class RunFolder:
         """The rows a stage had logged up to `up_to_step`: what a resumed stage starts from."""
         return [r for r in self._read_metrics([_stage_metrics(stage_id)]) if r["step"] <= up_to_step]
 
+    def stage_metric_files(self) -> list[str]:
+        """The stages' metric files (metrics/stage-<k>.parquet), in stage order; never a file a
+        writer is still writing (`.tmp-<hex>`: a running stage's, or a killed writer's)."""
+        found = [(int(m.group(1)), f"metrics/{n}") for n in self.store.list("metrics")
+                 if (m := _STAGE_METRICS.fullmatch(n))]
+        return [name for _, name in sorted(found)]
+
     def regroup_metrics(self, starts: list[int], num_units: int) -> None:
         """The stages' metric files after a layout change: each new stage's file holds the rows
         of its units (the rows keep the stage that logged them)."""
         from ffpipe.telemetry.rows import rows_to_parquet
 
-        names = [f"metrics/{n}" for n in self.store.list("metrics") if n.startswith("stage-")]
+        names = self.stage_metric_files()
         rows = self._read_metrics(names)
         ends = [*starts[1:], num_units]
         for k, (first, end) in enumerate(zip(starts, ends)):
@@ -271,6 +279,9 @@ class RunFolder:
         with tempfile.TemporaryDirectory() as tmp:
             for path in plot_run(rows, Path(tmp)):
                 self.store.write_bytes(f"plots/{path.name}", path.read_bytes())
+
+
+_STAGE_METRICS = re.compile(r"stage-(\d+)\.parquet")
 
 
 def _stage_metrics(stage_id: int) -> str:

@@ -91,6 +91,21 @@ def test_runs_lists_each_folder_with_its_status_and_results(tmp_path):
     assert json.dumps(list(rows.values()))  # --json writes them as they are
 
 
+def test_status_reads_the_stages_metric_files_in_order_and_never_one_being_written(tmp_path):
+    """A running stage writes metrics/stage-k.parquet.tmp-<hex> and renames it: `ffpipe status`
+    listed it, and the read found it renamed away (FileNotFoundError, seen in a suite run)."""
+    from ffpipe.reports.runs import _stage_lines
+
+    cfg = make_config(f"run.dir={tmp_path / 'r'}")
+    folder = RunFolder.create(cfg)
+    for k in (0, 2, 10):
+        folder.write_stage_metrics(k, [_row(4, k, stage=k)])
+    (folder.path / "metrics" / "stage-0.parquet.tmp-0123abcd").write_bytes(b"half a parquet file")
+    assert folder.stage_metric_files() == [f"metrics/stage-{k}.parquet" for k in (0, 2, 10)]
+    lines = _stage_lines(folder, cfg, running=False)
+    assert [line.split(":")[0] for line in lines] == ["stage 0", "stage 2", "stage 10"]
+
+
 def test_plots_show_units_with_values_the_vote_epochs_and_each_stages_time(tmp_path):
     rows = [_row(s, u, stage=u // 2, share_busy=0.6, share_waiting_recv=0.3, share_waiting_send=0.1,
                  time=1000.0 + s) for s in (2, 4, 6) for u in range(4)]
