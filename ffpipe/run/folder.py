@@ -19,11 +19,8 @@ small value (its location): it travels to every stage process, which opens the s
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +179,9 @@ class RunFolder:
         return [r for r in self._read_metrics([_stage_metrics(stage_id)]) if r["step"] <= up_to_step]
 
     def stage_metric_files(self) -> list[str]:
-        """The stages' metric files (metrics/stage-<k>.parquet), in stage order; never a file a
-        writer is still writing (`.tmp-<hex>`: a running stage's, or a killed writer's)."""
-        found = [(int(m.group(1)), f"metrics/{n}") for n in self.store.list("metrics")
-                 if (m := _STAGE_METRICS.fullmatch(n))]
-        return [name for _, name in sorted(found)]
+        """metrics/stage-<k>.parquet in stage order; never a file still being written (.tmp-<hex>)."""
+        ks = sorted(int(n[6:-8]) for n in self.store.list("metrics") if re.fullmatch(r"stage-\d+\.parquet", n))
+        return [_stage_metrics(k) for k in ks]
 
     def regroup_metrics(self, starts: list[int], num_units: int) -> None:
         """The stages' metric files after a layout change: each new stage's file holds the rows
@@ -199,9 +194,8 @@ class RunFolder:
         for k, (first, end) in enumerate(zip(starts, ends)):
             mine = [r for r in rows if first <= r["unit"] < end]
             self.store.write_bytes(_stage_metrics(k), rows_to_parquet(mine))
-        for name in names:
-            if name not in {_stage_metrics(k) for k in range(len(starts))}:
-                self.store.delete(name)
+        for name in set(names) - {_stage_metrics(k) for k in range(len(starts))}:
+            self.store.delete(name)
 
     def merge_metrics(self, num_stages: int, extra_rows: list[dict]) -> list[dict]:
         from ffpipe.telemetry.rows import rows_to_parquet
@@ -261,27 +255,6 @@ class RunFolder:
     def eval_result(self) -> dict | None:
         """eval.json, the newest `ffpipe eval` (None: never evaluated so)."""
         return json.loads(self.store.read_text("eval.json")) if self.store.exists("eval.json") else None
-
-    def write_plots(self, rows: list[dict]) -> None:
-        """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored).
-        Without matplotlib (ffpipe's `plots` extra) the run goes on without them: plots are a view
-        of metrics.parquet, which every run keeps, so one warning says how to get them."""
-        if importlib.util.find_spec("matplotlib") is None:
-            print("ffpipe: warning: no plots in the run folder: matplotlib is not installed "
-                  "(pip install 'ffpipe[plots]', or set run.plots = false)", file=sys.stderr, flush=True)
-            return
-        from ffpipe.telemetry.plots import plot_run  # matplotlib: only where plots are drawn
-
-        local = self.store.local_path("plots")
-        if local is not None:
-            plot_run(rows, local)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in plot_run(rows, Path(tmp)):
-                self.store.write_bytes(f"plots/{path.name}", path.read_bytes())
-
-
-_STAGE_METRICS = re.compile(r"stage-(\d+)\.parquet")
 
 
 def _stage_metrics(stage_id: int) -> str:

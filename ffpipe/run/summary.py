@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -131,8 +133,27 @@ def finish_run(setup: RunSetup, folder: RunFolder, reports: list[dict], history:
     }
     folder.write_summary(summary)
     if cfg.run.plots:
-        folder.write_plots(rows)
+        write_plots(folder, rows)
     return summary
+
+
+def write_plots(folder: RunFolder, rows: list[dict]) -> None:
+    """PNGs of the per-unit curves in <run>/plots (drawn on this machine, then stored).
+    Without matplotlib (ffpipe's `plots` extra) the run goes on without them: plots are a view
+    of metrics.parquet, which every run keeps, so one warning says how to get them."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("ffpipe: warning: no plots in the run folder: matplotlib is not installed "
+              "(pip install 'ffpipe[plots]', or set run.plots = false)", file=sys.stderr, flush=True)
+        return
+    from ffpipe.telemetry.plots import plot_run  # matplotlib: only where plots are drawn
+
+    local = folder.store.local_path("plots")
+    if local is not None:
+        plot_run(rows, local)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in plot_run(rows, Path(tmp)):
+            folder.store.write_bytes(f"plots/{path.name}", path.read_bytes())
 
 
 def command_line() -> str:

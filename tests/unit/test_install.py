@@ -48,9 +48,10 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch):
 
 def test_plots_are_skipped_with_one_warning_without_matplotlib(tmp_path, monkeypatch, capsys):
     from ffpipe.run.folder import RunFolder
+    from ffpipe.run.summary import write_plots
     folder = RunFolder.create(config_mod.load(None, [f"run.dir={tmp_path / 'run'}"]))
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "matplotlib" else 1)
-    folder.write_plots([{"phase": "train", "step": 1, "unit": 0, "loss": 1.0}])
+    write_plots(folder, [{"phase": "train", "step": 1, "unit": 0, "loss": 1.0}])
     assert capsys.readouterr().err.count("pip install 'ffpipe[plots]'") == 1
     assert not (tmp_path / "run" / "plots").exists()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
