@@ -24,7 +24,9 @@ def test_window_terms_give_the_window_means_and_each_samples_statistics(shape, o
     pooled, (mean_R, rstd_R) = window_pool.fused_forward(z, *out)
     exact = torch.nn.functional.adaptive_avg_pool2d(z.double(), out)
     assert pooled.dtype == torch.bfloat16 and pooled.is_contiguous(memory_format=torch.channels_last)
-    assert (pooled.double() - exact).abs().max() <= 2**-7  # one bf16 rounding of values ~ |1|
+    # one bf16 rounding of each mean (2^-8 of it) after an fp32 sum; an absolute 2^-7 was too
+    # tight on an H200: means of 2 x 2 windows reach 4 and more, where half an ulp is 2^-6
+    assert ((pooled.double() - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all()
     flat = z.double().reshape(shape[0], -1)
     torch.testing.assert_close(mean_R.double(), flat.mean(1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rstd_R.double(), torch.rsqrt(flat.var(1, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)
