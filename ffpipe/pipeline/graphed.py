@@ -119,12 +119,6 @@ class GraphedStep:
         self.replays: dict[tuple[bool, bool], _Replay] = {}
         self._pool = None
 
-    @property
-    def graph(self) -> torch.cuda.CUDAGraph | None:
-        """The graph of a step's first slice (of a whole step): None before the capture."""
-        first = self.replays.get((True, not self.sliced)) or self.replays.get((True, True))
-        return first.graph if first is not None else None
-
     def __call__(self, x: torch.Tensor, skips: tuple, y: torch.Tensor, share: float = 1.0,
                  micro: int = 0, ends_step: bool = True) -> tuple[torch.Tensor, tuple]:
         """One slice of a step: `micro` its index (0: the step's first), `ends_step` the last."""
