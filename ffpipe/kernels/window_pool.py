@@ -29,11 +29,17 @@ from ffpipe.kernels.layout import is_nhwc
 from ffpipe.kernels.relu import lean_relu_node
 
 TILE = 4096  # elements of z per program step (pixels x channels)
+# Samples smaller than this keep the plain path (window means by torch's reduction, F.layer_norm,
+# autograd's mean backward), which was the faster there: ResNet18 at 32 px, batch 2,048 (rows of
+# 16-64 Ki elements) ran its SFF step at 63,757 img/s with these kernels against 69,164 without
+# (H200, 2026-12-05). The boundary norm's own kernels start at the same length (row_norm.MIN_ROW).
+MIN_SAMPLE = row_norm.MIN_ROW
 
 
 def fuses(z: torch.Tensor) -> bool:
-    """Whether the kernels run: a channels_last CUDA map on a device Triton compiles for."""
-    return triton_runs(z) and z.dim() == 4 and is_nhwc(z)
+    """Whether the kernels run: a channels_last CUDA map on a device Triton compiles for, with
+    samples of at least MIN_SAMPLE elements."""
+    return triton_runs(z) and z.dim() == 4 and is_nhwc(z) and z[0].numel() >= MIN_SAMPLE
 
 
 def pool_windows(z: torch.Tensor, out_h: int, out_w: int):
@@ -66,9 +72,27 @@ class _WindowMean(Function):
         return grad, None, None, None
 
 
+_WINDOWS: dict = {}  # (h, w, out_h, out_w, device) -> _windows' tensors
+
+
+def _windows(h: int, w: int, out_h: int, out_w: int, device: torch.device):
+    """(each window's area, the area of the part it owns, fp32, OH x OW) on the device. Kept per
+    map shape, so a step (or its CUDA graph) does not rebuild them in a dozen tiny kernels; made
+    by device ops (a CUDA graph can capture them), and not kept when made inside a capture (their
+    memory is the graph's)."""
+    key = (h, w, out_h, out_w, device)
+    if key not in _WINDOWS:
+        (win_h, own_h), (win_w, own_w) = _sides(h, out_h, device), _sides(w, out_w, device)
+        made = (win_h[:, None] * win_w[None, :]).float(), (own_h[:, None] * own_w[None, :]).float()
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _WINDOWS[key] = made
+        return made
+    return _WINDOWS[key]
+
+
 def _sides(size: int, out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Each window's length along one side, and the length of the part it owns (from its start to
-    the next window's): made on the device, so that a CUDA graph can capture them."""
+    the next window's)."""
     i = torch.arange(out + 1, device=device)
     starts = i * size // out
     ends = ((i[:-1] + 1) * size + out - 1) // out
@@ -79,17 +103,15 @@ def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
     """(the pooled map in z's dtype and format, (mean_R, rstd_R) of each sample) from one read of
     a channels_last z by `_window_terms`."""
     n, c, h, w = z.shape
-    (win_h, own_h), (win_w, own_w) = _sides(h, out_h, z.device), _sides(w, out_w, z.device)
+    area, owned = _windows(h, w, out_h, out_w, z.device)
     sums = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
     mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
     block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1))
     _window_terms[(n, out_h * out_w)](z, sums, mean_RK, m2_RK, h, w, c, out_h, out_w,
                                       BLOCK_P=block_p, BLOCK_C=block_c)
-    area = (win_h[:, None] * win_w[None, :]).float()
     pooled = (sums / area[None, :, :, None]).to(z.dtype).permute(0, 3, 1, 2)
-    owned_K = (own_h[:, None] * own_w[None, :]).flatten().float() * c
-    return pooled, row_norm.combine(mean_RK, m2_RK, owned_K, c * h * w)
+    return pooled, row_norm.combine(mean_RK, m2_RK, owned.flatten() * c, c * h * w)
 
 
 def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Tensor:
@@ -101,8 +123,7 @@ def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Te
     if h % out_h == 0 and w % out_w == 0:  # equal windows: the division autograd's mean makes
         per_window = grad_pooled / ((h // out_h) * (w // out_w))
     else:  # fp32: a pixel may sum two to four windows' shares
-        win_h, win_w = _sides(h, out_h, z.device)[0], _sides(w, out_w, z.device)[0]
-        per_window = grad_pooled.float() / (win_h[:, None] * win_w[None, :]).float()
+        per_window = grad_pooled.float() / _windows(h, w, out_h, out_w, z.device)[0]
     per_window = per_window.permute(0, 2, 3, 1).contiguous()  # N x OH x OW x C
     out = torch.empty_like(z, memory_format=torch.channels_last)
     block_c, block_p = _blocks(c, -(-h // out_h) * -(-w // out_w))

@@ -35,6 +35,7 @@ def gpu_path(on: bool) -> None:
     """Whether ffpipe takes its Triton path for CPU tensors (as it does for CUDA ones)."""
     runs = (lambda t: True) if on else (lambda t: False)
     window_pool.triton_runs = goodness.triton_runs = runs
+    window_pool.MIN_SAMPLE = 0  # these maps are small; the size gate is a speed choice, tested apart
 
 
 # (map, pooled size, dtype): equal windows, and adaptive pooling's overlapping ones (ResNet-152's
