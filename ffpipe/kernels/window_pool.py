@@ -142,28 +142,23 @@ if triton is not None:
     @triton.jit
     def _window_terms(z_ptr, sums_ptr, mean_ptr, m2_ptr, H, W, C, OH, OW,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, window): the window's channel sums, and the mean and
-        # squared-deviation sum (fp32) of the part it owns: its rows and columns before the next
-        # window's start. Owned parts tile z, so every element counts once in the sample's
-        # statistics. Per channel, the pixel tiles add up sums of x - shift and of its square, a
-        # reduction along the pixels only (each thread's own registers); the channels are summed
-        # once per channel block. (A Welford update per tile, four whole-tile reductions across
-        # warps, ran at 3.2x the time of the boundary norm's read and write: ResNet-50, H200.)
+        # One program per (sample, window): the window's channel sums, and the count, mean and
+        # squared-deviation sum (Welford's terms, combined tile by tile as Chan's; fp32) of the
+        # part it owns: its rows and columns before the next window's start. Owned parts tile z,
+        # so every element counts once in the sample's statistics.
         n, win = tl.program_id(0), tl.program_id(1)
         i, j = win // OW, win % OW
         r0, c0 = i * H // OH, j * W // OW
         kh, kw = ((i + 1) * H + OH - 1) // OH - r0, ((j + 1) * W + OW - 1) // OW - c0
         own_r, own_c = (i + 1) * H // OH, (j + 1) * W // OW
         base = z_ptr + n.to(tl.int64) * H * W * C
-        shift = _first_tile_mean(base, r0, c0, kh, kw, own_r, own_c, W, C, BLOCK_P, BLOCK_C)
-        owned_pixels = ((own_r - r0) * (own_c - c0)).to(tl.float32)
-        count, mean, m2 = tl.zeros((), tl.float32), tl.zeros((), tl.float32), tl.zeros((), tl.float32)
+        count = tl.zeros((), tl.float32)
+        mean = tl.zeros((), tl.float32)
+        m2 = tl.zeros((), tl.float32)
         for cb in range(0, C, BLOCK_C):
             cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
             acc = tl.zeros((BLOCK_C,), tl.float32)
-            s = tl.zeros((BLOCK_C,), tl.float32)
-            q = tl.zeros((BLOCK_C,), tl.float32)
             for p0 in range(0, kh * kw, BLOCK_P):
                 ps = p0 + tl.arange(0, BLOCK_P)
                 h, w = r0 + ps // kw, c0 + ps % kw
@@ -171,35 +166,19 @@ if triton is not None:
                 x = tl.load(base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :], mask=ok, other=0.0)
                 x = x.to(tl.float32)
                 acc += tl.sum(x, axis=0)
-                d = tl.where(ok & ((h < own_r) & (w < own_c))[:, None], x - shift, 0.0)
-                s += tl.sum(d, axis=0)
-                q += tl.sum(d * d, axis=0)
+                own = ok & ((h < own_r) & (w < own_c))[:, None]
+                n_b = tl.sum(tl.sum(own.to(tl.float32), axis=1), axis=0)
+                mean_b = tl.sum(tl.sum(tl.where(own, x, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
+                dev = tl.where(own, x - mean_b, 0.0)
+                m2_b = tl.sum(tl.sum(dev * dev, axis=1), axis=0)
+                total = count + n_b
+                delta = mean_b - mean
+                mean = mean + delta * n_b / tl.maximum(total, 1.0)
+                m2 = m2 + m2_b + delta * delta * count * n_b / tl.maximum(total, 1.0)
+                count = total
             tl.store(sums_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, acc, mask=c_ok)
-            n_b = owned_pixels * tl.minimum(C - cb, BLOCK_C).to(tl.float32)
-            count, mean, m2 = _chan(count, mean, m2, n_b, tl.sum(s, axis=0), tl.sum(q, axis=0), shift)
         tl.store(mean_ptr + n * OH * OW + win, mean)
         tl.store(m2_ptr + n * OH * OW + win, m2)
-
-    @triton.jit
-    def _first_tile_mean(base, r0, c0, kh, kw, own_r, own_c, W, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # the shift of _window_terms' sums: near the mean, so q - s^2 / n does not cancel
-        ps, cs = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_C)
-        h, w = r0 + ps // kw, c0 + ps % kw
-        own = ((ps < kh * kw) & (h < own_r) & (w < own_c))[:, None] & (cs < C)[None, :]
-        x = tl.load(base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :], mask=own, other=0.0)
-        total = tl.sum(tl.sum(x.to(tl.float32), axis=1), axis=0)
-        return total / tl.maximum(tl.sum(tl.sum(own.to(tl.float32), axis=1), axis=0), 1.0)
-
-    @triton.jit
-    def _chan(count, mean, m2, n_b, s_b, q_b, shift):
-        # (count, mean, squared-deviation sum) so far, combined with a block's n_b elements whose
-        # deviations from `shift` sum to s_b and their squares to q_b (Chan et al.)
-        mean_b = shift + s_b / tl.maximum(n_b, 1.0)
-        m2_b = tl.maximum(q_b - s_b * s_b / tl.maximum(n_b, 1.0), 0.0)
-        total = count + n_b
-        delta = mean_b - mean
-        mean = mean + delta * n_b / tl.maximum(total, 1.0)
-        return total, mean, m2 + m2_b + delta * delta * count * n_b / tl.maximum(total, 1.0)
 
     @triton.jit
     def _spread_window(g_ptr, z_ptr, out_ptr, H, W, C, OH, OW, MASKED: tl.constexpr,
