@@ -29,17 +29,18 @@ from ffpipe.kernels.layout import is_nhwc
 from ffpipe.kernels.relu import lean_relu_node
 
 TILE = 4096  # elements of z per program step (pixels x channels)
-# Samples smaller than this keep the plain path (window means by torch's reduction, F.layer_norm,
-# autograd's mean backward), which was the faster there: ResNet18 at 32 px, batch 2,048 (rows of
-# 16-64 Ki elements) ran its SFF step at 63,757 img/s with these kernels against 69,164 without
-# (H200, 2026-12-05). The boundary norm's own kernels start at the same length (row_norm.MIN_ROW).
-MIN_SAMPLE = row_norm.MIN_ROW
+# Samples of up to this many elements keep the plain path (window means by torch's reduction,
+# F.layer_norm, autograd's mean backward), which made the faster step there: ResNet18 at 32 px,
+# batch 2,048 (samples of 16-64 Ki elements) ran its SFF step at 0.88x BP with the kernels and 0.95x
+# without (H200), 57,729 against 61,376 img/s (H100). ResNet-50's smallest map, 2,048 x 7 x 7
+# (100,352), was faster through them: the step at 3,625 img/s against 3,585 (H100, 2026-12-05).
+PLAIN_UP_TO = 2**16
 
 
 def fuses(z: torch.Tensor) -> bool:
     """Whether the kernels run: a channels_last CUDA map on a device Triton compiles for, with
-    samples of at least MIN_SAMPLE elements."""
-    return triton_runs(z) and z.dim() == 4 and is_nhwc(z) and z[0].numel() >= MIN_SAMPLE
+    samples of more than PLAIN_UP_TO elements."""
+    return triton_runs(z) and z.dim() == 4 and is_nhwc(z) and z[0].numel() > PLAIN_UP_TO
 
 
 def pool_windows(z: torch.Tensor, out_h: int, out_w: int):

@@ -35,7 +35,7 @@ def gpu_path(on: bool) -> None:
     """Whether ffpipe takes its Triton path for CPU tensors (as it does for CUDA ones)."""
     runs = (lambda t: True) if on else (lambda t: False)
     window_pool.triton_runs = goodness.triton_runs = runs
-    window_pool.MIN_SAMPLE = 0  # these maps are small; the size gate is a speed choice, tested apart
+    window_pool.PLAIN_UP_TO = 0  # these maps are small; the size gate is a speed choice, tested apart
 
 
 # (map, pooled size, dtype): equal windows, and adaptive pooling's overlapping ones (ResNet-152's
@@ -58,6 +58,12 @@ def check_window_terms() -> None:
         flat = z.float().reshape(shape[0], -1)
         torch.testing.assert_close(mean_R, flat.mean(1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(rstd_R, torch.rsqrt(flat.var(1, unbiased=False) + row_norm.EPS), rtol=1e-5, atol=1e-5)
+    # a mean far from zero against a small spread: the statistics must not cancel
+    z = (torch.randn(2, 24, 14, 14, dtype=torch.float64) * 0.05 + 300).float().contiguous(memory_format=torch.channels_last)
+    _, (mean_R, rstd_R) = window_pool.fused_forward(z, 4, 4)
+    flat = z.double().reshape(2, -1)
+    torch.testing.assert_close(mean_R.double(), flat.mean(1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd_R.double(), torch.rsqrt(flat.var(1, unbiased=False) + row_norm.EPS), rtol=1e-3, atol=0)
 
 
 def pooled_grad(on: bool, dtype: torch.dtype, after_relu: bool, extra_reader: bool = False, shape=(3, 20, 16, 12)):
