@@ -1,8 +1,8 @@
 """Encoded images (JPEG/PNG bytes) to one batch of size x size crops: on CPU threads with PIL
 (libjpeg-turbo; PIL lets go of the GIL while it decodes and resizes), or on the GPU with nvJPEG
-(a batch at a time) and torch's antialiased resize. The GPU path decodes with TorchCodec where it
-is installed and loads (torchvision deprecated its image decoders in 0.29 for TorchCodec's), else
-with torchvision.io (`codecs()`).
+(a batch at a time) and the same antialiased resize for the batch's crops at once (resize.py).
+The GPU path decodes with TorchCodec where it is installed and loads (torchvision deprecated its
+image decoders in 0.29 for TorchCodec's), else with torchvision.io (`codecs()`).
 
 Both crop the same box (crops.py) and resize it with antialiased bilinear filtering, which torch
 made to follow PIL's; what differs is the JPEG decoder's rounding. A batch either decodes whole or
@@ -20,11 +20,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ffpipe.data.decode import DECODE_ERRORS, damaged_image
 from ffpipe.data.stream.crops import Box
+from ffpipe.data.stream.resize import resize_crops
 
 BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> its crop
 JPEG_MAGIC = b"\xff\xd8"
@@ -145,16 +145,15 @@ class GpuDecoder:
 
     def batch(self, blobs: Sequence, names: Sequence[str], box_of: BoxOf, size: int,
               mirror: np.ndarray) -> torch.Tensor:
-        out = torch.empty((len(blobs), 3, size, size), device=self.device)
         started = time.perf_counter()
         images = self._decode(blobs, names)
         decoded = time.perf_counter()
         self.seconds["decode"] += decoded - started
+        crops = []
         for i, img in enumerate(images):
             top, left, ch, cw = box_of(i, img.shape[1], img.shape[2])
-            crop = img[None, :, top:top + ch, left:left + cw].float()
-            out[i] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False)[0]
+            crops.append(img[:, top:top + ch, left:left + cw])
+        out = resize_crops(crops, size)  # the batch at once (resize.py: per image, the GIL held it)
         flip = torch.from_numpy(mirror).to(self.device, non_blocking=True)
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
         self.seconds["crop"] += time.perf_counter() - decoded
