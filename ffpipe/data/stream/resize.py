@@ -44,7 +44,12 @@ def resize_crops(crops: Sequence[torch.Tensor], size: int) -> torch.Tensor:
                                antialias=True, align_corners=False)[0]
     for start in range(0, len(small), CHUNK):
         part = small[start:start + CHUNK]
-        out[part] = _resize_together([crops[i] for i in part], size)
+        resized = _resize_together([crops[i] for i in part], size)
+        if part[-1] - part[0] == len(part) - 1:  # consecutive rows: a slice (a list of rows as an
+            out[part[0]:part[-1] + 1] = resized  # index would be copied to the GPU from pageable memory)
+        else:
+            for row, i in enumerate(part):
+                out[i] = resized[row]
     return out
 
 
