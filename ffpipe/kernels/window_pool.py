@@ -4,7 +4,8 @@ Per step an SFF unit does three things to its output z that BP does not: the poo
 average pooling (a read of z), the boundary norm (a read for its statistics, then a read and a
 write) and, in the backward, the pooling's gradient, which autograd spreads over a new z-sized
 tensor (and, for equal windows, copies into z's layout: a read and a write) before the block's
-last ReLU masks it (two reads, a write). Here, for a channels_last z on a GPU Triton compiles for:
+last ReLU masks it (two reads, a write). Here, for a channels_last z on a GPU Triton compiles for,
+with samples of more than PLAIN_UP_TO elements (smaller ones made the slower step):
 - forward: one kernel reads z once and writes both the window sums and, for the part of z each
   window owns, its mean and squared-deviation sum; those become the boundary norm's per-sample
   statistics (Chan's combination, kernels/row_norm.py), so the boundary only reads z once more
@@ -16,8 +17,8 @@ Windows are adaptive pooling's (row i: floor(i H / OH) to ceil((i + 1) H / OH)),
 divide get equal windows and, for example, ResNet-152's 14 x 14 maps (36 of its 50 units) the
 overlapping ones of torch's adaptive pooling. With equal windows the backward's values are the
 plain path's bit for bit (the same division, by torch, and the same mask); otherwise, and in the
-forward, they agree up to fp32 summation order. Elsewhere (the CPU, NCHW maps) the plain path
-runs: on the CPU a broadcast-and-mask written in torch ops took twice the plain path's time.
+forward, they agree up to fp32 summation order. Elsewhere (the CPU, NCHW maps, small samples) the
+plain path runs: on the CPU a broadcast-and-mask written in torch ops took twice its time.
 """
 from __future__ import annotations
 
