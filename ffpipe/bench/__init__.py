@@ -9,6 +9,8 @@
   logging_cost.py  `ffpipe bench logging`: images/s with and without the live loggers
   early_exit.py  `ffpipe bench early-exit`: accuracy against FLOPs per image as units answer early
   peers.py, pipelining.py   the peers (DDP, torch.distributed.pipelining) run under torchrun
+  head_kernels.py  `python -m ffpipe.bench.head_kernels`: the pooled head's kernels against the
+                 plain path, per map shape
 
 This module holds only what the command line needs (it must not import torch)."""
 from __future__ import annotations
