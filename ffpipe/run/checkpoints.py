@@ -138,7 +138,11 @@ def unusable(folder: RunFolder, num_units: int) -> str | None:
     step yet, nothing is lost by starting at 0, or there is a usable one)."""
     files = saved(folder)
     held = max((f.last for f in files), default=-1) + 1
-    if held > num_units or (not complete_steps(files, num_units) and complete_steps(files, held)):
+    # Fewer units than the model's are another model's complete step, or this run's step in the
+    # making: upstream stages saved it, a later one failed first. plan.json, written when the run
+    # began, tells (a restart or resume must not stop there: it starts at 0)
+    in_making = (folder.plan() or {}).get("num_units") == num_units
+    if held > num_units or (not in_making and not complete_steps(files, num_units) and complete_steps(files, held)):
         return (f"its checkpoints hold units 0-{held - 1} but this model has {num_units}: they are another "
                 "model's (resume with the run's own config)")
     if complete_steps(files, num_units) or legacy.has_checkpoints(folder):

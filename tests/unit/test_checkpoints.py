@@ -14,7 +14,7 @@ from ffpipe.learners import build_learners
 from ffpipe.pipeline.messages import Message, Phase
 from ffpipe.pipeline.stage import Stage, StageOptions
 from ffpipe.pipeline.stage_state import check_fits
-from ffpipe.run.checkpoints import Saved, complete_steps, read_units, resume_step, save_units, saved
+from ffpipe.run.checkpoints import Saved, complete_steps, read_units, resume_step, save_units, saved, unusable
 from ffpipe.run.folder import RunFolder
 from ffpipe.run.legacy import read_units as read_legacy
 from tests.helpers import make_config
@@ -86,6 +86,18 @@ def test_retention_keeps_the_two_newest_complete_steps_whatever_the_pace(tmp_pat
     units = read_units(folder, 8, [1, 2])
     assert units.keys() == {1, 2} and [units[u]["learner"]["w"].tolist() for u in (1, 2)] == [[9.0] * 3, [10.0] * 3]
     assert not list((folder.path / "checkpoints").glob("*.tmp*"))
+
+
+def test_a_first_step_saved_only_upstream_is_this_runs_step_in_the_making(tmp_path):
+    """Stages 0-1 of 3 saved their units at the first checkpoint and stage 2 failed first: a
+    restart (or a resume) starts at 0. Another model's complete step of as many units, in a run
+    of 7 units whose plan says otherwise, is still named as another model's."""
+    folder = _folder(tmp_path)
+    save_units(folder, 4, 0, _units([0, 1, 2, 3], 4), num_units=7)
+    folder.write_plan(8, 4, 7)
+    assert resume_step(folder, 7) is None and unusable(folder, 7) is None
+    folder.write_plan(8, 4, 4)  # the folder's run had 4 units: its step 4 is whole, for another model
+    assert "this model has 7: they are another model's" in unusable(folder, 7)
 
 
 def test_a_flipped_bit_or_a_file_cut_short_is_named_and_the_step_before_taken(tmp_path, capsys):
