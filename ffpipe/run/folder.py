@@ -180,8 +180,8 @@ class RunFolder:
 
     def stage_metric_files(self) -> list[str]:
         """metrics/stage-<k>.parquet in stage order; never a file still being written (.tmp-<hex>)."""
-        ks = sorted(int(n[6:-8]) for n in self.store.list("metrics") if re.fullmatch(r"stage-\d+\.parquet", n))
-        return [_stage_metrics(k) for k in ks]
+        found = (re.fullmatch(r"stage-(\d+)\.parquet", n) for n in self.store.list("metrics"))
+        return [_stage_metrics(k) for k in sorted(int(m.group(1)) for m in found if m)]
 
     def regroup_metrics(self, starts: list[int], num_units: int) -> None:
         """The stages' metric files after a layout change: each new stage's file holds the rows

@@ -39,9 +39,10 @@ def resize_crops(crops: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     first = crops[0]
     out = torch.empty((len(crops), first.shape[0], size, size), device=first.device)
     small = [i for i, c in enumerate(crops) if max(c.shape[1:]) <= LARGEST]
-    for i in sorted(set(range(len(crops))) - set(small)):  # rare: a crop of a very large image
-        out[i] = F.interpolate(crops[i][None].float(), size=(size, size), mode="bilinear",
-                               antialias=True, align_corners=False)[0]
+    for i, crop in enumerate(crops):
+        if max(crop.shape[1:]) > LARGEST:  # rare: a crop of a very large image
+            out[i] = F.interpolate(crop[None].float(), size=(size, size), mode="bilinear",
+                                   antialias=True, align_corners=False)[0]
     for start in range(0, len(small), CHUNK):
         part = small[start:start + CHUNK]
         resized = _resize_together([crops[i] for i in part], size)
