@@ -7,14 +7,16 @@ the kernels' indexing, masks and statistics are what it tests, not their speed.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ffpipe.config import AlgoConfig
+from ffpipe.data.stream import resize
 from ffpipe.ff import goodness
 from ffpipe.ff.goodness import GoodnessHead
 from ffpipe.ff.unit import LocalUnit
-from ffpipe.kernels import row_norm, window_pool
+from ffpipe.kernels import crop_resize, row_norm, window_pool
 from ffpipe.kernels.relu import LeanReLU
 from ffpipe.models.resnet import small_cnn_units
 
@@ -135,7 +137,22 @@ def check_unit_step() -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def check_crop_resize() -> None:
+    """The stream's crop-and-resize kernel against the crops sliced and resized by resize.py (and
+    so torch's antialiased interpolate): shrunk, enlarged, kept, mirrored, whole images and
+    crops at their corners, in one batch of images of different sizes."""
+    g = torch.Generator().manual_seed(0)
+    sides = [(37, 50), (20, 16), (9, 7), (32, 32), (64, 45)]
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sides]
+    boxes = np.array([(3, 5, 30, 41), (0, 0, 20, 16), (2, 1, 5, 6), (0, 0, 32, 32), (40, 20, 24, 25)])
+    mirror = np.array([True, False, True, False, True])
+    for size in (32, 12):
+        got = crop_resize.crop_resize(images, boxes, mirror, size)
+        want = resize.crops_resized(images, boxes, mirror, size)  # CPU: the sliced path
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)  # of 0-255 values
+
+
 if __name__ == "__main__":
-    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step):
+    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step, check_crop_resize):
         check()
         print("ok", check.__name__, flush=True)

@@ -19,4 +19,4 @@ def test_triton_kernels_agree_with_the_plain_path_under_the_interpreter():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["ok", "check_window_terms", "ok", "check_spread", "ok", "check_row_norm",
-                                  "ok", "check_unit_step"]
+                                  "ok", "check_unit_step", "ok", "check_crop_resize"]

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ffpipe.data.decode import DECODE_ERRORS, damaged_image
 from ffpipe.data.stream.crops import Box
-from ffpipe.data.stream.resize import resize_crops
+from ffpipe.data.stream.resize import crops_resized
 
 BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> its crop
 JPEG_MAGIC = b"\xff\xd8"
@@ -112,6 +112,20 @@ def codecs() -> Codecs:
     return torchcodec_codecs() or torchvision_codecs()
 
 
+def encoded(blobs: Sequence) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Each blob (bytes or a uint8 array) as a 1-D uint8 tensor, and which are JPEGs. The batch's
+    bytes are copied once into one tensor and split into views of it: a copy and a tensor per
+    blob from Python held the GIL the decoder's other threads wait on."""
+    arrays = [b if isinstance(b, np.ndarray) else np.frombuffer(b, dtype=np.uint8) for b in blobs]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    joined = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    long_enough = lengths >= 2
+    heads = joined[np.where(long_enough, starts, 0)], joined[np.where(long_enough, starts + 1, 0)]
+    is_jpeg = long_enough & (heads[0] == JPEG_MAGIC[0]) & (heads[1] == JPEG_MAGIC[1])
+    return list(torch.split(torch.from_numpy(joined), lengths.tolist())), is_jpeg
+
+
 def _cpu_decode(codec: Codecs, data: torch.Tensor, name: str) -> torch.Tensor:
     try:
         return codec.image(data)
@@ -130,8 +144,8 @@ class GpuDecoder:
         self.seconds = {"decode": 0.0, "crop": 0.0}
 
     def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
-        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-        jpegs = [i for i, b in enumerate(blobs) if bytes(b[:2]) == JPEG_MAGIC]
+        data, is_jpeg = encoded(blobs)
+        jpegs = np.flatnonzero(is_jpeg).tolist()
         images: list = [None] * len(blobs)
         try:
             for i, img in zip(jpegs, self.codec.jpegs([data[i] for i in jpegs], self.device) if jpegs else []):
@@ -149,13 +163,8 @@ class GpuDecoder:
         images = self._decode(blobs, names)
         decoded = time.perf_counter()
         self.seconds["decode"] += decoded - started
-        crops = []
-        for i, img in enumerate(images):
-            top, left, ch, cw = box_of(i, img.shape[1], img.shape[2])
-            crops.append(img[:, top:top + ch, left:left + cw])
-        out = resize_crops(crops, size)  # the batch at once (resize.py: per image, the GIL held it)
-        flip = torch.from_numpy(mirror).to(self.device, non_blocking=True)
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+        boxes = [box_of(i, img.shape[1], img.shape[2]) for i, img in enumerate(images)]
+        out = crops_resized(images, boxes, mirror, size)  # the batch at once (resize.py)
         self.seconds["crop"] += time.perf_counter() - decoded
         return out
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ffpipe.kernels import crop_resize, triton_runs
 
 LARGEST = 640  # crops with a longer side are resized one by one (padding to them costs memory)
 CHUNK = 64     # crops resized together: bounds the padded fp32 copy (64 x 3 x 640 x 640 x 4 B = 315 MB)
@@ -32,6 +35,19 @@ def filter_weights(lengths: torch.Tensor, size: int, padded: int) -> torch.Tenso
     pixel = torch.arange(padded, device=lengths.device, dtype=torch.float32)[None, None, :]
     weights = (1 - ((pixel + 0.5 - centre) / support).abs()).clamp(min=0) * (pixel < length)
     return weights / weights.sum(-1, keepdim=True)
+
+
+def crops_resized(images: Sequence[torch.Tensor], boxes: Sequence, mirror: np.ndarray, size: int) -> torch.Tensor:
+    """N x 3 x size x size fp32 (0-255): image i's crop boxes[i] = (top, left, height, width) of
+    N RGB images (3 x h x w, uint8, one device) resized and, where mirror[i], mirrored. One
+    Triton kernel for the batch where Triton runs (kernels/crop_resize.py), else the crops sliced
+    and resized here."""
+    if triton_runs(images[0]):
+        return crop_resize.crop_resize(images, np.asarray(boxes), mirror, size)
+    crops = [img[:, top:top + ch, left:left + cw] for img, (top, left, ch, cw) in zip(images, boxes)]
+    out = resize_crops(crops, size)
+    flip = torch.from_numpy(np.asarray(mirror, dtype=bool)).to(out.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def resize_crops(crops: Sequence[torch.Tensor], size: int) -> torch.Tensor:
