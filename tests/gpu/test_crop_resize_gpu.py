@@ -25,4 +25,4 @@ def test_the_kernel_equals_the_sliced_path(train):
     crops = [img[:, t:t + h, l:l + w] for img, (t, l, h, w) in zip(images, boxes)]
     want = resize.resize_crops(crops, 224)
     want = torch.where(torch.from_numpy(mirror).cuda()[:, None, None, None], want.flip(3), want)
-    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)  # of 0-255 values (TF32 off in tests)
+    torch.testing.assert_close(got, want, atol=5e-3, rtol=0)  # of 0-255 values: fp32 sums in another order (17 x 17 taps)
