@@ -36,6 +36,11 @@ WARMUP_STEPS = 3
 # batch 2,560 on an H200: 4,653 img/s graphed, 4,632 eager), and its private memory pool costs
 # room: ResNet-152's stage 0 of 4 fitted 13,605 images graphed and 15,363 eager (2026-11-28).
 GRAPH_MAX_STEP_S = 0.5
+# A declined step is timed again after these many eager steps (whole steps only): a run's first
+# steps share the host with imports, kernel compiles and the first shards read, and one slow
+# warm-up kept ResNet-50 eager at batch 256 from streamed shards, 0.83x its graphed rate
+# (2,835 vs 3,419 img/s, H100, 2026-12-05), with steps of ~75 ms.
+RETIME_AFTER = (4, 16, 64)
 
 # One capture at a time in a process: entering a capture synchronises the device and empties the
 # allocator's cache, which must not happen while another stage thread is capturing.
@@ -109,6 +114,7 @@ class GraphedStep:
         self.learn = learn
         self.max_step_s = max_step_s
         self.declined = False  # the step is too long to gain from a graph: it stays eager
+        self.declined_steps = 0  # eager steps taken since it was declined
         self.reset_grads = reset_grads
         # what the step reads of x (the stage's layout and dtype): made by the copy into the
         # static input on replays, so the batch is not converted into a second buffer first
@@ -124,10 +130,7 @@ class GraphedStep:
         """One slice of a step: `micro` its index (0: the step's first), `ends_step` the last."""
         key = (micro == 0, ends_step)
         if self.declined:
-            out = self.learn(self.prepare(x), skips, y, share, ends_step)
-            if ends_step:
-                self.reset_grads(True)
-            return out
+            return self._declined(x, skips, y, share, ends_step)
         if not self.replays and (self.eager_steps < WARMUP_STEPS or micro > 0):  # whole steps warm up
             self.eager_steps += ends_step
             if ends_step and self.eager_steps == WARMUP_STEPS and self.max_step_s is not None:
@@ -165,6 +168,22 @@ class GraphedStep:
         out = self._warm_up(x, skips, y, share)
         synchronize(self.device)
         self.declined = time.perf_counter() - start > self.max_step_s
+        return out
+
+    def _declined(self, x, skips, y, share, ends_step):
+        """An eager step; at RETIME_AFTER's counts timed again (whole steps), and captured from
+        the next step on where it is short after all."""
+        self.declined_steps += ends_step
+        retime = ends_step and not self.sliced and self.declined_steps in RETIME_AFTER
+        if retime:
+            synchronize(self.device)
+            start = time.perf_counter()
+        out = self.learn(self.prepare(x), skips, y, share, ends_step)
+        if ends_step:
+            self.reset_grads(True)
+        if retime:
+            synchronize(self.device)
+            self.declined = time.perf_counter() - start > self.max_step_s
         return out
 
     def _eager(self, x, skips, y, share, key):

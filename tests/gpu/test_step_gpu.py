@@ -186,6 +186,36 @@ def test_auto_graphs_leave_a_long_step_eager_and_it_learns_the_same(monkeypatch,
     auto.release_graph()
 
 
+def test_a_step_declined_after_one_slow_warm_up_is_timed_again_and_captured(monkeypatch):
+    """A run's first steps share the host (imports, compiles, shards read): one slow warm-up must
+    not keep a short step eager for the whole run."""
+    import time
+
+    from ffpipe.pipeline import graphed as graphed_mod
+
+    monkeypatch.setattr(graphed_mod, "GRAPH_MAX_STEP_S", 0.3)
+    common = ["train.precision=fp32", "train.lr=0.01"]
+    auto, eager = _stage("auto", *common), _stage("off", *common)
+    learn, calls = auto.graphed.learn, []
+
+    def third_step_stalls(*args):
+        calls.append(1)
+        if len(calls) == 3:  # the timed warm-up
+            time.sleep(0.4)
+        return learn(*args)
+
+    auto.graphed.learn = third_step_stalls
+    _train(auto, steps=6)
+    assert auto.graphed.declined and not auto.graphed.replays  # still eager before the retime
+    _train(auto, steps=4)  # the 4th declined step is timed (short): the next one is captured
+    assert not auto.graphed.declined and auto.graphed.replays
+    _train(eager, steps=6)
+    _train(eager, steps=4)
+    for p, q in zip(eager.learners.parameters(), auto.learners.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-3, atol=2e-4)
+    auto.release_graph()
+
+
 def test_stage_zero_casts_its_images_once_to_what_the_first_layer_would_read():
     cast, kept = _stage("off", "train.precision=bf16"), _stage("off", "train.precision=bf16")
     kept.input_dtype = None
