@@ -5,6 +5,7 @@
                  stage train on one device
   data.py        `ffpipe bench data`: how fast each source feeds stage 0
   stream.py      `ffpipe bench stream`: the streamed source (shards, decode, crops) on its own
+                 or beside a busy device (device_load.py)
   pipeline.py    `ffpipe bench pipeline`: every backend beside BP and its peers on N GPUs
   logging_cost.py  `ffpipe bench logging`: images/s with and without the live loggers
   early_exit.py  `ffpipe bench early-exit`: accuracy against FLOPs per image as units answer early
@@ -117,7 +118,10 @@ def _add_stream_parser(bench_sub) -> None:
     s.add_argument("--window", type=int, default=8192, help="data.shuffle_window")
     s.add_argument("--workers", type=int, nargs="+", default=[0],
                    help="batches made at once, one row each (0 = the loader's choice)")
-    s.add_argument("--seconds", type=float, default=15.0, help="time measured per decoder")
+    s.add_argument("--seconds", type=float, default=15.0, help="time measured per row")
+    s.add_argument("--load", nargs="+", default=["none"], choices=("none", "default", "side"),
+                   help="keep the device busy meanwhile with matrix products on its default stream "
+                        "(where a stage trains) or on a stream of their own (bench/device_load.py)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--json", help="also write the results to this JSON file")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ffpipe.bench.device_load import DeviceLoad
 from ffpipe.bench.devices import asked_device
 from ffpipe.config import DataConfig
 from ffpipe.data import StreamLoader, load_data, stream_options
@@ -44,7 +45,7 @@ def make_shards(root: Path, images: int, classes: int) -> dict:
     return made
 
 
-def measure(args, decode: str, workers: int, device: torch.device) -> dict:
+def measure(args, decode: str, workers: int, load: str, device: torch.device) -> dict:
     cfg = DataConfig(name="parquet", root=str(args.shards), stream="on", image_size=args.image_size,
                      decode=decode, decode_threads=args.threads, shuffle_window=args.window)
     data = load_data(cfg, seed=0)
@@ -54,25 +55,33 @@ def measure(args, decode: str, workers: int, device: torch.device) -> dict:
     rss_before, _ = rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    with DeviceLoad(device, load) as busy:
+        images, elapsed = _stream_for(args.seconds, loader, device)
+    rss_now, rss_peak = rss_mib()
+    return {"decode": decode, "workers": loader.workers, "load": load, "images_per_s": images / elapsed,
+            "images": images, "load_products_per_s": busy.products_per_s,
+            "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
+            "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+            "busy": {phase: s / elapsed for phase, s in loader.seconds.items()},
+            "train_images": len(data.train), "shards": len(data.train.shards)}
+
+
+def _stream_for(seconds: float, loader: StreamLoader, device: torch.device) -> tuple[int, float]:
+    """(images, seconds) of batches taken for about `seconds`, counted from the first batch
+    (threads, nvJPEG and the first shards are up by then)."""
     images, epoch, started = 0, 0, None
-    while started is None or time.perf_counter() - started < args.seconds:
+    while started is None or time.perf_counter() - started < seconds:
         for x, y in loader.batches(epoch):
             if started is None:  # after the first batch: threads, nvJPEG and the first shards are up
                 synchronize(device)
                 started, loader.seconds = time.perf_counter(), {}
                 continue
             images += len(y)
-            if time.perf_counter() - started >= args.seconds:
+            if time.perf_counter() - started >= seconds:
                 break
         epoch += 1
     synchronize(device)
-    elapsed = time.perf_counter() - started
-    rss_now, rss_peak = rss_mib()
-    return {"decode": decode, "workers": loader.workers, "images_per_s": images / elapsed, "images": images,
-            "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
-            "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
-            "busy": {phase: s / elapsed for phase, s in loader.seconds.items()},
-            "train_images": len(data.train), "shards": len(data.train.shards)}
+    return images, time.perf_counter() - started
 
 
 def bench_stream(args) -> int:
@@ -81,7 +90,8 @@ def bench_stream(args) -> int:
     made = make_shards(root, args.make, args.classes) if args.make else {}
     args.shards = root / "shards" if (root / "shards").is_dir() else root
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
-    rows = [measure(args, decode, workers, device) for decode in decoders for workers in args.workers]
+    rows = [measure(args, decode, workers, load, device)
+            for decode in decoders for workers in args.workers for load in args.load]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "batch_size": args.batch_size,
@@ -100,9 +110,11 @@ def format_table(result: dict) -> str:
         m = result["made"]
         lines.append(f"made {m['images']:,} ImageNet-like JPEGs ({m['mean_kb']:.0f} KB each) in "
                      f"{m['make_s']:.0f} s, shards in {m['prepare_s']:.0f} s")
-    lines.append(f"{'decode':<8}{'workers':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
+    lines.append(f"{'decode':<8}{'workers':>8}{'load':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
     for r in result["rows"]:
         busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
-        lines.append(f"{r['decode']:<8}{r['workers']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
+        if r["load"] != "none":  # how much of the load got through beside the stream
+            busy += f"; load {r['load_products_per_s']:,.0f} products/s"
+        lines.append(f"{r['decode']:<8}{r['workers']:>8}{r['load']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
                      f"{r['rss_growth_mib']:>8.0f}{r['gpu_peak_mib']:>9.0f}  {busy}")
     return "\n".join(lines)

@@ -201,10 +201,12 @@ def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_pat
     out = tmp_path / "bench.json"
     assert main(["bench", "stream", "--root", str(tmp_path / "inet"), "--make", "40", "--classes", "4",
                  "--seconds", "1", "--batch-size", "8", "--image-size", "32", "--workers", "1", "2",
-                 "--json", str(out)]) == 0
+                 "--load", "none", "default", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["made"]["images"] == 44 and 60 < result["made"]["mean_kb"] < 160  # ~500 x 375 JPEGs
-    assert [(r["decode"], r["workers"]) for r in result["rows"]] == [("cpu", 1), ("cpu", 2)]
+    assert [(r["decode"], r["workers"], r["load"]) for r in result["rows"]] == [
+        ("cpu", 1, "none"), ("cpu", 1, "default"), ("cpu", 2, "none"), ("cpu", 2, "default")]
+    assert [r["load_products_per_s"] > 0 for r in result["rows"]] == [False, True, False, True]
     assert all(r["images_per_s"] > 0 and r["rss_peak_mib"] > 0 and "read" in r["busy"] for r in result["rows"])
     assert "images/s" in capsys.readouterr().out
 

@@ -127,7 +127,11 @@ class StreamLoader:
             x = x.pin_memory()
         cut = (keep.start, n) if keep != slice(0, n) else None
         centres = cutout_centres(draws, self.split.side) if self.cutout else None
-        return x, torch.from_numpy(labels), done, cut, centres
+        labels = torch.from_numpy(labels)
+        if self.device.type == "cuda":  # pinned: a copy from pageable memory waits for the stage's stream
+            labels = labels.pin_memory()
+            centres = torch.from_numpy(centres).pin_memory() if centres is not None else None
+        return x, labels, done, cut, centres
 
     def _crops_stream(self):
         """This thread's own CUDA stream, so crops overlap the training step (none on CPU)."""
@@ -144,6 +148,6 @@ class StreamLoader:
         x = x.to(self.device, non_blocking=True).float().div_(255)
         x = (x - self.mean) / self.std
         if centres is not None:  # after normalising: the square is the dataset's mean, as in memory
-            x = cut_out(x, torch.from_numpy(centres).to(self.device), self.cutout)
+            x = cut_out(x, torch.as_tensor(centres).to(self.device, non_blocking=True), self.cutout)
         return x.to(self.dtype), y.to(self.device, non_blocking=True)
 
