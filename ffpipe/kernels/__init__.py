@@ -9,6 +9,8 @@
   batchnorm.py  LeanBatchNorm: batch norm past 2^31 elements, its input gradient written over its
                 input (a Triton kernel); BatchNormCopy, the base of every batch-norm replacement
   relu.py       LeanReLU: a ReLU whose backward masks the incoming gradient in place
+  crop_resize.py  the streamed batch's crops cut, resized (antialiased) and mirrored from its
+                decoded images in one kernel
 
 Triton is imported here once: CPU-only installs go without it, and `triton_runs(t)` says
 whether a tensor's device can run Triton's kernels.

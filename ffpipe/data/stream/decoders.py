@@ -1,6 +1,7 @@
 """Encoded images (JPEG/PNG bytes) to one batch of size x size crops: on CPU threads with PIL
 (libjpeg-turbo; PIL lets go of the GIL while it decodes and resizes), or on the GPU with nvJPEG
-(a batch at a time) and the same antialiased resize for the batch's crops at once (resize.py).
+(a batch at a time) and the same antialiased resize for the batch's crops at once (one Triton
+kernel, kernels/crop_resize.py; resize.py where Triton does not run).
 The GPU path decodes with TorchCodec where it is installed and loads (torchvision deprecated its
 image decoders in 0.29 for TorchCodec's), else with torchvision.io (`codecs()`).
 

@@ -1,14 +1,15 @@
 """A batch of crops of different sizes resized to one square at once, with the antialiased
-bilinear filter of torch's `interpolate(..., antialias=True)` (PIL's), as two matrix products.
+bilinear filter of torch's `interpolate(..., antialias=True)` (PIL's), as two matrix products:
+the GPU decoder's path where Triton does not run (`crops_resized`; where it does, one kernel
+makes the whole batch: kernels/crop_resize.py, checked against this path).
 
 Cropping and resizing image by image is three or four torch calls from Python per image, some
-1,000 a batch; on the GPU decoder's threads those calls wait on the GIL: 6,194, 6,242 and 4,965
-img/s with 2, 4 and 8 threads (H100, 2026-12-05), where more threads should have added. Here each
-crop is copied into one zero-padded tensor (one call per image) and the batch is resized as
-out = Wy @ crop @ Wx^T: row i of Wx holds the filter's weights for output column i over the
-crop's columns, zero past the crop's width, built for the whole batch in a few calls. The
-weights are interpolate's (the same centres, support and normalisation), so the values agree
-with it up to summation order (and TF32, where a run allows it for matrix products).
+1,000 a batch, and they wait on the GIL. Here each crop is copied into one zero-padded tensor
+(one call per image) and the batch is resized as out = Wy @ crop @ Wx^T: row i of Wx holds the
+filter's weights for output column i over the crop's columns, zero past the crop's width, built
+for the whole batch in a few calls. The weights are interpolate's (the same centres, support
+and normalisation), so the values agree with it up to summation order (and TF32, where a run
+allows it for matrix products).
 """
 from __future__ import annotations
 
