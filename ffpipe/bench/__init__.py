@@ -119,9 +119,10 @@ def _add_stream_parser(bench_sub) -> None:
     s.add_argument("--workers", type=int, nargs="+", default=[0],
                    help="batches made at once, one row each (0 = the loader's choice)")
     s.add_argument("--seconds", type=float, default=15.0, help="time measured per row")
-    s.add_argument("--load", nargs="+", default=["none"], choices=("none", "default", "side"),
+    s.add_argument("--load", nargs="+", default=["none"], choices=("none", "default", "side", "blocking"),
                    help="keep the device busy meanwhile with matrix products on its default stream "
-                        "(where a stage trains) or on a stream of their own (bench/device_load.py)")
+                        "(where a stage trains), a non-blocking or a blocking stream of their own "
+                        "(bench/device_load.py)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     s.add_argument("--json", help="also write the results to this JSON file")
 

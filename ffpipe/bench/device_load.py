@@ -5,9 +5,11 @@ Why: alone, the GPU stream made 12,209 img/s of 224 px crops on an H100; a 1-GPU
 trained from the same shards at 2,835 img/s, its stage 0 waiting on data 97% of the time, every
 decode thread inside nvJPEG's decode call the whole run (py-spy, 2026-12-05). A decode that waits
 for the training step's queued work would do that. `--load default` puts the products on the
-device's default stream (where a stage trains), `--load side` on a stream of their own: if the
-stream keeps its rate under `side` and loses it under `default`, the decoder waits on the
-default stream; if it loses it under both, on the device itself.
+device's default stream (where a stage trains), `--load side` on a non-blocking stream of their
+own, `--load blocking` on a blocking one (ordered with the default stream, not with other
+blocking streams: pipeline/streams.py). A decoder slowed by `default` alone waits on blocking
+streams of its own (a stage on a blocking stream fixes it); by `default` and `blocking`, on the
+default stream itself; by all three, on the device (an allocation that syncs it, or SM time).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
-LOADS = ("none", "default", "side")
+LOADS = ("none", "default", "side", "blocking")
 SIDE = {"cuda": 4096, "cpu": 256}  # the products' side: ~0.2 ms each on an H100 (bf16), ~1 ms on a CPU core
 QUEUED = 16   # products queued before the thread waits for them: the queue stays full, never long
 
@@ -54,9 +56,7 @@ class DeviceLoad:
         dtype = torch.bfloat16 if cuda else torch.float32
         a = torch.randn(self.side, self.side, device=self.device, dtype=dtype)
         out = torch.empty_like(a)
-        # a new thread starts on the default stream: 'side' moves it to a stream of its own
-        side = cuda and self.where == "side"
-        with torch.cuda.stream(torch.cuda.Stream(self.device)) if side else nullcontext():
+        with self._stream(cuda):
             started = time.perf_counter()
             while not self._stop.is_set():
                 for _ in range(QUEUED):
@@ -65,4 +65,15 @@ class DeviceLoad:
                     torch.cuda.current_stream(self.device).synchronize()
                 self.products += QUEUED
             self.seconds = time.perf_counter() - started
+
+    def _stream(self, cuda: bool):
+        """A new thread starts on the default stream; 'side' moves it to a (non-blocking) stream of
+        its own, 'blocking' to a blocking one (pipeline/streams.py)."""
+        if not cuda or self.where == "default":
+            return nullcontext()
+        if self.where == "blocking":
+            from ffpipe.pipeline.streams import blocking_stream
+
+            return torch.cuda.stream(blocking_stream(self.device))
+        return torch.cuda.stream(torch.cuda.Stream(self.device))
 
