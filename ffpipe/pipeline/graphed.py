@@ -38,8 +38,8 @@ WARMUP_STEPS = 3
 GRAPH_MAX_STEP_S = 0.5
 # A declined step is timed again after these many eager steps (whole steps only): a run's first
 # steps share the host with imports, kernel compiles and the first shards read, and one slow
-# warm-up kept ResNet-50 eager at batch 256 from streamed shards, 0.83x its graphed rate
-# (2,835 vs 3,419 img/s, H100, 2026-12-05), with steps of ~75 ms.
+# warm-up kept ResNet-50's 75 ms step eager for a whole run from streamed shards (H100,
+# 2026-12-05; py-spy showed it).
 RETIME_AFTER = (4, 16, 64)
 
 # One capture at a time in a process: entering a capture synchronises the device and empties the
