@@ -12,6 +12,8 @@
   peers.py, pipelining.py   the peers (DDP, torch.distributed.pipelining) run under torchrun
   head_kernels.py  `python -m ffpipe.bench.head_kernels`: the pooled head's kernels against the
                  plain path, per map shape
+  decoders.py    `python -m ffpipe.bench.decoders`: the stream's GPU decoder taken apart (each
+                 JPEG library, the crop kernel), alone or beside a busy device
 
 This module holds only what the command line needs (it must not import torch)."""
 from __future__ import annotations
