@@ -138,7 +138,9 @@ class StreamLoader:
         if self.device.type != "cuda":
             return nullcontext()
         if not hasattr(self._local, "stream"):
-            self._local.stream = torch.cuda.Stream(self.device)
+            # high priority: the crops' few short kernels go ahead of the step's queued ones
+            # instead of waiting behind them (a later step waits for the batch they make)
+            self._local.stream = torch.cuda.Stream(self.device, priority=-1)
         return torch.cuda.stream(self._local.stream)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, done, centres) -> tuple[torch.Tensor, torch.Tensor]:
