@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -181,22 +182,34 @@ def _how(failure) -> str:
     return f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit status {failure.exitcode}"
 
 
-def _culprit(err) -> tuple[int, object]:
+def _culprit(err, silent: set[int] = frozenset()) -> tuple[int, object]:
     """The rank that failed first: one killed by a signal other than the agent's own SIGTERM
-    (its neighbours then fail too, sometimes noticed first), else the earliest failure."""
+    (its neighbours then fail too, sometimes noticed first), else the earliest failure. Of the
+    killed ranks, one its neighbours named silent (`silent`) comes first: torchrun kills a
+    stopped process at the end, and another rank stuck in a transfer may be killed before it
+    (a CI chaos run named a rank "died" that way, where its neighbour had named the stopped one)."""
     killed = {r: f for r, f in err.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
+    killed = {r: f for r, f in killed.items() if r in silent} or killed
     if killed:
         rank = min(killed, key=lambda r: killed[r].timestamp)
         return rank, killed[rank]
     return err.get_first_failure()
 
 
+SILENT = re.compile(r"\(rank (\d+)\) sent nothing")  # how a neighbour names a rank that went quiet
+
+
+def _silent_ranks(folder: RunFolder, attempt: recovery.Attempt) -> set[int]:
+    """Ranks a neighbour named silent in this attempt: they sent nothing for pipeline.timeout_s."""
+    return {int(m.group(1)) for f in folder.failures() if f["attempt"] == attempt.number
+            for m in [SILENT.search(f["cause"])] if m}
+
+
 def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure) -> str:
     """Why a rank that reported nothing failed: it stopped answering (its neighbours said so before
     torchrun killed it: a stopped or hung process), or it died (out of memory, or killed)."""
     how = _how(failure)
-    silent = [f for f in folder.failures() if f["attempt"] == attempt.number and f"(rank {rank}) sent nothing" in f["cause"]]
-    if silent:
+    if rank in _silent_ranks(folder, attempt):
         return (f"the stage process (rank {rank}) stopped answering: its neighbours heard nothing from it "
                 f"for pipeline.timeout_s (a stopped or hung process), then torchrun ended it ({how})")
     return f"the stage process (rank {rank}) died without a report ({how}; out of memory, or killed)"
@@ -204,7 +217,7 @@ def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure
 
 def _after_failure(err, folder: RunFolder, attempt: recovery.Attempt, max_restarts: int, n: int) -> int | None:
     """Name the failed stage, record it, and return the exit status, or None to restart."""
-    rank, failure = _culprit(err)
+    rank, failure = _culprit(err, _silent_ranks(folder, attempt))
     if failure.exitcode == USER_ERROR_EXIT or not folder.exists():
         return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
     if not [f for f in folder.failures() if f["attempt"] == attempt.number and not f.get("secondary")]:

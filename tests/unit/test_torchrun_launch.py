@@ -77,3 +77,44 @@ def test_launcher_input_errors_name_what_it_takes(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     assert torchrun_launch.main(["2", "--nnodes=2", "--set", "data.name=synthetic"]) == 2
     assert "on several nodes: set run.dir, the same on every node" in capsys.readouterr().err
+
+
+class _Failure:
+    """What torchrun's ChildFailedError holds per rank: exit code, signal and time."""
+
+    def __init__(self, exitcode: int, signal: str, timestamp: int):
+        self.exitcode, self.signal, self.timestamp = exitcode, signal, timestamp
+
+    def signal_name(self) -> str:
+        return self.signal
+
+
+class _ChildFailed:
+    def __init__(self, failures: dict):
+        self.failures = failures
+
+    def get_first_failure(self):
+        rank = min(self.failures, key=lambda r: self.failures[r].timestamp)
+        return rank, self.failures[rank]
+
+
+def test_a_stopped_rank_its_neighbour_named_is_the_culprit_though_another_was_killed_first(tmp_path):
+    """A SIGSTOPped rank is killed by torchrun at the end, and a rank stuck in a transfer with it
+    may be killed a moment earlier; the neighbour's report names the stopped one (a CI chaos run
+    once named the other "died without a report")."""
+    from ffpipe.backends import torchrun_launch as launch
+    from ffpipe.run.folder import RunFolder
+    from ffpipe.run.recovery import Attempt
+
+    folder = RunFolder(str(tmp_path))
+    folder.record_failure(0, 9, "NeighbourError: stage 1 (rank 1) sent nothing for 8 s while this stage "
+                          "waited for an acknowledgement (pipeline.timeout_s)", 1, secondary=True)
+    folder.record_failure(0, 3, "NeighbourError: stage 2 (rank 2) sent nothing for 8 s", 0)  # another attempt
+    err = _ChildFailed({0: _Failure(-15, "SIGTERM", 5), 1: _Failure(-9, "SIGKILL", 20), 2: _Failure(-9, "SIGKILL", 10)})
+    assert launch._culprit(err)[0] == 2  # no word from the neighbours: the first killed
+    silent = launch._silent_ranks(folder, Attempt(1, 0))
+    assert silent == {1}
+    rank, failure = launch._culprit(err, silent)
+    assert rank == 1
+    assert "rank 1) stopped answering" in launch._unreported(folder, Attempt(1, 0), rank, failure)
+    assert "rank 2) died without a report" in launch._unreported(folder, Attempt(1, 0), 2, err.failures[2])
