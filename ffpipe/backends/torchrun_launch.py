@@ -205,11 +205,11 @@ def _silent_ranks(folder: RunFolder, attempt: recovery.Attempt) -> set[int]:
             for m in [SILENT.search(f["cause"])] if m}
 
 
-def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure) -> str:
+def _unreported(rank: int, failure, silent: set[int]) -> str:
     """Why a rank that reported nothing failed: it stopped answering (its neighbours said so before
-    torchrun killed it: a stopped or hung process), or it died (out of memory, or killed)."""
+    torchrun killed it, `silent`: a stopped or hung process), or it died (out of memory, or killed)."""
     how = _how(failure)
-    if rank in _silent_ranks(folder, attempt):
+    if rank in silent:
         return (f"the stage process (rank {rank}) stopped answering: its neighbours heard nothing from it "
                 f"for pipeline.timeout_s (a stopped or hung process), then torchrun ended it ({how})")
     return f"the stage process (rank {rank}) died without a report ({how}; out of memory, or killed)"
@@ -217,11 +217,12 @@ def _unreported(folder: RunFolder, attempt: recovery.Attempt, rank: int, failure
 
 def _after_failure(err, folder: RunFolder, attempt: recovery.Attempt, max_restarts: int, n: int) -> int | None:
     """Name the failed stage, record it, and return the exit status, or None to restart."""
-    rank, failure = _culprit(err, _silent_ranks(folder, attempt))
+    silent = _silent_ranks(folder, attempt)
+    rank, failure = _culprit(err, silent)
     if failure.exitcode == USER_ERROR_EXIT or not folder.exists():
         return USER_ERROR_EXIT if failure.exitcode == USER_ERROR_EXIT else 1  # the rank said why
     if not [f for f in folder.failures() if f["attempt"] == attempt.number and not f.get("secondary")]:
-        folder.record_failure(_stage_of(rank, folder), None, _unreported(folder, attempt, rank, failure),
+        folder.record_failure(_stage_of(rank, folder), None, _unreported(rank, failure, silent),
                               attempt.number)
     root = recovery.root_cause(folder.failures(), attempt.number)
     at = f" at step {root['step']}" if root.get("step") is not None else ""

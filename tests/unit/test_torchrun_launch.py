@@ -116,5 +116,5 @@ def test_a_stopped_rank_its_neighbour_named_is_the_culprit_though_another_was_ki
     assert silent == {1}
     rank, failure = launch._culprit(err, silent)
     assert rank == 1
-    assert "rank 1) stopped answering" in launch._unreported(folder, Attempt(1, 0), rank, failure)
-    assert "rank 2) died without a report" in launch._unreported(folder, Attempt(1, 0), 2, err.failures[2])
+    assert "rank 1) stopped answering" in launch._unreported(rank, failure, silent)
+    assert "rank 2) died without a report" in launch._unreported(2, err.failures[2], silent)
