@@ -7,7 +7,6 @@ went" table. On a CPU the same code runs the libraries' CPU decoders (to test it
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -16,21 +15,15 @@ import numpy as np
 import torch
 
 from ffpipe.bench.device_load import LOADS, DeviceLoad
-from ffpipe.bench.imagenet_like import one_image
+from ffpipe.bench.imagenet_like import jpeg_bytes
 from ffpipe.data.stream.crops import batch_draws, train_box
 from ffpipe.data.stream.decoders import GpuDecoder, encoded, torchcodec_codecs, torchvision_codecs
 from ffpipe.pipeline.sync import synchronize
 
 
-def _jpeg(seed: int) -> bytes:
-    out = io.BytesIO()
-    one_image(seed).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 def make_jpegs(n: int) -> list[bytes]:
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(pool.map(_jpeg, range(n), chunksize=16))
+        return list(pool.map(jpeg_bytes, range(n), chunksize=16))
 
 
 def rate(work, batches: int, threads: int, seconds: float, batch_size: int, device: torch.device) -> float:

@@ -4,6 +4,7 @@ ImageNet's mix of smooth regions and fine texture (what sets a JPEG's size and d
 Written by a process per core; the class is the image's index modulo the class count."""
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,11 +27,18 @@ def one_image(seed: int) -> Image.Image:
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
+def jpeg_bytes(seed: int) -> bytes:
+    """One image as its JPEG file's bytes (quality 90)."""
+    out = io.BytesIO()
+    one_image(seed).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 def _write(args: tuple[str, int, int]) -> int:
     root, index, classes = args
-    path = Path(root) / f"class{index % classes:04d}" / f"img{index:08d}.jpg"
-    one_image(index).save(path, "JPEG", quality=90)
-    return path.stat().st_size
+    data = jpeg_bytes(index)
+    (Path(root) / f"class{index % classes:04d}" / f"img{index:08d}.jpg").write_bytes(data)
+    return len(data)
 
 
 def make_image_folder(root: Path, images: int, classes: int, test_images: int) -> dict:
