@@ -183,16 +183,18 @@ def _how(failure) -> str:
 
 
 def _culprit(err, silent: set[int] = frozenset()) -> tuple[int, object]:
-    """The rank that failed first: one killed by a signal other than the agent's own SIGTERM
-    (its neighbours then fail too, sometimes noticed first), else the earliest failure. Of the
-    killed ranks, one its neighbours named silent (`silent`) comes first: torchrun kills a
-    stopped process at the end, and another rank stuck in a transfer may be killed before it
-    (a CI chaos run named a rank "died" that way, where its neighbour had named the stopped one)."""
+    """The rank that failed first. A rank its neighbours named silent in this attempt (`silent`)
+    comes first, however it ended: a stopped process is killed only at the teardown (by SIGTERM
+    once it runs again, or SIGKILL), after ranks stuck in a transfer with it (CI chaos runs named
+    such a rank "died without a report" where stage 0 had named the stopped one). Else one
+    killed by a signal other than the agent's own SIGTERM (its neighbours then fail too,
+    sometimes noticed first), else the earliest failure."""
+    named = {r: f for r, f in err.failures.items() if r in silent}
     killed = {r: f for r, f in err.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
-    killed = {r: f for r, f in killed.items() if r in silent} or killed
-    if killed:
-        rank = min(killed, key=lambda r: killed[r].timestamp)
-        return rank, killed[rank]
+    first = named or killed
+    if first:
+        rank = min(first, key=lambda r: first[r].timestamp)
+        return rank, first[rank]
     return err.get_first_failure()
 
 

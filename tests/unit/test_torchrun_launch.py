@@ -118,3 +118,6 @@ def test_a_stopped_rank_its_neighbour_named_is_the_culprit_though_another_was_ki
     assert rank == 1
     assert "rank 1) stopped answering" in launch._unreported(rank, failure, silent)
     assert "rank 2) died without a report" in launch._unreported(2, err.failures[2], silent)
+    # the stopped rank ended by the agent's SIGTERM once it ran again, after the other's SIGKILL
+    err.failures[1] = _Failure(-15, "SIGTERM", 20)
+    assert launch._culprit(err)[0] == 2 and launch._culprit(err, silent)[0] == 1
