@@ -76,4 +76,13 @@ class PipelineError(FFPipeError):
 
 
 class NeighbourError(PipelineError):
-    """This stage is fine, a neighbour is not: it died, went silent or its data never arrived."""
+    """This stage is fine, a neighbour is not: it died, went silent or its data never arrived.
+    `silent_rank`: the neighbour's rank where it sent nothing for pipeline.timeout_s (recorded in
+    failures.jsonl, where the torchrun launcher tells a stopped process from a dead one)."""
+
+    def __init__(self, message: str, silent_rank: int | None = None):
+        super().__init__(message)
+        self.silent_rank = silent_rank
+
+    def __reduce__(self):  # keeps silent_rank across processes (Ray pickles errors)
+        return type(self), (str(self), self.silent_rank)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from dataclasses import dataclass
 
@@ -198,13 +197,10 @@ def _culprit(err, silent: set[int] = frozenset()) -> tuple[int, object]:
     return err.get_first_failure()
 
 
-SILENT = re.compile(r"\(rank (\d+)\) sent nothing")  # how a neighbour names a rank that went quiet
-
-
 def _silent_ranks(folder: RunFolder, attempt: recovery.Attempt) -> set[int]:
     """Ranks a neighbour named silent in this attempt: they sent nothing for pipeline.timeout_s."""
-    return {int(m.group(1)) for f in folder.failures() if f["attempt"] == attempt.number
-            for m in [SILENT.search(f["cause"])] if m}
+    return {f["silent_rank"] for f in folder.failures()
+            if f["attempt"] == attempt.number and f.get("silent_rank") is not None}
 
 
 def _unreported(rank: int, failure, silent: set[int]) -> str:

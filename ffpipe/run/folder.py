@@ -217,11 +217,13 @@ class RunFolder:
 
     # -- failures and restarts ----------------------------------------------------------------
     def record_failure(self, stage_id: int | None, step: int | None, cause: str, attempt: int,
-                       secondary: bool = False, layout: bool = False) -> dict:
+                       secondary: bool = False, layout: bool = False, silent_rank: int | None = None) -> dict:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "attempt": attempt, "stage": stage_id,
                  "step": step, "cause": cause, "secondary": secondary}
         if layout:
             entry["layout"] = True
+        if silent_rank is not None:  # the rank a neighbour heard nothing from (errors.NeighbourError)
+            entry["silent_rank"] = silent_rank
         self.store.append_line("failures.jsonl", json.dumps(entry))
         return entry
 

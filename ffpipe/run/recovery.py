@@ -2,7 +2,7 @@
 restarts from its checkpoints.
 
 A failure is recorded once per stage that saw it, in failures.jsonl: {time, attempt, stage, step,
-cause, secondary}. A stage that only lost its neighbour (or waited on it past the deadline) is a
+cause, secondary}, and silent_rank where a neighbour sent nothing for pipeline.timeout_s. A stage that only lost its neighbour (or waited on it past the deadline) is a
 secondary report; the root cause of an attempt is its first primary report, else its first one.
 A run restarts up to pipeline.max_restarts times per session (a start, or a --resume), unless the
 same stage failed at the same step for the same reason twice in a row: that failure is
@@ -23,10 +23,10 @@ class StageFailed(PipelineError):
     (Plain fields, so it crosses process boundaries: Ray pickles it from actor to driver.)"""
 
     def __init__(self, stage_id: int | None, step: int | None, cause: str, secondary: bool = False,
-                 user_error: bool = False):
-        super().__init__(stage_id, step, cause, secondary, user_error)
+                 user_error: bool = False, silent_rank: int | None = None):
+        super().__init__(stage_id, step, cause, secondary, user_error, silent_rank)
         self.stage_id, self.step, self.cause = stage_id, step, cause
-        self.secondary, self.user_error = secondary, user_error
+        self.secondary, self.user_error, self.silent_rank = secondary, user_error, silent_rank
 
     @classmethod
     def of(cls, stage_id: int, step: int, err: BaseException, detail: str = "") -> "StageFailed":
@@ -34,7 +34,8 @@ class StageFailed(PipelineError):
         # Bad config, data or checkpoints, or a full disk, fail every attempt the same way: not
         # worth a restart.
         user = isinstance(err, (ConfigError, DataError, CheckpointError, StorageError))
-        return cls(stage_id, step, describe(err) + detail, isinstance(err, NeighbourError), user)
+        return cls(stage_id, step, describe(err) + detail, isinstance(err, NeighbourError), user,
+                   getattr(err, "silent_rank", None))
 
     def __str__(self) -> str:
         at = f" at step {self.step}" if self.step is not None else ""
@@ -80,7 +81,8 @@ def restarts_from_env() -> int:
 
 
 def record(folder: RunFolder, failure: StageFailed, attempt: int) -> dict:
-    return folder.record_failure(failure.stage_id, failure.step, failure.cause, attempt, failure.secondary)
+    return folder.record_failure(failure.stage_id, failure.step, failure.cause, attempt, failure.secondary,
+                                 silent_rank=failure.silent_rank)
 
 
 def root_cause(failures: list[dict], attempt: int) -> dict | None:

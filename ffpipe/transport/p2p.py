@@ -166,7 +166,7 @@ class P2PChannel:
         if ok is False:
             raise NeighbourError(f"stage {self.peer_stage} (rank {self.peer}) sent nothing for "
                                 f"{self.timeout.total_seconds():.0f} s while this stage waited for "
-                                f"{what} (pipeline.timeout_s)")
+                                f"{what} (pipeline.timeout_s)", silent_rank=self.peer)
 
     def _trace(self, op: str, msg: Message) -> None:
         if _TRACE:

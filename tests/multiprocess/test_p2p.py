@@ -51,7 +51,7 @@ def _rank(rank, port, scenario, results):
                 return
             chan.recv()
     except PipelineError as err:
-        results.put(("error", str(err)))
+        results.put(("error", f"{err} [silent_rank={getattr(err, 'silent_rank', None)}]"))
     finally:
         if scenario == "roundtrip":
             dist.destroy_process_group()
@@ -85,13 +85,14 @@ def test_messages_arrive_exactly_and_in_order():
 
 def test_a_dead_neighbour_is_named_not_waited_for():
     status, text = _run("dies")
-    assert status == "error" and "lost stage 1 (rank 1)" in text
+    assert status == "error" and "lost stage 1 (rank 1)" in text and "[silent_rank=None]" in text
 
 
 def test_a_silent_neighbour_times_out_with_the_stage_named():
     t0 = time.time()
     status, text = _run("silent")
     assert status == "error" and "stage 1 (rank 1) sent nothing for 3 s" in text
+    assert "[silent_rank=1]" in text  # what the torchrun launcher reads in failures.jsonl
     assert time.time() - t0 < 30
 
 

@@ -108,8 +108,9 @@ def test_a_stopped_rank_its_neighbour_named_is_the_culprit_though_another_was_ki
 
     folder = RunFolder(str(tmp_path))
     folder.record_failure(0, 9, "NeighbourError: stage 1 (rank 1) sent nothing for 8 s while this stage "
-                          "waited for an acknowledgement (pipeline.timeout_s)", 1, secondary=True)
-    folder.record_failure(0, 3, "NeighbourError: stage 2 (rank 2) sent nothing for 8 s", 0)  # another attempt
+                          "waited for an acknowledgement (pipeline.timeout_s)", 1, secondary=True, silent_rank=1)
+    folder.record_failure(0, 3, "NeighbourError: stage 2 (rank 2) sent nothing for 8 s", 0,
+                          silent_rank=2)  # another attempt
     err = _ChildFailed({0: _Failure(-15, "SIGTERM", 5), 1: _Failure(-9, "SIGKILL", 20), 2: _Failure(-9, "SIGKILL", 10)})
     assert launch._culprit(err)[0] == 2  # no word from the neighbours: the first killed
     silent = launch._silent_ranks(folder, Attempt(1, 0))
@@ -121,3 +122,26 @@ def test_a_stopped_rank_its_neighbour_named_is_the_culprit_though_another_was_ki
     # the stopped rank ended by the agent's SIGTERM once it ran again, after the other's SIGKILL
     err.failures[1] = _Failure(-15, "SIGTERM", 20)
     assert launch._culprit(err)[0] == 2 and launch._culprit(err, silent)[0] == 1
+
+
+def test_a_silent_neighbour_is_recorded_by_rank_across_processes(tmp_path):
+    """The rank a stage heard nothing from travels as a field, not as words of the message: it
+    survives pickling (Ray) and lands in failures.jsonl, where the launcher reads it."""
+    import pickle
+
+    from ffpipe.backends import torchrun_launch as launch
+    from ffpipe.errors import NeighbourError
+    from ffpipe.run import recovery
+    from ffpipe.run.folder import RunFolder
+
+    silent = pickle.loads(pickle.dumps(NeighbourError("stage 1 (rank 3) sent nothing for 8 s", silent_rank=3)))
+    assert silent.silent_rank == 3 and str(silent) == "stage 1 (rank 3) sent nothing for 8 s"
+    failed = pickle.loads(pickle.dumps(recovery.StageFailed.of(0, 9, silent)))
+    assert failed.silent_rank == 3 and failed.secondary and failed.step == 9
+    folder = RunFolder(str(tmp_path))
+    assert recovery.record(folder, failed, 1)["silent_rank"] == 3
+    lost = recovery.StageFailed.of(2, 9, NeighbourError("lost stage 1 (rank 1) while waiting for a batch"))
+    assert "silent_rank" not in recovery.record(folder, lost, 1)  # died, not silent
+    recovery.record(folder, recovery.StageFailed.of(0, 4, silent), 0)  # an earlier attempt
+    assert launch._silent_ranks(folder, recovery.Attempt(1, 0)) == {3}
+    assert launch._silent_ranks(folder, recovery.Attempt(2, 0)) == set()
