@@ -2,12 +2,13 @@
 restarts from its checkpoints.
 
 A failure is recorded once per stage that saw it, in failures.jsonl: {time, attempt, stage, step,
-cause, secondary}, and silent_rank where a neighbour sent nothing for pipeline.timeout_s. A stage that only lost its neighbour (or waited on it past the deadline) is a
-secondary report; the root cause of an attempt is its first primary report, else its first one.
-A run restarts up to pipeline.max_restarts times per session (a start, or a --resume), unless the
-same stage failed at the same step for the same reason twice in a row: that failure is
-deterministic and another attempt would only repeat it. Attempt numbers go on across sessions,
-so an attempt's records are its own.
+cause, secondary}, and silent_rank where a neighbour sent nothing for pipeline.timeout_s. A stage
+that only lost its neighbour (or waited on it past the deadline) is a secondary report; the root
+cause of an attempt is its first primary report, else its first one. A run restarts up to
+pipeline.max_restarts times per session (a start, or a --resume), unless the same stage failed
+at the same step for the same reason twice in a row: that failure is deterministic and another
+attempt would only repeat it. Attempt numbers go on across sessions, so an attempt's records are
+its own.
 """
 from __future__ import annotations
 
