@@ -128,9 +128,10 @@ def measure(args, device: torch.device) -> list[dict]:
                                                   args.image_size, mirror),
         }
         rows += rates(args, codec.name, parts, len(batches), device)
-        for part, work in parts.items() if side else ():
-            waited += [{"library": codec.name, "part": part, "queued_ms": q, "call_ms": ms, "queue_left": left}
-                       for q, ms, left in waits(work, side, args.queued, device)]
+        if side is not None:
+            for part, work in parts.items():
+                waited += [{"library": codec.name, "part": part, "queued_ms": q, "call_ms": ms, "queue_left": left}
+                           for q, ms, left in waits(work, side, args.queued, device)]
         decoder.close()
     if waited:
         print("\n| library | part | ms queued on another stream | ms the call took "

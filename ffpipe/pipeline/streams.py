@@ -1,14 +1,14 @@
 """A CUDA stream that keeps the legacy default stream's ordering with the other threads' work
 but is not the default stream itself.
 
-A stage trains on its device's default (legacy) stream: every other thread's work on that stream
-is ordered after its step, which the transports and loaders rely on. But so is any work a library
-issues on a stream created with the default flags, which waits for the default stream's queued
-work: a ResNet-50 stage trained from streamed JPEGs at 0.83x its rate on synthetic data because
-each nvJPEG decode waited for the step queued before it (H100, 2026-12-05; docs/benchmarks.md).
-A stream created with the default flags ("blocking") is still ordered with the legacy default
-stream both ways, but not with other such streams: a stage on one keeps today's ordering with
-every thread that uses the default stream and stops making other blocking streams wait.
+A stream created with the default flags ("blocking") is ordered with the legacy default stream
+both ways, but not with other such streams. It was built to test whether nvJPEG's decodes waited
+for a stage's step through blocking streams of nvJPEG's own (a stage on a blocking stream would
+then keep every ordering the runtime relies on and free the decoder). Measured, they do not: an
+nvJPEG call waits for every kernel queued on the device, on any stream (H100/H200, 2026-12-05,
+docs/benchmarks.md "nvJPEG waits for the whole GPU"), and a ResNet-50 stage on a blocking stream
+trained from streamed JPEGs no faster. So stages stay on the default stream; `ffpipe bench stream
+--load blocking` (bench/device_load.py) uses this to put its load on such a stream.
 torch's own streams are all non-blocking, so this one is made through the CUDA driver.
 """
 from __future__ import annotations

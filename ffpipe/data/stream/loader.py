@@ -138,8 +138,9 @@ class StreamLoader:
         if self.device.type != "cuda":
             return nullcontext()
         if not hasattr(self._local, "stream"):
-            # high priority: the crops' few short kernels go ahead of the step's queued ones
-            # instead of waiting behind them (a later step waits for the batch they make)
+            # high priority, so the crops' few short kernels may go ahead of the step's queued
+            # ones; measured beside a busy device it made no difference (bench.decoders --stream
+            # high, H100 2026-12-05): nvJPEG's wait for the whole device dominates
             self._local.stream = torch.cuda.Stream(self.device, priority=-1)
         return torch.cuda.stream(self._local.stream)
 
