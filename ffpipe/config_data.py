@@ -8,6 +8,10 @@ from ffpipe.config_fields import _f, _require
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenette", "image_folder", "parquet",
             "synthetic")
 PREPARE_INPUTS = ("image_parquet",)  # read by `ffpipe data prepare` only, never a data.name
+# data.jpeg_decoder: the stream's JPEG libraries (data/stream/decoders.py; nvImageCodec's backends
+# in data/stream/nvimgcodec.py)
+JPEG_DECODERS = ("auto", "torchcodec", "torchvision", "nvimgcodec-hw", "nvimgcodec-cuda", "nvimgcodec-hybrid",
+                 "nvimgcodec-cpu")
 
 
 @dataclass
@@ -46,6 +50,10 @@ class DataConfig:
     decode: str = _f("auto", "streaming: where JPEG/PNG images are decoded and cropped: 'gpu' "
                      "(nvJPEG), 'cpu' (PIL on data.decode_threads threads), 'auto' = gpu on a GPU",
                      ("auto", "gpu", "cpu"))
+    jpeg_decoder: str = _f("auto", "streaming, data.decode = 'gpu': the JPEG library: 'auto' = TorchCodec "
+                           "where it loads, else torchvision; or torchcodec, torchvision, nvimgcodec-hw "
+                           "(the GPU's JPEG engine), nvimgcodec-cuda (CUDA kernels), nvimgcodec-hybrid, "
+                           "nvimgcodec-cpu (libjpeg-turbo on nvImageCodec's threads)", JPEG_DECODERS)
     synthetic_train: int = _f(2048, "synthetic: training images")
     synthetic_test: int = _f(512, "synthetic: test images")
     synthetic_shape: list = _f(lambda: [3, 32, 32], "synthetic: image shape [C, H, W]")

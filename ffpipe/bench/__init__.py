@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 from ffpipe import config as config_mod
+from ffpipe.config_data import JPEG_DECODERS
 
 VARIANTS = {
     "bp": ["algo.name=bp"],
@@ -113,6 +114,8 @@ def _add_stream_parser(bench_sub) -> None:
     s.add_argument("--make", type=int, default=0, metavar="N", help="first write N ImageNet-like JPEGs")
     s.add_argument("--classes", type=int, default=100, help="classes of --make")
     s.add_argument("--decode", nargs="+", choices=("gpu", "cpu"), help="default: gpu and cpu on a GPU")
+    s.add_argument("--jpeg-decoder", nargs="+", default=["auto"], choices=JPEG_DECODERS,
+                   help="the gpu rows' JPEG libraries (data.jpeg_decoder), a row each")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--image-size", type=int, default=224)
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="of the batches")

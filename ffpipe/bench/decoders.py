@@ -24,7 +24,9 @@ import torch
 from ffpipe.bench.device_load import LOADS, DeviceLoad
 from ffpipe.bench.imagenet_like import jpeg_bytes
 from ffpipe.data.stream.crops import batch_draws, train_box
-from ffpipe.data.stream.decoders import GpuDecoder, encoded, torchcodec_codecs, torchvision_codecs
+from ffpipe.config_data import JPEG_DECODERS
+from ffpipe.data.stream.decoders import GpuDecoder, codecs, encoded
+from ffpipe.errors import ConfigError
 from ffpipe.pipeline.sync import synchronize
 
 
@@ -120,7 +122,7 @@ def measure(args, device: torch.device) -> list[dict]:
     names, mirror = ["-"] * args.batch_size, np.zeros(args.batch_size, dtype=bool)
     side = SideQueue(device) if args.queued else None
     rows, waited = [], []
-    for codec in [c for c in (torchvision_codecs(), torchcodec_codecs()) if c is not None]:
+    for codec in loaded(args.jpeg_decoder, lambda codec: codec.jpegs(encoded_batches[0][:1], device)):
         decoder = GpuDecoder(device, 2, codec)
         parts = {
             "decode": lambda k: codec.jpegs(encoded_batches[k], device),
@@ -139,6 +141,19 @@ def measure(args, device: torch.device) -> list[dict]:
         for w in waited:
             print(f"| {w['library']} | {w['part']} | {w['queued_ms']:.0f} | {w['call_ms']:.1f} | {w['queue_left']} |")
     return rows + waited
+
+
+def loaded(libraries: list[str], decode_one) -> list:
+    """The Codecs of each library that loads and runs here (`decode_one(codecs)` decodes a JPEG);
+    the others are named and left out."""
+    found = []
+    for library in libraries:
+        try:
+            decode_one(codecs(library))
+            found.append(codecs(library))
+        except ConfigError as err:
+            print(f"left out: {err}")
+    return found
 
 
 def rates(args, library: str, parts: dict, batches: int, device: torch.device) -> list[dict]:
@@ -164,6 +179,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--load", nargs="+", default=["none"], choices=LOADS)
     parser.add_argument("--stream", nargs="+", default=["current"], choices=STREAMS,
                         help="each thread on the current stream, or on a high-priority one of its own")
+    parser.add_argument("--jpeg-decoder", nargs="+", default=["torchvision", "torchcodec"],
+                        choices=[d for d in JPEG_DECODERS if d != "auto"], help="the libraries measured")
     parser.add_argument("--seconds", type=float, default=3.0, help="per row")
     parser.add_argument("--queued", type=float, nargs="*", default=[], metavar="MS",
                         help="also time one call made just after MS milliseconds of matrix products "

@@ -45,9 +45,10 @@ def make_shards(root: Path, images: int, classes: int) -> dict:
     return made
 
 
-def measure(args, decode: str, workers: int, load: str, device: torch.device) -> dict:
+def measure(args, decode: str, workers: int, load: str, device: torch.device, library: str = "auto") -> dict:
     cfg = DataConfig(name="parquet", root=str(args.shards), stream="on", image_size=args.image_size,
-                     decode=decode, decode_threads=args.threads, shuffle_window=args.window)
+                     decode=decode, decode_threads=args.threads, shuffle_window=args.window,
+                     jpeg_decoder=library)
     data = load_data(cfg, seed=0)
     loader = StreamLoader(data.train, args.batch_size, device, data.mean, data.std, train=True,
                           flip=data.flip, dtype=DTYPES[args.dtype], workers=workers,
@@ -58,7 +59,8 @@ def measure(args, decode: str, workers: int, load: str, device: torch.device) ->
     with DeviceLoad(device, load) as busy:
         images, elapsed = _stream_for(args.seconds, loader, device)
     rss_now, rss_peak = rss_mib()
-    return {"decode": decode, "workers": loader.workers, "load": load, "images_per_s": images / elapsed,
+    label = f"gpu {codecs(library).name}" if loader.gpu else "cpu"
+    return {"decode": label, "workers": loader.workers, "load": load, "images_per_s": images / elapsed,
             "images": images, "load_products_per_s": busy.products_per_s,
             "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
             "gpu_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
@@ -90,8 +92,9 @@ def bench_stream(args) -> int:
     made = make_shards(root, args.make, args.classes) if args.make else {}
     args.shards = root / "shards" if (root / "shards").is_dir() else root
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
-    rows = [measure(args, decode, workers, load, device)
-            for decode in decoders for workers in args.workers for load in args.load]
+    runs = [(d, lib) for d in decoders for lib in (args.jpeg_decoder if d == "gpu" else ["auto"])]
+    rows = [measure(args, decode, workers, load, device, library)
+            for decode, library in runs for workers in args.workers for load in args.load]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "batch_size": args.batch_size,
@@ -110,11 +113,11 @@ def format_table(result: dict) -> str:
         m = result["made"]
         lines.append(f"made {m['images']:,} ImageNet-like JPEGs ({m['mean_kb']:.0f} KB each) in "
                      f"{m['make_s']:.0f} s, shards in {m['prepare_s']:.0f} s")
-    lines.append(f"{'decode':<8}{'workers':>8}{'load':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
+    lines.append(f"{'decode':<24}{'workers':>8}{'load':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
     for r in result["rows"]:
         busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
         if r["load"] != "none":  # how much of the load got through beside the stream
             busy += f"; load {r['load_products_per_s']:,.0f} products/s"
-        lines.append(f"{r['decode']:<8}{r['workers']:>8}{r['load']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
+        lines.append(f"{r['decode']:<24}{r['workers']:>8}{r['load']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
                      f"{r['rss_growth_mib']:>8.0f}{r['gpu_peak_mib']:>9.0f}  {busy}")
     return "\n".join(lines)

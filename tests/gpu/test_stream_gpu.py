@@ -7,15 +7,29 @@ import torch
 
 from ffpipe.data import load_data, training_loader
 from ffpipe.data.stream.crops import batch_draws, eval_box, train_box
-from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder
+from ffpipe.bench.imagenet_like import jpeg_bytes
+from ffpipe.config_data import JPEG_DECODERS
+from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder, codecs, encoded
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
-from ffpipe.errors import DataError
+from ffpipe.errors import ConfigError, DataError
 from tests.helpers.runs import run_ffpipe, summary
 from tests.helpers.streams import shards, stream_config, stream_run
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
+
+
+@pytest.fixture(params=JPEG_DECODERS)
+def codec(request):
+    """Each JPEG library of data.jpeg_decoder that loads and runs here (nvImageCodec is optional,
+    and not every backend runs on every GPU)."""
+    try:
+        found = codecs(request.param)
+        found.jpegs(encoded([jpeg_bytes(0)])[0], CUDA)
+    except ConfigError as err:
+        pytest.skip(str(err))
+    return found
 
 
 def rows(root, n):
@@ -29,13 +43,13 @@ def rows(root, n):
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_gpu_crops_agree_with_pil_crops(tmp_path, train):
+def test_gpu_crops_agree_with_pil_crops(tmp_path, train, codec):
     root = shards(tmp_path, per_class=12, sides=(60, 200))
     blobs, _, names = rows(root, 36)
     draws = batch_draws(0, 0, 0, len(blobs))
     box_of = (lambda i, h, w: train_box(h, w, draws[i])) if train else (lambda i, h, w: eval_box(h, w))
     mirror = draws[:, -1] < 0.5
-    cpu, gpu = CpuDecoder(2), GpuDecoder(CUDA, 2)
+    cpu, gpu = CpuDecoder(2), GpuDecoder(CUDA, 2, codec)
     try:
         a = cpu.batch(blobs, names, box_of, 32, mirror).float()
         b = gpu.batch(blobs, names, box_of, 32, mirror).cpu()
@@ -43,17 +57,17 @@ def test_gpu_crops_agree_with_pil_crops(tmp_path, train):
         cpu.close()
         gpu.close()
     diff = (a - b).abs()
-    print(f"gpu vs pil crops ({'train' if train else 'eval'}): mean |diff| {diff.mean():.2f}, "
+    print(f"{codec.name} vs pil crops ({'train' if train else 'eval'}): mean |diff| {diff.mean():.2f}, "
           f"99th percentile {diff.flatten().quantile(0.99):.1f} (0-255)")
     assert diff.mean() < 3.0 and diff.flatten().quantile(0.99) < 24  # noise images: sharp edges
 
 
-def test_a_jpeg_nvjpeg_refuses_is_named_by_the_cpu_path(tmp_path):
+def test_a_jpeg_nvjpeg_refuses_is_named_by_the_cpu_path(tmp_path, codec):
     root = shards(tmp_path, per_class=4)
     blobs, _, names = rows(root, 6)
     blobs = [np.asarray(b) for b in blobs]
     blobs[3] = blobs[3][:60]
-    gpu = GpuDecoder(CUDA, 2)
+    gpu = GpuDecoder(CUDA, 2, codec)
     try:
         with pytest.raises(DataError, match=r"row 3 of shard .*\.parquet \(train/"):
             gpu.batch(blobs, names, lambda i, h, w: eval_box(h, w), 32, np.zeros(6, dtype=bool))

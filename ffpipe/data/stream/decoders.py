@@ -3,7 +3,8 @@
 (a batch at a time) and the same antialiased resize for the batch's crops at once (one Triton
 kernel, kernels/crop_resize.py; resize.py where Triton does not run).
 The GPU path decodes with TorchCodec where it is installed and loads (torchvision deprecated its
-image decoders in 0.29 for TorchCodec's), else with torchvision.io (`codecs()`).
+image decoders in 0.29 for TorchCodec's), else with torchvision.io, or with the library that
+data.jpeg_decoder names (`codecs()`; nvImageCodec's backends in nvimgcodec.py).
 
 Both crop the same box (crops.py) and resize it with antialiased bilinear filtering, which torch
 made to follow PIL's; what differs is the JPEG decoder's rounding. A batch either decodes whole or
@@ -24,8 +25,10 @@ import torch
 from PIL import Image
 
 from ffpipe.data.decode import DECODE_ERRORS, damaged_image
+from ffpipe.data.stream import nvimgcodec
 from ffpipe.data.stream.crops import Box
 from ffpipe.data.stream.resize import crops_resized
+from ffpipe.errors import ConfigError
 
 BoxOf = Callable[[int, int, int], Box]  # (row in the batch, height, width) -> its crop
 JPEG_MAGIC = b"\xff\xd8"
@@ -108,9 +111,31 @@ def torchvision_codecs() -> Codecs:
                   lambda data: decode_image(data, mode=ImageReadMode.RGB), (RuntimeError,))
 
 
+def nvimgcodec_codecs(backend: str) -> Codecs | None:
+    """nvImageCodec's JPEG decoder on one backend (nvimgcodec.py), TorchCodec's or torchvision's
+    for other formats on the CPU; None where nvImageCodec does not load."""
+    decoder = nvimgcodec.load(backend)
+    if decoder is None:
+        return None
+    other = torchcodec_codecs() or torchvision_codecs()  # for PNGs and what nvImageCodec refuses
+    return Codecs(f"nvimgcodec-{backend}", decoder.jpegs, other.image, (nvimgcodec.Undecodable, *other.errors))
+
+
 @functools.lru_cache(maxsize=None)
-def codecs() -> Codecs:
-    return torchcodec_codecs() or torchvision_codecs()
+def codecs(library: str = "auto") -> Codecs:
+    """The JPEG library of data.jpeg_decoder: 'auto' takes TorchCodec where it loads, else
+    torchvision; a named one that does not load is an error that says what to install."""
+    if library == "auto":
+        return torchcodec_codecs() or torchvision_codecs()
+    if library == "torchvision":
+        return torchvision_codecs()
+    found = torchcodec_codecs() if library == "torchcodec" else nvimgcodec_codecs(library.split("-", 1)[1])
+    if found is None:
+        install = ("pip install 'ffpipe[images]'" if library == "torchcodec"
+                   else "pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg (CUDA 13; -cu12 for CUDA 12)")
+        raise ConfigError(f"data.jpeg_decoder = '{library}' does not load here: {install}, or set "
+                          f"data.jpeg_decoder = 'auto'")
+    return found
 
 
 def encoded(blobs: Sequence) -> tuple[list[torch.Tensor], np.ndarray]:

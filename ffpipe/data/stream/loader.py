@@ -21,7 +21,7 @@ import torch
 
 from ffpipe.data.loader import batches_per_epoch, cut_out
 from ffpipe.data.stream.crops import batch_draws, cutout_centres, eval_box, mirrors, train_box
-from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder
+from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder, codecs
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore
 from ffpipe.data.stream.split import StreamSplit
@@ -35,14 +35,16 @@ class StreamLoader:
                  std: list[float], *, train: bool, seed: int = 0, flip: bool = True,
                  augment: bool = True, decode: str = "auto", threads: int = 1, window: int = 8192,
                  ahead: int = 3, workers: int = 0, drop_last: bool = True, cutout: int = 0,
-                 dtype: torch.dtype = torch.float32, keep_rows: KeepRows | None = None):
+                 dtype: torch.dtype = torch.float32, keep_rows: KeepRows | None = None,
+                 jpeg_decoder: str = "auto"):
         """`decode`: 'gpu' (nvJPEG), 'cpu' (PIL on `threads` threads) or 'auto' (gpu on a GPU);
         `augment`: training crops random-resized (else the centre crop, still shuffled);
         `cutout`: the side of data.cutout's square (training);
         `window`: rows shuffled together (order.py); `ahead`: batches in the making; `workers`:
         batches made at once (0: one on CPU, where each batch's images share the threads; two on
         the GPU, so one batch's crops are launched while the next is decoded); `keep_rows`: for
-        one of several replicas of stage 0, its rows of every batch (it decodes only those)."""
+        one of several replicas of stage 0, its rows of every batch (it decodes only those);
+        `jpeg_decoder`: the GPU path's JPEG library (decoders.codecs)."""
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.window = train, seed, window
         self.augment = augment and train
@@ -50,6 +52,7 @@ class StreamLoader:
         self.cutout = cutout if train else 0
         self.gpu = decode == "gpu" or (decode == "auto" and device.type == "cuda")
         self.threads, self.dtype = threads, dtype
+        self.codec = codecs(jpeg_decoder) if self.gpu else None  # a library that does not load: said now
         self.workers = workers or (GPU_WORKERS if self.gpu else 1)
         self.ahead = max(ahead, self.workers)
         self._local = threading.local()
@@ -72,7 +75,7 @@ class StreamLoader:
                             self.split.keep)
         shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
         store = ShardStore(self.split, order, start * self.batch_size, shards_ahead)
-        decoder = GpuDecoder(self.device, self.threads) if self.gpu else CpuDecoder(self.threads)
+        decoder = GpuDecoder(self.device, self.threads, self.codec) if self.gpu else CpuDecoder(self.threads)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffpipe-crops")
         pending: deque[Future] = deque()
         upcoming = iter(range(start, len(self)))

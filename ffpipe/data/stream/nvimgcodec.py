@@ -1,0 +1,76 @@
+"""nvImageCodec's JPEG decoders as one of the stream's `Codecs` (decoders.py), by backend:
+- 'hw': the GPU's hardware JPEG engine (A100, H100, H200), the nvJPEG path torchvision and
+  TorchCodec take;
+- 'cuda': nvJPEG's CUDA-kernel decoder (Huffman on the GPU or the CPU, the rest in kernels);
+- 'hybrid': Huffman decoding on nvImageCodec's CPU threads, the rest on the GPU;
+- 'cpu': libjpeg-turbo on nvImageCodec's own C++ threads (no Python, no GIL), copied to the device.
+They are here to be measured against each other (`python -m ffpipe.bench.decoders`): torchvision's
+and TorchCodec's nvJPEG wait for every kernel queued on the device before they return
+(docs/benchmarks.md, "nvJPEG waits for the whole GPU"), which costs a training stage the decode's
+time on top of its step. nvImageCodec is optional (`pip install nvidia-nvimgcodec-cu13
+nvidia-nvjpeg`); it decodes on the caller's CUDA stream.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from ffpipe.errors import ConfigError
+
+BACKENDS = {"hw": "HW_GPU_ONLY", "cuda": "GPU_ONLY", "hybrid": "HYBRID_CPU_GPU", "cpu": "CPU_ONLY"}
+
+
+class Undecodable(ValueError):
+    """A JPEG of the batch that nvImageCodec could not decode (GpuDecoder then decodes the batch on
+    the CPU, which names the file)."""
+
+
+class NvImageCodec:
+    """Batched JPEG decoding by nvImageCodec on one backend, to RGB uint8 3 x H x W tensors on the
+    device. One nvImageCodec Decoder per thread and device: the stream's decode threads each call
+    it with batches of their own."""
+
+    def __init__(self, module, backend: str, cpu_threads: int = 0):
+        self.nv, self.backend, self.cpu_threads = module, backend, cpu_threads
+        self.params = module.DecodeParams(color_spec=module.ColorSpec.SRGB,
+                                          sample_format=module.SampleFormat.P_RGB)  # planar: C x H x W
+        self._local = threading.local()
+
+    def _decoder(self, device: torch.device):
+        decoders = self._local.__dict__.setdefault("decoders", {})
+        if device not in decoders:
+            kind = getattr(self.nv, BACKENDS[self.backend])
+            device_id = (self.nv.NVIMGCODEC_DEVICE_CPU_ONLY if device.type != "cuda"
+                         else device.index if device.index is not None else torch.cuda.current_device())
+            try:
+                decoders[device] = self.nv.Decoder(device_id=device_id, max_num_cpu_threads=self.cpu_threads,
+                                                   backends=[self.nv.Backend(kind)])
+            except RuntimeError as err:  # not a batch's fault: no CPU fallback, say it
+                raise ConfigError(f"data.jpeg_decoder = 'nvimgcodec-{self.backend}' does not run on "
+                                  f"{device} ({err}): choose another data.jpeg_decoder") from None
+        return decoders[device]
+
+    def jpegs(self, data: list, device: torch.device) -> list[torch.Tensor]:
+        """The batch of JPEGs (1-D uint8 CPU tensors) decoded, on `device`, ready on its current
+        stream (nvImageCodec orders its work before that stream's next)."""
+        sources = [self.nv.CodeStream(t.numpy()) for t in data]  # views of the batch's bytes
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        images = self._decoder(device).decode(sources, params=self.params, cuda_stream=stream)
+        failed = [i for i, img in enumerate(images) if img is None]
+        if failed:
+            raise Undecodable(f"nvImageCodec could not decode {len(failed)} image(s) of the batch")
+        if self.backend == "cpu":  # host images: one copy each to the device
+            return [torch.from_numpy(np.asarray(img)).to(device, non_blocking=False) for img in images]
+        return [torch.from_dlpack(img) for img in images]
+
+
+def load(backend: str):
+    """An NvImageCodec for `backend` (a key of BACKENDS), or None where nvImageCodec is not
+    installed or does not load (no CUDA, no nvJPEG library)."""
+    try:
+        from nvidia import nvimgcodec
+    except (ImportError, OSError, RuntimeError):
+        return None
+    return NvImageCodec(nvimgcodec, backend)
