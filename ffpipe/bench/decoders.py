@@ -4,8 +4,8 @@ GpuDecoder (decode, then the crop kernel), on 1, 2, ... threads, with the device
 (`--load`, bench/device_load.py), each thread on the device's current stream or on a high-priority
 stream of its own (`--stream high`: a library that decodes on the caller's stream gets its kernels
 ahead of the load's; torchvision's decoder uses a stream of its own); `--queued MS` times one call
-made just after MS ms of work was queued on another stream, which tells a decoder that waits only
-for its own work from one that waits for the whole device (nvJPEG does). This made
+made just after MS ms of work was queued on another stream, and torch's own work (a small kernel,
+a pinned copy) the same way: a decoder slower than those waits for more than the GPU's queue. This made
 docs/benchmarks.md's "Where the GPU stream's time went" and "nvJPEG waits for the whole GPU"
 tables. On a CPU the same code runs the libraries' CPU decoders (to test it).
 """
@@ -114,6 +114,17 @@ def waits(work, side: SideQueue, queued: list[float], device: torch.device) -> l
     return rows
 
 
+def reference_work(device: torch.device, batch_size: int) -> dict:
+    """Torch's own work of a batch's size, timed as a decoder call is: one small kernel, and a
+    batch of decoded 500 x 375 images copied from pinned memory. Where these take as long as the
+    queue too, the GPU runs nothing else before the queue is done, whatever the decoder does."""
+    small = torch.zeros(1 << 20, device=device)
+    host = torch.zeros(batch_size * 3 * 375 * 500, dtype=torch.uint8)
+    host = host.pin_memory() if device.type == "cuda" else host
+    return {"a small kernel": lambda k: small.add_(1.0),
+            "pinned copy": lambda k: host.to(device, non_blocking=True)}
+
+
 def measure(args, device: torch.device) -> list[dict]:
     blobs = make_jpegs(args.images)
     batches = [blobs[i:i + args.batch_size] for i in range(0, len(blobs) - args.batch_size + 1, args.batch_size)]
@@ -135,6 +146,10 @@ def measure(args, device: torch.device) -> list[dict]:
                 waited += [{"library": codec.name, "part": part, "queued_ms": q, "call_ms": ms, "queue_left": left}
                            for q, ms, left in waits(work, side, args.queued, device)]
         decoder.close()
+    if side is not None:  # the same timing of torch's own work: what any GPU work waits for
+        waited += [{"library": "torch", "part": part, "queued_ms": q, "call_ms": ms, "queue_left": left}
+                   for part, work in reference_work(device, args.batch_size).items()
+                   for q, ms, left in waits(work, side, args.queued, device)]
     if waited:
         print("\n| library | part | ms queued on another stream | ms the call took "
               "| that queue still running after |\n|---|---|---|---|---|")

@@ -25,7 +25,7 @@ def test_a_library_that_does_not_load_says_what_to_install(monkeypatch):
     monkeypatch.setattr(nvimgcodec, "load", lambda backend: None)
     decoders.codecs.cache_clear()
     try:
-        with pytest.raises(ConfigError, match=r"nvimgcodec-hw.*pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg"):
+        with pytest.raises(ConfigError, match=r"nvimgcodec-hw.*pip install 'ffpipe\[nvimgcodec\]'"):
             decoders.codecs("nvimgcodec-hw")
     finally:
         decoders.codecs.cache_clear()

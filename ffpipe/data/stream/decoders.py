@@ -132,7 +132,8 @@ def codecs(library: str = "auto") -> Codecs:
     found = torchcodec_codecs() if library == "torchcodec" else nvimgcodec_codecs(library.split("-", 1)[1])
     if found is None:
         install = ("pip install 'ffpipe[images]'" if library == "torchcodec"
-                   else "pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg (CUDA 13; -cu12 for CUDA 12)")
+                   else "pip install 'ffpipe[nvimgcodec]' (CUDA 13; for CUDA 12: "
+                        "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]')")
         raise ConfigError(f"data.jpeg_decoder = '{library}' does not load here: {install}, or set "
                           f"data.jpeg_decoder = 'auto'")
     return found

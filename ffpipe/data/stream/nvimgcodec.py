@@ -7,8 +7,8 @@
 They are here to be measured against each other (`python -m ffpipe.bench.decoders`): torchvision's
 and TorchCodec's nvJPEG wait for every kernel queued on the device before they return
 (docs/benchmarks.md, "nvJPEG waits for the whole GPU"), which costs a training stage the decode's
-time on top of its step. nvImageCodec is optional (`pip install nvidia-nvimgcodec-cu13
-nvidia-nvjpeg`); it decodes on the caller's CUDA stream.
+time on top of its step. nvImageCodec is optional (`pip install 'ffpipe[nvimgcodec]'`); its results are
+ordered before the caller's CUDA stream's next work.
 """
 from __future__ import annotations
 
@@ -61,8 +61,11 @@ class NvImageCodec:
         failed = [i for i, img in enumerate(images) if img is None]
         if failed:
             raise Undecodable(f"nvImageCodec could not decode {len(failed)} image(s) of the batch")
-        if self.backend == "cpu":  # host images: one copy each to the device
-            return [torch.from_numpy(np.asarray(img)).to(device, non_blocking=False) for img in images]
+        if self.backend == "cpu":  # host images: each pinned, then copied without waiting for the device
+            host = [torch.from_numpy(np.asarray(img)) for img in images]
+            if device.type != "cuda":
+                return host
+            return [h.pin_memory().to(device, non_blocking=True) for h in host]
         return [torch.from_dlpack(img) for img in images]
 
 
