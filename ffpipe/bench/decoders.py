@@ -5,9 +5,9 @@ GpuDecoder (decode, then the crop kernel), on 1, 2, ... threads, with the device
 stream of its own (`--stream high`: a library that decodes on the caller's stream gets its kernels
 ahead of the load's; torchvision's decoder uses a stream of its own); `--queued MS` times one call
 made just after MS ms of work was queued on another stream, and torch's own work (a small kernel,
-a pinned copy) the same way: a decoder slower than those waits for more than the GPU's queue. This made
-docs/benchmarks.md's "Where the GPU stream's time went" and "nvJPEG waits for the whole GPU"
-tables. On a CPU the same code runs the libraries' CPU decoders (to test it).
+a pinned copy) the same way: a decoder slower than those waits for more than its own work. This
+made docs/benchmarks.md's "Where the GPU stream's time went", "nvJPEG waits for the whole GPU" and
+nvImageCodec's tables. On a CPU the same code runs the libraries' CPU decoders (to test it).
 """
 from __future__ import annotations
 

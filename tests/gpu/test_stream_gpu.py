@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ffpipe.data import load_data, training_loader
-from ffpipe.data.stream.crops import batch_draws, eval_box, train_box
 from ffpipe.bench.imagenet_like import jpeg_bytes
 from ffpipe.config_data import JPEG_DECODERS
+from ffpipe.data import load_data, training_loader
+from ffpipe.data.stream.crops import batch_draws, eval_box, train_box
 from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder, codecs, encoded
 from ffpipe.data.stream.order import epoch_order
 from ffpipe.data.stream.reader import ShardStore

@@ -1,9 +1,12 @@
 """data.jpeg_decoder: the stream's JPEG library by name, a clear error for one that does not load,
 and nvImageCodec's CPU backend (where it is installed) decoding as PIL does and naming a damaged
 file through GpuDecoder's CPU path."""
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ffpipe.bench.imagenet_like import jpeg_bytes
 from ffpipe.config_data import JPEG_DECODERS
@@ -38,9 +41,6 @@ def cpu_backend():
 
 
 def test_nvimgcodecs_cpu_backend_decodes_as_pil_does(cpu_backend):
-    from PIL import Image
-    import io
-
     blobs = [jpeg_bytes(seed) for seed in range(3)]
     data, _ = decoders.encoded(blobs)
     images = cpu_backend.jpegs(data, torch.device("cpu"))

@@ -4,7 +4,7 @@
 - 'cuda': nvJPEG's CUDA-kernel decoder (Huffman on the GPU or the CPU, the rest in kernels);
 - 'hybrid': Huffman decoding on nvImageCodec's CPU threads, the rest on the GPU;
 - 'cpu': libjpeg-turbo on nvImageCodec's own C++ threads (no Python, no GIL), copied to the device.
-Measured (docs/benchmarks.md, "nvImageCodec's JPEG backends", one H100): torchvision's and
+Measured (docs/benchmarks.md, the two "nvImageCodec's ..." sections, one H100): torchvision's and
 TorchCodec's nvJPEG and the 'hw' and 'hybrid' backends here wait for every kernel queued on the
 device before they return, so a training stage's GPU idles while they decode; torch's own kernels
 and copies do not wait. The 'cpu' backend, made for no device, does not wait either, and ResNet-50
