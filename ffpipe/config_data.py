@@ -77,6 +77,9 @@ class DataConfig:
         _require(self.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
         _require(self.in_memory_max_gib >= 0, "data.in_memory_max_gib", "must be >= 0")
         _require(self.shuffle_window >= 1, "data.shuffle_window", "must be >= 1 (1 = shard order only)")
+        _require(self.decode != "cpu" or self.jpeg_decoder == "auto", "data.jpeg_decoder",
+                 "chooses the JPEG library of data.decode = 'gpu' (or 'auto' on a GPU); data.decode = "
+                 "'cpu' decodes with PIL: set data.decode = 'gpu' or data.jpeg_decoder = 'auto'")
         _require(self.stream != "on" or self.name == "parquet", "data.stream",
                  "'on' reads Parquet shards: write them with `ffpipe data prepare --dataset NAME "
                  "--out DIR`, then set data.name = 'parquet' and data.root = DIR")

@@ -40,6 +40,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("data.train_subset=1.5", "'data.train_subset' must be 0"),
     ("pipeline.boundaries=[3, 2]", "must be increasing"),
     ("algo.name=ff", "needs model.name = 'mlp'"),
+    ("data.jpeg_decoder=nvimgcodec-gpu", "choose one of: auto, torchcodec, torchvision, nvimgcodec-hw"),
     ("train.lr", "--set expects section.key=value"),
 ])
 def test_bad_values_name_the_key_and_the_fix(override, message):
@@ -84,3 +85,10 @@ def test_describe_lists_every_key_with_its_default_and_choices():
             assert f"{section}.{field.name} = {value}" in text
             if field.metadata["choices"]:
                 assert f"(one of: {', '.join(field.metadata['choices'])})" in text
+
+
+def test_a_jpeg_library_for_the_cpu_path_is_refused_with_the_fix():
+    # data.decode = 'cpu' decodes with PIL: a library chosen there would be silently ignored
+    with pytest.raises(ConfigError, match="data.jpeg_decoder.*set data.decode = 'gpu' or data.jpeg_decoder = 'auto'"):
+        config_mod.load(None, ["data.decode=cpu", "data.jpeg_decoder=nvimgcodec-cpu"])
+    assert config_mod.load(None, ["data.decode=gpu", "data.jpeg_decoder=nvimgcodec-cpu"]).data.jpeg_decoder == "nvimgcodec-cpu"
