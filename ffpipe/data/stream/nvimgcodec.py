@@ -15,6 +15,7 @@ stream's next work.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -77,6 +78,9 @@ class NvImageCodec:
 def load(backend: str):
     """An NvImageCodec for `backend` (a key of BACKENDS), or None where nvImageCodec is not
     installed or does not load (no CUDA, no nvJPEG library)."""
+    # errors only: at its default level it logs a warning and an error for every JPEG it refuses,
+    # which the CPU path then names once (a user's own setting stays)
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "1")
     try:
         from nvidia import nvimgcodec
     except (ImportError, OSError, RuntimeError):
