@@ -36,8 +36,8 @@ class NvImageCodec:
     device. One nvImageCodec Decoder per thread and device: the stream's decode threads each call
     it with batches of their own."""
 
-    def __init__(self, module, backend: str, cpu_threads: int = 0):
-        self.nv, self.backend, self.cpu_threads = module, backend, cpu_threads
+    def __init__(self, module, backend: str):
+        self.nv, self.backend = module, backend
         self.params = module.DecodeParams(color_spec=module.ColorSpec.SRGB,
                                           sample_format=module.SampleFormat.P_RGB)  # planar: C x H x W
         self._local = threading.local()
@@ -51,7 +51,8 @@ class NvImageCodec:
             device_id = (self.nv.NVIMGCODEC_DEVICE_CPU_ONLY if device.type != "cuda" or self.backend == "cpu"
                          else device.index if device.index is not None else torch.cuda.current_device())
             try:
-                decoders[device] = self.nv.Decoder(device_id=device_id, max_num_cpu_threads=self.cpu_threads,
+                # its CPU threads: one per core (0), not data.decode_threads (not measured)
+                decoders[device] = self.nv.Decoder(device_id=device_id, max_num_cpu_threads=0,
                                                    backends=[self.nv.Backend(kind)])
             except RuntimeError as err:  # not a batch's fault: no CPU fallback, say it
                 raise ConfigError(f"data.jpeg_decoder = 'nvimgcodec-{self.backend}' does not run on "
