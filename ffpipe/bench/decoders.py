@@ -164,8 +164,9 @@ def loaded(libraries: list[str], decode_one) -> list:
     found = []
     for library in libraries:
         try:
-            decode_one(codecs(library))
-            found.append(codecs(library))
+            codec = codecs(library)
+            decode_one(codec)
+            found.append(codec)
         except ConfigError as err:
             print(f"left out: {err}")
     return found

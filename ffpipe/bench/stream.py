@@ -59,7 +59,7 @@ def measure(args, decode: str, workers: int, load: str, device: torch.device, li
     with DeviceLoad(device, load) as busy:
         images, elapsed = _stream_for(args.seconds, loader, device)
     rss_now, rss_peak = rss_mib()
-    label = f"gpu {codecs(library).name}" if loader.gpu else "cpu"
+    label = f"gpu {loader.codec.name}" if loader.gpu else "cpu"
     return {"decode": label, "workers": loader.workers, "load": load, "images_per_s": images / elapsed,
             "images": images, "load_products_per_s": busy.products_per_s,
             "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,

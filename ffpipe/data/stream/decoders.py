@@ -117,7 +117,7 @@ def nvimgcodec_codecs(backend: str) -> Codecs | None:
     decoder = nvimgcodec.load(backend)
     if decoder is None:
         return None
-    other = torchcodec_codecs() or torchvision_codecs()  # for PNGs and what nvImageCodec refuses
+    other = codecs("auto")  # for PNGs and what nvImageCodec refuses
     return Codecs(f"nvimgcodec-{backend}", decoder.jpegs, other.image, (nvimgcodec.Undecodable, *other.errors))
 
 
