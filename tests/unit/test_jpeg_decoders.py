@@ -90,3 +90,53 @@ def test_the_cpu_backend_is_bound_to_no_device_even_for_a_gpu_stage():
     nvimgcodec.NvImageCodec(module, "cpu")._decoder(torch.device("cuda", 0))
     nvimgcodec.NvImageCodec(module, "hw")._decoder(torch.device("cuda", 1))
     assert module.made == [(module.NVIMGCODEC_DEVICE_CPU_ONLY, ["CPU_ONLY"]), (1, ["HW_GPU_ONLY"])]
+
+
+def _box(i, h, w):
+    return eval_box(h, w)
+
+
+@pytest.mark.parametrize("share, on_cpu", [(0.25, [6, 7]), (0.5, [4, 5, 6, 7]), (0.0, [])])
+def test_a_cpu_share_sends_each_batchs_last_jpegs_to_nvimgcodecs_cpu_backend(cpu_backend, share, on_cpu):
+    """data.jpeg_cpu_share: the same rows of every batch go to the CPU backend, the rest to the GPU
+    library, and the batch is what each library gives for its own rows."""
+    calls = []
+    gpu_library = decoders.codecs("torchvision")
+    blobs = [jpeg_bytes(seed) for seed in range(8)]
+    decoder = decoders.GpuDecoder(torch.device("cpu"), 2, _Counting(gpu_library, "gpu", calls), share)
+    decoder.cpu_codec = _Counting(cpu_backend, "cpu", calls)
+    try:
+        got = decoder._decode(blobs, [f"img{i}" for i in range(8)])
+    finally:
+        decoder.close()
+    sizes = [len(b) for b in blobs]  # which rows each library got, by their byte counts
+    want = [("gpu", [n for i, n in enumerate(sizes) if i not in on_cpu])]
+    assert sorted(calls) == sorted(want + ([("cpu", [sizes[i] for i in on_cpu])] if on_cpu else []))
+    data, _ = decoders.encoded(blobs)
+    for i, image in enumerate(got):
+        library = cpu_backend if i in on_cpu else gpu_library
+        assert torch.equal(image, library.jpegs([data[i]], torch.device("cpu"))[0])
+
+
+class _Counting:
+    """A library's Codecs whose batched JPEG calls are recorded as (which, each JPEG's bytes)."""
+
+    def __init__(self, codec, which: str, calls: list):
+        self.codec, self.which, self.calls = codec, which, calls
+        self.name, self.image, self.errors = codec.name, codec.image, codec.errors
+
+    def jpegs(self, data, device):
+        self.calls.append((self.which, [len(d) for d in data]))
+        return self.codec.jpegs(data, device)
+
+
+def test_a_damaged_jpeg_in_the_cpu_share_is_named(cpu_backend):
+    blobs = [jpeg_bytes(seed) for seed in range(4)]
+    blobs[3] = blobs[3][:300]
+    names = [f"row {i} of shard s.parquet" for i in range(4)]
+    decoder = decoders.GpuDecoder(torch.device("cpu"), 2, decoders.codecs("torchvision"), 0.5)
+    try:
+        with pytest.raises(DataError, match=r"row 3 of shard s\.parquet"):
+            decoder.batch(blobs, names, _box, 32, np.zeros(4, dtype=bool))
+    finally:
+        decoder.close()
