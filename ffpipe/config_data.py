@@ -54,9 +54,6 @@ class DataConfig:
                            "where it loads, else torchvision; or torchcodec, torchvision, nvimgcodec-hw "
                            "(the GPU's JPEG engine), nvimgcodec-cuda (CUDA kernels), nvimgcodec-hybrid, "
                            "nvimgcodec-cpu (libjpeg-turbo on nvImageCodec's threads)", JPEG_DECODERS)
-    jpeg_cpu_share: float = _f(0.0, "streaming, data.decode = 'gpu': the share of each batch's JPEGs "
-                               "that nvImageCodec's CPU backend decodes at the same time as "
-                               "data.jpeg_decoder, so the cores add to the GPU's rate (0 = none)")
     synthetic_train: int = _f(2048, "synthetic: training images")
     synthetic_test: int = _f(512, "synthetic: test images")
     synthetic_shape: list = _f(lambda: [3, 32, 32], "synthetic: image shape [C, H, W]")
@@ -78,25 +75,15 @@ class DataConfig:
         _require(self.on_device_max_mib >= 0, "data.on_device_max_mib",
                  "must be >= 0 (0 = always stream from host memory)")
         _require(self.decode_threads >= 0, "data.decode_threads", "must be >= 0 (0 = one per core)")
-        _require(self.name != "image_folder" or self.root, "data.root",
-                 "must name the image folder when data.name = 'image_folder' (one subfolder per class)")
-        self._validate_stream()
-
-    def _validate_stream(self):
         _require(self.in_memory_max_gib >= 0, "data.in_memory_max_gib", "must be >= 0")
         _require(self.shuffle_window >= 1, "data.shuffle_window", "must be >= 1 (1 = shard order only)")
         _require(self.decode != "cpu" or self.jpeg_decoder == "auto", "data.jpeg_decoder",
                  "chooses the JPEG library of data.decode = 'gpu' (or 'auto' on a GPU); data.decode = "
                  "'cpu' decodes with PIL: set data.decode = 'gpu' or data.jpeg_decoder = 'auto'")
-        _require(0 <= self.jpeg_cpu_share < 1, "data.jpeg_cpu_share",
-                 "must be in [0, 1): a share of each batch (for every JPEG on the CPU set "
-                 "data.jpeg_decoder = 'nvimgcodec-cpu')")
-        _require(self.jpeg_cpu_share == 0 or (self.decode != "cpu" and self.jpeg_decoder != "nvimgcodec-cpu"),
-                 "data.jpeg_cpu_share", "splits each batch between data.jpeg_decoder's library and "
-                 "nvImageCodec's CPU backend; with data.decode = 'cpu' or data.jpeg_decoder = "
-                 "'nvimgcodec-cpu' every JPEG is decoded on the CPU already: set it to 0")
         _require(self.stream != "on" or self.name == "parquet", "data.stream",
                  "'on' reads Parquet shards: write them with `ffpipe data prepare --dataset NAME "
                  "--out DIR`, then set data.name = 'parquet' and data.root = DIR")
+        _require(self.name != "image_folder" or self.root, "data.root",
+                 "must name the image folder when data.name = 'image_folder' (one subfolder per class)")
         _require(self.name != "parquet" or self.root, "data.root",
                  "must name the folder (or URI) of the shards written by `ffpipe data prepare`")

@@ -116,8 +116,6 @@ def _add_stream_parser(bench_sub) -> None:
     s.add_argument("--decode", nargs="+", choices=("gpu", "cpu"), help="default: gpu and cpu on a GPU")
     s.add_argument("--jpeg-decoder", nargs="+", default=["auto"], choices=JPEG_DECODERS,
                    help="the gpu rows' JPEG libraries (data.jpeg_decoder), a row each")
-    s.add_argument("--cpu-share", type=float, nargs="+", default=[0.0],
-                   help="data.jpeg_cpu_share of the gpu rows, a row each")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--image-size", type=int, default=224)
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="of the batches")

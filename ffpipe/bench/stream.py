@@ -45,11 +45,10 @@ def make_shards(root: Path, images: int, classes: int) -> dict:
     return made
 
 
-def measure(args, decode: str, workers: int, load: str, device: torch.device, library: str = "auto",
-            cpu_share: float = 0.0) -> dict:
+def measure(args, decode: str, workers: int, load: str, device: torch.device, library: str = "auto") -> dict:
     cfg = DataConfig(name="parquet", root=str(args.shards), stream="on", image_size=args.image_size,
                      decode=decode, decode_threads=args.threads, shuffle_window=args.window,
-                     jpeg_decoder=library, jpeg_cpu_share=cpu_share)
+                     jpeg_decoder=library)
     data = load_data(cfg, seed=0)
     loader = StreamLoader(data.train, args.batch_size, device, data.mean, data.std, train=True,
                           flip=data.flip, dtype=DTYPES[args.dtype], workers=workers,
@@ -61,7 +60,6 @@ def measure(args, decode: str, workers: int, load: str, device: torch.device, li
         images, elapsed = _stream_for(args.seconds, loader, device)
     rss_now, rss_peak = rss_mib()
     label = f"gpu {loader.codec.name}" if loader.gpu else "cpu"
-    label += f" + {cpu_share:.0%} cpu" if cpu_share else ""
     return {"decode": label, "workers": loader.workers, "load": load, "images_per_s": images / elapsed,
             "images": images, "load_products_per_s": busy.products_per_s,
             "rss_mib": rss_now, "rss_peak_mib": rss_peak, "rss_growth_mib": rss_now - rss_before,
@@ -94,10 +92,9 @@ def bench_stream(args) -> int:
     made = make_shards(root, args.make, args.classes) if args.make else {}
     args.shards = root / "shards" if (root / "shards").is_dir() else root
     decoders = args.decode or (["gpu", "cpu"] if device.type == "cuda" else ["cpu"])
-    runs = [(d, lib, share) for d in decoders for lib in (args.jpeg_decoder if d == "gpu" else ["auto"])
-            for share in (args.cpu_share if d == "gpu" and lib != "nvimgcodec-cpu" else [0.0])]
-    rows = [measure(args, decode, workers, load, device, library, share)
-            for decode, library, share in runs for workers in args.workers for load in args.load]
+    runs = [(d, lib) for d in decoders for lib in (args.jpeg_decoder if d == "gpu" else ["auto"])]
+    rows = [measure(args, decode, workers, load, device, library)
+            for decode, library in runs for workers in args.workers for load in args.load]
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"device": card, "torch": torch.__version__, "jpeg_library": codecs().name,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "batch_size": args.batch_size,
@@ -116,11 +113,11 @@ def format_table(result: dict) -> str:
         m = result["made"]
         lines.append(f"made {m['images']:,} ImageNet-like JPEGs ({m['mean_kb']:.0f} KB each) in "
                      f"{m['make_s']:.0f} s, shards in {m['prepare_s']:.0f} s")
-    lines.append(f"{'decode':<30}{'workers':>8}{'load':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
+    lines.append(f"{'decode':<24}{'workers':>8}{'load':>8}{'images/s':>10}{'RSS MiB':>9}{'peak':>7}{'growth':>8}{'GPU MiB':>9}  busy share")
     for r in result["rows"]:
         busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
         if r["load"] != "none":  # how much of the load got through beside the stream
             busy += f"; load {r['load_products_per_s']:,.0f} products/s"
-        lines.append(f"{r['decode']:<30}{r['workers']:>8}{r['load']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
+        lines.append(f"{r['decode']:<24}{r['workers']:>8}{r['load']:>8}{r['images_per_s']:>10,.0f}{r['rss_mib']:>9.0f}{r['rss_peak_mib']:>7.0f}"
                      f"{r['rss_growth_mib']:>8.0f}{r['gpu_peak_mib']:>9.0f}  {busy}")
     return "\n".join(lines)

@@ -101,7 +101,7 @@ def eval_loader(split: ArraySet | StreamSplit, data: DataBundle, cfg: DataConfig
 
 def stream_options(cfg: DataConfig, device) -> dict:
     return {"decode": cfg.decode, "threads": cfg.decode_threads or default_threads(),
-            "window": cfg.shuffle_window, "jpeg_decoder": cfg.jpeg_decoder, "jpeg_cpu_share": cfg.jpeg_cpu_share}
+            "window": cfg.shuffle_window, "jpeg_decoder": cfg.jpeg_decoder}
 
 
 def default_threads() -> int:

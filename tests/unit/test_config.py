@@ -92,15 +92,3 @@ def test_a_jpeg_library_for_the_cpu_path_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match="data.jpeg_decoder.*set data.decode = 'gpu' or data.jpeg_decoder = 'auto'"):
         config_mod.load(None, ["data.decode=cpu", "data.jpeg_decoder=nvimgcodec-cpu"])
     assert config_mod.load(None, ["data.decode=gpu", "data.jpeg_decoder=nvimgcodec-cpu"]).data.jpeg_decoder == "nvimgcodec-cpu"
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["data.jpeg_cpu_share=1"], r"data.jpeg_cpu_share.*\[0, 1\).*data.jpeg_decoder = 'nvimgcodec-cpu'"),
-    (["data.jpeg_cpu_share=-0.1"], r"data.jpeg_cpu_share.*\[0, 1\)"),
-    (["data.jpeg_cpu_share=0.3", "data.decode=cpu"], r"data.jpeg_cpu_share.*on the CPU already: set it to 0"),
-    (["data.jpeg_cpu_share=0.3", "data.jpeg_decoder=nvimgcodec-cpu"], r"on the CPU already: set it to 0"),
-])
-def test_a_cpu_share_that_splits_nothing_is_refused(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        config_mod.load(None, overrides)
-    assert config_mod.load(None, ["data.jpeg_cpu_share=0.3"]).data.jpeg_cpu_share == 0.3

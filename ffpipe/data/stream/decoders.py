@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import io
 import time
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -161,50 +160,25 @@ def _cpu_decode(codec: Codecs, data: torch.Tensor, name: str) -> torch.Tensor:
         raise damaged_image(name, err) from None
 
 
-def _jpegs_into(images: list, codec: Codecs, rows: list[int], data: list, device: torch.device,
-                stream) -> None:
-    """images[i] for each of `rows`, decoded by `codec` in one batched call (on `stream`, the
-    caller's, where another thread runs it); all left None if it refuses one of them."""
-    if not rows:
-        return
-    with torch.cuda.stream(stream) if stream is not None else nullcontext():
-        try:
-            decoded = codec.jpegs([data[i] for i in rows], device)
-        except codec.errors:
-            return
-    for i, img in zip(rows, decoded):
-        images[i] = img
-
-
 class GpuDecoder:
     """nvJPEG on `device` for the JPEGs of a batch (one batched call), PIL for anything else; the
-    crops resized on the device into a float batch of 0-255 values.
+    crops resized on the device into a float batch of 0-255 values."""
 
-    `cpu_share` (data.jpeg_cpu_share): that share of each batch's JPEGs, its last rows, goes to
-    nvImageCodec's CPU backend at the same time, so the cores decode beside the GPU's library.
-    Which rows go where depends only on the batch, so a seed gives the same pixels every run."""
-
-    def __init__(self, device: torch.device, threads: int, codec: Codecs | None = None,
-                 cpu_share: float = 0.0):
+    def __init__(self, device: torch.device, threads: int, codec: Codecs | None = None):
         self.device, self.cpu = device, CpuDecoder(threads)  # its threads decode what nvJPEG does not
         self.codec = codec or codecs()
-        self.cpu_share = cpu_share
-        self.cpu_codec = codecs("nvimgcodec-cpu") if cpu_share else None
         # the thread's wall time in each; nvJPEG returns when its batch is decoded
         self.seconds = {"decode": 0.0, "crop": 0.0}
 
     def _decode(self, blobs: Sequence, names: Sequence[str]) -> list[torch.Tensor]:
         data, is_jpeg = encoded(blobs)
         jpegs = np.flatnonzero(is_jpeg).tolist()
-        split = len(jpegs) - round(self.cpu_share * len(jpegs))
         images: list = [None] * len(blobs)
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        beside = (self.cpu.pool.submit(_jpegs_into, images, self.cpu_codec, jpegs[split:], data, self.device,
-                                       stream) if split < len(jpegs) else None)
-        _jpegs_into(images, self.codec, jpegs[:split], data, self.device, None)
-        if beside is not None:
-            beside.result()
-        # what a library refused (CMYK, damaged) goes through the CPU, which names a damaged file
+        try:
+            for i, img in zip(jpegs, self.codec.jpegs([data[i] for i in jpegs], self.device) if jpegs else []):
+                images[i] = img
+        except self.codec.errors:
+            pass  # nvJPEG refused one of them (CMYK, damaged): all go through the CPU, which names it
         rest = [i for i in range(len(blobs)) if images[i] is None]
         for i, img in zip(rest, self.cpu.pool.map(lambda i: _cpu_decode(self.codec, data[i], names[i]), rest)):
             images[i] = img.to(self.device)

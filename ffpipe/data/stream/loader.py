@@ -36,7 +36,7 @@ class StreamLoader:
                  augment: bool = True, decode: str = "auto", threads: int = 1, window: int = 8192,
                  ahead: int = 3, workers: int = 0, drop_last: bool = True, cutout: int = 0,
                  dtype: torch.dtype = torch.float32, keep_rows: KeepRows | None = None,
-                 jpeg_decoder: str = "auto", jpeg_cpu_share: float = 0.0):
+                 jpeg_decoder: str = "auto"):
         """`decode`: 'gpu' (nvJPEG), 'cpu' (PIL on `threads` threads) or 'auto' (gpu on a GPU);
         `augment`: training crops random-resized (else the centre crop, still shuffled);
         `cutout`: the side of data.cutout's square (training);
@@ -44,8 +44,7 @@ class StreamLoader:
         batches made at once (0: one on CPU, where each batch's images share the threads; two on
         the GPU, so one batch's crops are launched while the next is decoded); `keep_rows`: for
         one of several replicas of stage 0, its rows of every batch (it decodes only those);
-        `jpeg_decoder`: the GPU path's JPEG library (decoders.codecs); `jpeg_cpu_share`: the share
-        of each batch's JPEGs nvImageCodec's CPU backend decodes beside it (GpuDecoder)."""
+        `jpeg_decoder`: the GPU path's JPEG library (decoders.codecs)."""
         self.split, self.batch_size, self.device = split, batch_size, device
         self.train, self.seed, self.window = train, seed, window
         self.augment = augment and train
@@ -54,9 +53,6 @@ class StreamLoader:
         self.gpu = decode == "gpu" or (decode == "auto" and device.type == "cuda")
         self.threads, self.dtype = threads, dtype
         self.codec = codecs(jpeg_decoder) if self.gpu else None  # a library that does not load: said now
-        self.cpu_share = jpeg_cpu_share if self.gpu else 0.0
-        if self.cpu_share:
-            codecs("nvimgcodec-cpu")  # said now too
         self.workers = workers or (GPU_WORKERS if self.gpu else 1)
         self.ahead = max(ahead, self.workers)
         self._local = threading.local()
@@ -79,7 +75,7 @@ class StreamLoader:
                             self.split.keep)
         shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
         store = ShardStore(self.split, order, start * self.batch_size, shards_ahead)
-        decoder = GpuDecoder(self.device, self.threads, self.codec, self.cpu_share) if self.gpu else CpuDecoder(self.threads)
+        decoder = GpuDecoder(self.device, self.threads, self.codec) if self.gpu else CpuDecoder(self.threads)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffpipe-crops")
         pending: deque[Future] = deque()
         upcoming = iter(range(start, len(self)))
