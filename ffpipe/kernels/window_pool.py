@@ -36,6 +36,9 @@ TILE = 4096  # elements of z per program step (pixels x channels)
 # without (H200), 57,729 against 61,376 img/s (H100). ResNet-50's smallest map, 2,048 x 7 x 7
 # (100,352), was faster through them: the step at 3,625 img/s against 3,585 (H100, 2026-12-05).
 PLAIN_UP_TO = 2**16
+# The forward's tile and warps: it keeps three fp32 sums per element of its tile in registers
+SUMS_TILE = 2048
+SUMS_WARPS = 4
 
 
 def fuses(z: torch.Tensor) -> bool:
@@ -109,9 +112,10 @@ def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
     sums = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
     mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
-    block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1))
-    _window_terms[(n, out_h * out_w)](z, sums, mean_RK, m2_RK, h, w, c, out_h, out_w,
-                                      BLOCK_P=block_p, BLOCK_C=block_c)
+    block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1), SUMS_TILE)
+    _window_terms[(n, out_h * out_w)](z, sums, mean_RK, m2_RK, h, w, c, out_h, out_w, BLOCK_P=block_p,
+                                      BLOCK_C=block_c, EQUAL=h % out_h == 0 and w % out_w == 0,
+                                      num_warps=SUMS_WARPS)
     pooled = (sums / area[None, :, :, None]).to(z.dtype).permute(0, 3, 1, 2)
     return pooled, row_norm.combine(mean_RK, m2_RK, owned.flatten() * c, c * h * w)
 
@@ -134,25 +138,26 @@ def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Te
     return out
 
 
-def _blocks(channels: int, pixels: int) -> tuple[int, int]:
-    """A program step's tile: all channels up to TILE, and as many of the window's pixels as fit."""
-    block_c = min(triton.next_power_of_2(channels), TILE)
-    return block_c, max(1, min(triton.next_power_of_2(pixels), TILE // block_c))
+def _blocks(channels: int, pixels: int, tile: int = TILE) -> tuple[int, int]:
+    """A program step's tile: all channels up to `tile`, and as many of the window's pixels as fit."""
+    block_c = min(triton.next_power_of_2(channels), tile)
+    return block_c, max(1, min(triton.next_power_of_2(pixels), tile // block_c))
 
 
 if triton is not None:
     @triton.jit
     def _window_terms(z_ptr, sums_ptr, mean_ptr, m2_ptr, H, W, C, OH, OW,
-                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EQUAL: tl.constexpr):
         # One program per (sample, window): the window's channel sums, and the count, mean and
-        # squared-deviation sum (Welford's terms, combined tile by tile as Chan's; fp32) of the
-        # part it owns: its rows and columns before the next window's start. Owned parts tile z,
-        # so every element counts once in the sample's statistics.
+        # squared-deviation sum (fp32) of the part it owns: its rows and columns before the next
+        # window's start. Owned parts tile z, so every element counts once in the sample's
+        # statistics.
         n, win = tl.program_id(0), tl.program_id(1)
         i, j = win // OW, win % OW
         r0, c0 = i * H // OH, j * W // OW
         kh, kw = ((i + 1) * H + OH - 1) // OH - r0, ((j + 1) * W + OW - 1) // OW - c0
         own_r, own_c = (i + 1) * H // OH, (j + 1) * W // OW
+        n_own = ((own_r - r0) * (own_c - c0)).to(tl.float32)
         base = z_ptr + n.to(tl.int64) * H * W * C
         count = tl.zeros((), tl.float32)
         mean = tl.zeros((), tl.float32)
@@ -160,27 +165,57 @@ if triton is not None:
         for cb in range(0, C, BLOCK_C):
             cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
-            acc = tl.zeros((BLOCK_C,), tl.float32)
-            for p0 in range(0, kh * kw, BLOCK_P):
-                ps = p0 + tl.arange(0, BLOCK_P)
-                h, w = r0 + ps // kw, c0 + ps % kw
-                ok = (ps < kh * kw)[:, None] & c_ok[None, :]
-                x = tl.load(base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :], mask=ok, other=0.0)
-                x = x.to(tl.float32)
-                acc += tl.sum(x, axis=0)
-                own = ok & ((h < own_r) & (w < own_c))[:, None]
-                n_b = tl.sum(tl.sum(own.to(tl.float32), axis=1), axis=0)
-                mean_b = tl.sum(tl.sum(tl.where(own, x, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
-                dev = tl.where(own, x - mean_b, 0.0)
-                m2_b = tl.sum(tl.sum(dev * dev, axis=1), axis=0)
-                total = count + n_b
-                delta = mean_b - mean
-                mean = mean + delta * n_b / tl.maximum(total, 1.0)
-                m2 = m2 + m2_b + delta * delta * count * n_b / tl.maximum(total, 1.0)
-                count = total
-            tl.store(sums_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, acc, mask=c_ok)
+            shift, d_sum, s1_c, s2_c = _shifted_sums(base, r0, c0, kh, kw, own_r, own_c, W, C, cs, c_ok,
+                                                     BLOCK_P, BLOCK_C, EQUAL)
+            tl.store(sums_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs,
+                     d_sum + (kh * kw).to(tl.float32) * shift, mask=c_ok)
+            # this block of channels' owned terms from the shifted sums: a channel's deviations
+            # from the block's mean are its shifted values less (mean - shift)
+            n_b = n_own * tl.minimum(C - cb, BLOCK_C).to(tl.float32)
+            mean_b = tl.sum(tl.where(c_ok, s1_c + n_own * shift, 0.0), axis=0) / n_b
+            e = tl.where(c_ok, shift - mean_b, 0.0)
+            m2_b = tl.sum(s2_c + 2.0 * e * s1_c + n_own * e * e, axis=0)
+            total = count + n_b  # Chan's combination with the blocks before
+            delta = mean_b - mean
+            mean = mean + delta * n_b / total
+            m2 = m2 + m2_b + delta * delta * count * n_b / total
+            count = total
         tl.store(mean_ptr + n * OH * OW + win, mean)
         tl.store(m2_ptr + n * OH * OW + win, m2)
+
+    @triton.jit
+    def _shifted_sums(base, r0, c0, kh, kw, own_r, own_c, W, C, cs, c_ok,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EQUAL: tl.constexpr):
+        # Per channel of `cs`: its mean over the window's first tile (the shift, which keeps the
+        # squares from cancelling where a mean is large against the spread), and the sums of the
+        # shifted values over the window and over its owned part, and of their squares over the
+        # owned part. The loop only adds into per-lane sums, summed once at the end: with
+        # reductions in the loop (Welford's terms per tile) each load waited for the last tile's
+        # reductions, and z was read at an eighth of the memory's speed (H200, 2026-12-05).
+        ps = tl.arange(0, BLOCK_P)
+        ok = (ps < kh * kw)[:, None] & c_ok[None, :]
+        offs = ((r0 + ps // kw) * W + c0 + ps % kw).to(tl.int64)[:, None] * C + cs[None, :]
+        first = tl.load(base + offs, mask=ok, other=0.0).to(tl.float32)
+        shift = tl.sum(first, axis=0) / tl.minimum(kh * kw, BLOCK_P).to(tl.float32)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        s1 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        s2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        for p0 in range(0, kh * kw, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            h, w = r0 + ps // kw, c0 + ps % kw
+            ok = (ps < kh * kw)[:, None] & c_ok[None, :]
+            x = tl.load(base + (h * W + w).to(tl.int64)[:, None] * C + cs[None, :], mask=ok, other=0.0)
+            d = tl.where(ok, x.to(tl.float32) - shift[None, :], 0.0)
+            acc += d
+            if EQUAL:  # every pixel of the window is its own
+                s2 += d * d
+            else:
+                d = tl.where(((h < own_r) & (w < own_c))[:, None], d, 0.0)
+                s1 += d
+                s2 += d * d
+        d_sum = tl.sum(acc, axis=0)
+        s1_c = d_sum if EQUAL else tl.sum(s1, axis=0)
+        return shift, d_sum, s1_c, tl.sum(s2, axis=0)
 
     @triton.jit
     def _spread_window(g_ptr, z_ptr, out_ptr, H, W, C, OH, OW, MASKED: tl.constexpr,
