@@ -116,7 +116,7 @@ def _fit(cfg: Config, setup, asked: tuple[list[int], tuple[int, ...]]) -> tuple[
     if not cfg.pipeline.elastic:
         return asked
     slots = stage_slots(_bundle(cfg, _gpus(cfg)))
-    return choice.fit_layout(*asked, len(setup.learners), max(slots, 1), setup.costs)
+    return choice.fit_layout(*asked, len(setup.learners), max(slots, 1), setup.costs, setup.loader_floor)
 
 
 class _NoRoom(PipelineError):

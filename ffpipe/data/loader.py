@@ -59,6 +59,8 @@ class DeviceLoader:
     they fit in `max_device_mib` (None: always); larger sets stay in host memory and each batch
     is gathered there into a pinned buffer and copied over, so only batches cross the bus."""
 
+    decodes_beside_step = False  # its gathers and crops run on the stage's own stream, in the step's way
+
     def __init__(self, data: ArraySet, batch_size: int, device: torch.device, mean: list[float],
                  std: list[float], *, train: bool, seed: int = 0, augment: bool = False,
                  flip: bool = False, max_device_mib: float | None = None, cutout: int = 0,

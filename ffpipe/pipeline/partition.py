@@ -8,11 +8,12 @@ from ffpipe.errors import ConfigError
 
 
 def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] | None = None,
-                    replicas: list[int] | tuple[int, ...] | None = None) -> list[int]:
+                    replicas: list[int] | tuple[int, ...] | None = None, floor: float = 0.0) -> list[int]:
     """Contiguous stages that minimise the cost of the slowest stage (exact dynamic programme).
     `cut_costs[i]`: what a cut before unit i adds to both stages beside it (moving the tensors
     that cross it); none by default. `replicas[k]`: copies of stage k, each doing 1/replicas[k]
-    of its work, so a replicated stage takes more units.
+    of its work, so a replicated stage takes more units. `floor`: seconds stage 0 takes at least,
+    whatever its units (a loader that decodes on CPU threads beside its step: `stage_cost`).
 
     Among equally good splits the one with the earliest boundaries wins, so the result is stable.
     """
@@ -31,7 +32,8 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
     for s in range(1, num_stages + 1):
         for i in range(s, n + 1):
             for j in range(s - 1, i):
-                value = max(best[s - 1][j], (prefix[i] - prefix[j] + _cuts_of(cut, j, i, n)) / copies[s - 1])
+                work = stage_cost(prefix[i] - prefix[j] + _cuts_of(cut, j, i, n), j, floor)
+                value = max(best[s - 1][j], work / copies[s - 1])
                 if value < best[s][i] - 1e-12:
                     best[s][i], last[s][i] = value, j
     starts, i = [], n
@@ -41,22 +43,30 @@ def balanced_starts(costs: list[float], num_stages: int, cut_costs: list[float] 
     return starts[::-1]
 
 
+def stage_cost(work: float, first: int, floor: float) -> float:
+    """Seconds a step of the stage starting at unit `first` takes for `work` seconds of its units
+    and cuts: stage 0 waits for its loader's batches where the loader decodes beside the step,
+    so it takes the longer of the two."""
+    return max(work, floor) if first == 0 else work
+
+
 def _cuts_of(cut_costs: list[float], first: int, end: int, num_units: int) -> float:
     """What the cuts around units [first, end) cost that stage (none at the pipeline's ends)."""
     return (cut_costs[first] if first > 0 else 0.0) + (cut_costs[end] if end < num_units else 0.0)
 
 
 def stage_seconds(costs: list[float], cut_costs: list[float], starts: list[int],
-                  replicas: tuple[int, ...] | None = None) -> list[float]:
+                  replicas: tuple[int, ...] | None = None, floor: float = 0.0) -> list[float]:
     """Predicted seconds per step of every stage (per replica: its share of the batch)."""
     n = len(costs)
-    seconds = [sum(costs[r.start:r.stop]) + _cuts_of(cut_costs, r.start, r.stop, n) for r in stage_ranges(starts, n)]
+    seconds = [stage_cost(sum(costs[r.start:r.stop]) + _cuts_of(cut_costs, r.start, r.stop, n), r.start, floor)
+               for r in stage_ranges(starts, n)]
     return [s / r for s, r in zip(seconds, replicas or [1] * len(seconds))]
 
 
 def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None = None,
                  costs: list[float] | None = None, cut_costs: list[float] | None = None,
-                 replicas: list[int] | None = None) -> list[int]:
+                 replicas: list[int] | None = None, floor: float = 0.0) -> list[int]:
     """First unit of every stage: explicit `boundaries` (first units of stages 1..S-1) if given,
     else balanced by `costs` (equal costs when none are known) over `replicas` per stage."""
     _check_count(num_units, num_stages)
@@ -66,7 +76,8 @@ def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None =
                               f"each of stages 1..{num_stages - 1}, each below {num_units} "
                               f"(the model has {num_units} units)")
         return [0, *boundaries]
-    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas)
+    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas,
+                           floor if costs else 0.0)
 
 
 def stage_ranges(starts: list[int], num_units: int) -> list[range]:

@@ -56,12 +56,13 @@ def measure_learner_costs(cfg: Config, learners: list[nn.Module], shapes: list[U
 
 
 def measure_loader_cost(cfg: Config, data, device: torch.device, dtype: torch.dtype | None = None,
-                        batches: int = 4) -> float:
-    """Seconds per training batch of stage 0's loader (gather, copy, crop, flip, normalise): work
-    stage 0 does besides its units, at the run's batch size (scaled on CPU, as the units)."""
+                        batches: int = 4) -> tuple[float, bool]:
+    """(seconds per training batch of stage 0's loader (gather, copy, crop, flip, normalise) at
+    the run's batch size, scaled on CPU as the units; whether it decodes beside the step rather
+    than in its way: `decodes_beside_step` of the loader)."""
     batch = profile_batch(cfg, device)
-    stream = training_loader(data, cfg.data, batch, cfg.train.seed, device,
-                             dtype=dtype or torch.float32).batches(0)  # stage 0's input dtype
+    loader = training_loader(data, cfg.data, batch, cfg.train.seed, device, dtype=dtype or torch.float32)
+    stream = loader.batches(0)  # in stage 0's input dtype
     try:
         next(stream)  # warm-up
         synchronize(device)
@@ -70,7 +71,8 @@ def measure_loader_cost(cfg: Config, data, device: torch.device, dtype: torch.dt
         synchronize(device)
     finally:
         stream.close()  # a streamed source's reader and decoding threads stop here, not at a later GC
-    return (time.perf_counter() - t0) / max(taken, 1) * cfg.train.batch_size / batch
+    seconds = (time.perf_counter() - t0) / max(taken, 1) * cfg.train.batch_size / batch
+    return seconds, loader.decodes_beside_step
 
 
 def time_steps(stage: Stage, msg: Message, steps: int) -> float:

@@ -36,6 +36,7 @@ class RunSetup:
     transform: InputTransform | None
     costs: list[float] | None = None  # measured seconds per step of each learner (None: not measured)
     cut_costs: list[float] | None = None  # seconds a cut before unit i adds to each stage beside it
+    loader_floor: float = 0.0  # seconds stage 0 takes at least: a loader decoding beside its step
 
     @property
     def num_stages(self) -> int:
@@ -83,40 +84,50 @@ def prepare(cfg: Config, info: DataInfo | None = None, starts: list[int] | None 
         load_bodies(learners, cfg)
     plan = make_plan(cfg, info.num_train, len(learners), info.num_classes)
     costs = cut_costs = None
+    floor = 0.0
     if starts is None:
-        costs, cut_costs = measure_costs(cfg, learners, data, info, profile_device, link)
+        costs, cut_costs, floor = measure_costs(cfg, learners, data, info, profile_device, link)
         # listed replicas shape the split; 'auto' ones are chosen with it (choose_replicas)
         starts = stage_starts(len(learners), cfg.pipeline.stages, cfg.pipeline.boundaries or None,
-                              costs, cut_costs, choice.listed(cfg.pipeline))
+                              costs, cut_costs, choice.listed(cfg.pipeline), floor)
     return RunSetup(cfg, info, data, learners, plan, starts, input_transform(cfg, info.num_classes),
-                    costs, cut_costs)
+                    costs, cut_costs, floor)
 
 
 def measure_costs(cfg: Config, learners: list[nn.Module], data: DataBundle | None, info: DataInfo,
-                  device: torch.device | None, link: float | None) -> tuple[list[float] | None, list[float] | None]:
-    """Measured seconds per step of every learner (the first one with stage 0's loader, which
-    always runs beside it) and of every possible cut, where the split or the replicas are to be
-    balanced by them (None, None otherwise)."""
+                  device: torch.device | None, link: float | None):
+    """(measured seconds per step of every learner, of every possible cut, and the least stage 0
+    takes) where the split or the replicas are to be balanced by them ((None, None, 0.0)
+    otherwise). Stage 0's loader adds its time to the first learner's where it works in the
+    step's way (the device's own gathers and crops; nvJPEG, whose every call waits for the work
+    queued on the GPU); where it decodes on CPU threads beside a GPU's step, stage 0 takes the
+    longer of its units and its loader (the floor): ResNet-50 trained from nvImageCodec's CPU
+    backend at its speed on synthetic images (one H100, 2026-12-05)."""
     stages, boundaries = cfg.pipeline.stages, cfg.pipeline.boundaries
     auto = choice.wants_auto(cfg.pipeline)
     if stages > 1 or auto:
         stage_starts(len(learners), stages)  # too many stages: say so before profiling
     if device is None or not (auto or (stages > 1 and len(learners) > stages and not boundaries)):
-        return None, None
+        return None, None, 0.0
     shapes = dry_run([learner.body for learner in learners], info.in_shape)  # once, for both
     costs = measure_learner_costs(cfg, learners, shapes, info.in_shape, info.num_classes, device)
+    floor = 0.0
     if data is not None:
-        costs[0] += measure_loader_cost(cfg, data, device, input_dtype(cfg.train.precision, learners[0], device))
+        loader_s, beside = measure_loader_cost(cfg, data, device, input_dtype(cfg.train.precision, learners[0], device))
+        if beside:
+            floor = loader_s
+        else:
+            costs[0] += loader_s
     crossing = boundary_bytes(cfg, shapes, device)
     cut_costs = [0.0, *((link or 0.0) * b for b in crossing[:-1]), 0.0]
-    return costs, cut_costs
+    return costs, cut_costs, floor
 
 
 def choose_replicas(setup: RunSetup, processes: int | None) -> tuple[int, ...]:
     """Replicas per stage (pipeline/replicas/choice.py); for 'auto' on measured costs the split
     is balanced again together with them: setup.starts changes."""
     setup.starts, replicas = choice.choose_replicas(setup.cfg.pipeline, setup.starts, len(setup.learners),
-                                                    processes, setup.costs, setup.cut_costs)
+                                                    processes, setup.costs, setup.cut_costs, setup.loader_floor)
     return replicas
 
 

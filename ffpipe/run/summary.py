@@ -91,7 +91,7 @@ def add_balance(setup: RunSetup, reports: list[dict]) -> None:
     predicted = [None] * len(reports)
     if setup.costs is not None:
         replicas = tuple(len(r.get("replicas") or [r]) for r in reports)
-        predicted = stage_seconds(setup.costs, setup.cut_costs, setup.starts, replicas)
+        predicted = stage_seconds(setup.costs, setup.cut_costs, setup.starts, replicas, setup.loader_floor)
     for report, seconds in zip(reports, predicted):
         rate = report.get("images_per_second_steady")
         busy = report.get("share_busy_gpu") if report.get("share_busy_gpu") is not None else report.get("share_busy")

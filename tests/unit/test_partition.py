@@ -1,6 +1,7 @@
 from itertools import combinations
 
 import pytest
+import torch
 
 from ffpipe.errors import ConfigError
 from ffpipe.pipeline.partition import balanced_starts, stage_ranges, stage_seconds, stage_starts
@@ -59,3 +60,25 @@ def test_auto_replicas_and_the_split_are_balanced_together():
     best = min(max(stage_seconds(costs, cuts, [0, a, b], r)) for a, b in combinations(range(1, 9), 2)
                for r in [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
     assert best == 5.0
+
+
+def test_a_loader_decoding_beside_the_step_is_a_floor_under_stage_0_not_more_work():
+    # six equal units, a loader of 4 units' time: as serial work it would leave stage 0 one unit
+    # (5 and 5); decoding on CPU threads beside a GPU's step, stage 0 takes the longer of its units
+    # and its loader, so it holds two units and both stages take 4
+    assert balanced_starts([5.0, 1, 1, 1, 1, 1], 2) == [0, 1]
+    assert balanced_starts([1.0] * 6, 2, floor=4.0) == [0, 2]
+    assert stage_seconds([1.0] * 6, [0.0] * 7, [0, 2], floor=4.0) == [4.0, 4.0]
+    # each replica of stage 0 decodes only its rows: the floor is shared as the units are
+    assert stage_seconds([1.0] * 6, [0.0] * 7, [0, 2], replicas=(2, 1), floor=4.0) == [2.0, 4.0]
+    starts, replicas = balanced_with_replicas([1.0] * 6, [0.0] * 7, 2, 3, floor=4.0)
+    assert replicas[0] == 2  # the floor makes stage 0 the slowest: it gets the extra process
+
+
+def test_only_cpu_decoding_for_a_gpu_counts_as_beside_the_step():
+    from ffpipe.data.stream.loader import decodes_beside_step
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert decodes_beside_step(cuda, "pil") and decodes_beside_step(cuda, "nvimgcodec-cpu")
+    # nvJPEG waits for the GPU's queue; on a CPU the step and the decoding share the cores
+    assert not decodes_beside_step(cuda, "torchcodec") and not decodes_beside_step(cuda, "nvimgcodec-hw")
+    assert not decodes_beside_step(cpu, "pil")

@@ -69,6 +69,14 @@ class StreamLoader:
     def __len__(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.drop_last)
 
+    @property
+    def decodes_beside_step(self) -> bool:
+        """Whether its decoding runs on CPU threads beside a GPU's training step rather than in
+        its way (the balancer then counts stage 0 as the longer of the two, not their sum): PIL
+        or nvImageCodec's CPU backend feeding a GPU. nvJPEG's calls wait for the work queued on
+        the GPU, and on a CPU the step and the decoding share the cores."""
+        return decodes_beside_step(self.device, self.codec.name if self.gpu else "pil")
+
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images, labels) of batches start, start+1, ... of `epoch`."""
         order = epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train,
@@ -157,3 +165,8 @@ class StreamLoader:
             x = cut_out(x, torch.as_tensor(centres).to(self.device, non_blocking=True), self.cutout)
         return x.to(self.dtype), y.to(self.device, non_blocking=True)
 
+
+def decodes_beside_step(device: torch.device, library: str) -> bool:
+    """StreamLoader.decodes_beside_step for a stage on `device` decoding with `library` (a
+    Codecs name, or 'pil' for data.decode = 'cpu')."""
+    return device.type == "cuda" and library in ("pil", "nvimgcodec-cpu")

@@ -48,18 +48,18 @@ def auto_replicas(costs: list[float], processes: int) -> list[int]:
 
 
 def balanced_with_replicas(costs: list[float], cut_costs: list[float], num_stages: int,
-                           processes: int) -> tuple[list[int], list[int]]:
+                           processes: int, floor: float = 0.0) -> tuple[list[int], list[int]]:
     """A split and replicas per stage for `processes` processes, together: replicas go to the
     slowest stages of a split, then the split is balanced again over those replicas (a
     replicated stage takes more units), until the split stays; the best pair seen wins."""
     def slowest(starts, replicas):
-        return max(stage_seconds(costs, cut_costs, starts, tuple(replicas)))
+        return max(stage_seconds(costs, cut_costs, starts, tuple(replicas), floor))
 
-    starts = balanced_starts(costs, num_stages, cut_costs)
+    starts = balanced_starts(costs, num_stages, cut_costs, floor=floor)
     best = None
     for _ in range(2 * num_stages):  # a handful of rounds settle it; the bound stops a cycle
-        replicas = auto_replicas(stage_seconds(costs, cut_costs, starts), processes)
-        rebalanced = balanced_starts(costs, num_stages, cut_costs, replicas)
+        replicas = auto_replicas(stage_seconds(costs, cut_costs, starts, floor=floor), processes)
+        rebalanced = balanced_starts(costs, num_stages, cut_costs, replicas, floor)
         for pair in ((starts, replicas), (rebalanced, replicas)):
             if best is None or slowest(*pair) < slowest(*best) - 1e-12:
                 best = pair
@@ -70,8 +70,8 @@ def balanced_with_replicas(costs: list[float], cut_costs: list[float], num_stage
 
 
 def choose_replicas(pipeline: PipelineConfig, starts: list[int], num_units: int, processes: int | None,
-                    costs: list[float] | None = None,
-                    cut_costs: list[float] | None = None) -> tuple[list[int], tuple[int, ...]]:
+                    costs: list[float] | None = None, cut_costs: list[float] | None = None,
+                    floor: float = 0.0) -> tuple[list[int], tuple[int, ...]]:
     """(split, replicas per stage): the config's list with the split as it is, or for 'auto' the
     `processes` shared out by the measured cost of each stage (equal costs where none were
     measured). Where the split was balanced on measured costs (a new run without boundaries; a
@@ -82,14 +82,15 @@ def choose_replicas(pipeline: PipelineConfig, starts: list[int], num_units: int,
         raise ConfigError(f"pipeline.replicas = 'auto' needs at least as many processes (GPUs) as "
                           f"stages ({len(starts)}), got {processes}; use fewer pipeline.stages")
     if costs and not pipeline.boundaries:
-        starts, replicas = balanced_with_replicas(costs, cut_costs, len(starts), processes)
+        starts, replicas = balanced_with_replicas(costs, cut_costs, len(starts), processes, floor)
         return starts, tuple(replicas)
-    costs = costs or [1.0] * num_units
-    return starts, tuple(auto_replicas(stage_seconds(costs, [0.0] * (num_units + 1), starts), processes))
+    floor, costs = (floor, costs) if costs else (0.0, [1.0] * num_units)
+    return starts, tuple(auto_replicas(stage_seconds(costs, [0.0] * (num_units + 1), starts, floor=floor),
+                                       processes))
 
 
 def fit_layout(starts: list[int], replicas: tuple[int, ...], num_units: int, processes: int,
-               costs: list[float] | None = None) -> tuple[list[int], tuple[int, ...]]:
+               costs: list[float] | None = None, floor: float = 0.0) -> tuple[list[int], tuple[int, ...]]:
     """The layout (split, replicas) for at most `processes` processes: as it is where it fits;
     else fewer replicas first (the split kept, the rest shared out by stage cost), then fewer
     stages (the units balanced over as many stages as there are processes). What is learned is
@@ -98,9 +99,9 @@ def fit_layout(starts: list[int], replicas: tuple[int, ...], num_units: int, pro
         return starts, tuple(replicas)
     if processes < 1:
         raise ValueError("no process left to hold a stage")
-    costs = costs or [1.0] * num_units
+    floor, costs = (floor, costs) if costs else (0.0, [1.0] * num_units)
     if processes >= len(starts):
-        seconds = stage_seconds(costs, [0.0] * (num_units + 1), starts)
+        seconds = stage_seconds(costs, [0.0] * (num_units + 1), starts, floor=floor)
         return starts, tuple(auto_replicas(seconds, processes))
     stages = min(processes, num_units)
-    return balanced_starts(costs, stages), (1,) * stages
+    return balanced_starts(costs, stages, floor=floor), (1,) * stages
