@@ -35,8 +35,7 @@ def plan_run(cfg: Config) -> str:
     setup = prepare(cfg, profile_device=device)
     replicas = choose_replicas(setup, world if world is not None else _processes(cfg))
     costs = setup.costs or _unit_costs(setup, device)
-    floor = setup.loader_floor if setup.costs else 0.0
-    seconds = stage_seconds(costs, [0.0] * (len(costs) + 1), setup.starts, replicas, floor)
+    seconds = stage_seconds(costs, [0.0] * (len(costs) + 1), setup.starts, replicas, setup.loader_floor)
     lines = [config_mod.to_toml(cfg).rstrip(), "",
              f"# dry run: {setup.num_stages} stage(s) of {len(setup.learners)} units on the {cfg.pipeline.backend} "
              f"backend, {setup.plan.total_steps} steps; predicted seconds per step measured on {device} "

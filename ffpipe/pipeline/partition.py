@@ -76,8 +76,7 @@ def stage_starts(num_units: int, num_stages: int, boundaries: list[int] | None =
                               f"each of stages 1..{num_stages - 1}, each below {num_units} "
                               f"(the model has {num_units} units)")
         return [0, *boundaries]
-    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas,
-                           floor if costs else 0.0)
+    return balanced_starts(costs or [1.0] * num_units, num_stages, cut_costs if costs else None, replicas, floor)
 
 
 def stage_ranges(starts: list[int], num_units: int) -> list[range]:

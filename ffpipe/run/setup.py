@@ -36,7 +36,9 @@ class RunSetup:
     transform: InputTransform | None
     costs: list[float] | None = None  # measured seconds per step of each learner (None: not measured)
     cut_costs: list[float] | None = None  # seconds a cut before unit i adds to each stage beside it
-    loader_floor: float = 0.0  # seconds stage 0 takes at least: a loader decoding beside its step
+    # seconds stage 0 takes at least: a loader decoding beside its step (measured with `costs`
+    # only, so 0.0 wherever they are None)
+    loader_floor: float = 0.0
 
     @property
     def num_stages(self) -> int:

@@ -84,7 +84,7 @@ def choose_replicas(pipeline: PipelineConfig, starts: list[int], num_units: int,
     if costs and not pipeline.boundaries:
         starts, replicas = balanced_with_replicas(costs, cut_costs, len(starts), processes, floor)
         return starts, tuple(replicas)
-    floor, costs = (floor, costs) if costs else (0.0, [1.0] * num_units)
+    costs = costs or [1.0] * num_units
     return starts, tuple(auto_replicas(stage_seconds(costs, [0.0] * (num_units + 1), starts, floor=floor),
                                        processes))
 
@@ -99,7 +99,7 @@ def fit_layout(starts: list[int], replicas: tuple[int, ...], num_units: int, pro
         return starts, tuple(replicas)
     if processes < 1:
         raise ValueError("no process left to hold a stage")
-    floor, costs = (floor, costs) if costs else (0.0, [1.0] * num_units)
+    costs = costs or [1.0] * num_units
     if processes >= len(starts):
         seconds = stage_seconds(costs, [0.0] * (num_units + 1), starts, floor=floor)
         return starts, tuple(auto_replicas(seconds, processes))
