@@ -31,14 +31,19 @@ from ffpipe.kernels.relu import lean_relu_node
 
 TILE = 4096  # elements of z per program step (pixels x channels)
 # Samples of up to this many elements keep the plain path (window means by torch's reduction,
-# F.layer_norm, autograd's mean backward), which made the faster step there: ResNet18 at 32 px,
-# batch 2,048 (samples of 16-64 Ki elements) ran its SFF step at 0.88x BP with the kernels and 0.95x
-# without (H200), 57,729 against 61,376 img/s (H100). ResNet-50's smallest map, 2,048 x 7 x 7
-# (100,352), was faster through them: the step at 3,625 img/s against 3,585 (H100, 2026-12-05).
-PLAIN_UP_TO = 2**16
-# The forward's tile and warps: it keeps three fp32 sums per element of its tile in registers
-SUMS_TILE = 2048
-SUMS_WARPS = 4
+# F.layer_norm, autograd's mean backward), which made the faster step there. Measured on one H200,
+# 2026-12-06, ResNet18 at 32 px, batch 2,048, graphed (BP 72,829 img/s): gate 2^16 (no map fused)
+# 69,312; 2^15 (the 64 x 32 x 32 maps fused, whose forward + backward took 0.56x the plain path's
+# time) 71,514; 2^14 70,309; 0 (the 256 x 8 x 8 maps too: 1.97x) 66,399. ResNet-50's and -152's
+# maps (100,352 elements a sample and up) are all fused.
+PLAIN_UP_TO = 2**15
+# The forward's tile and warps: it keeps three fp32 sums per element of its tile in registers.
+# Swept on one H100, 2026-12-06 (python -m ffpipe.bench.head_kernels, forward + backward over
+# ResNet-50's four maps): 2,048 / 4 warps 3.85 ms, 1,024 / 2 3.74, 512 / 2 3.73, 4,096 / 8 4.41; the
+# step, ResNet-50 at 256: 3,895 -> 3,924 img/s; ResNet18 at 32 px, 2,048: 63,612 -> 64,456.
+# (The backward's tile and warps and the norm's apply, swept the same way, moved nothing.)
+SUMS_TILE = 1024
+SUMS_WARPS = 2
 
 
 def fuses(z: torch.Tensor) -> bool:
