@@ -57,7 +57,11 @@ class GoodnessHead(nn.Module):
 
     def score(self, z: torch.Tensor, kind: str = "mean_square") -> torch.Tensor:
         """Goodness from what `pool_input` gave."""
-        return goodness(self._project(self.layers(z)), kind, self.num_classes)
+        return goodness(self.activations(z), kind, self.num_classes)
+
+    def activations(self, z: torch.Tensor) -> torch.Tensor:
+        """The activations whose goodness `score` gives (on a GPU with padding classes)."""
+        return self._project(self.layers(z))
 
     def _project(self, z: torch.Tensor) -> torch.Tensor:
         """The head's activations; on a GPU with zero channels added up to a multiple of 8.

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ffpipe.config import AlgoConfig
-from ffpipe.ff.goodness import GoodnessHead, normalize_output, sff_loss, vote_probs
+from ffpipe.ff.goodness import GoodnessHead, goodness, normalize_output, sff_loss, vote_probs
+from ffpipe.kernels import goodness_loss
 
 
 @dataclass
@@ -64,17 +65,23 @@ class LocalUnit(nn.Module):
                 out_dtype: torch.dtype | None = None) -> UnitOutput:
         z, skips = self.body(x, skips)
         head_input, row_stats = self.head.pool_input(z)
-        g_BC = self.head.score(head_input, self.goodness_kind)
-        loss = correct = None
-        if y is not None:
-            loss = sff_loss(g_BC, y, self.margin, self.temperature)
-            if self.aux is not None:
-                loss = loss + self.aux_weight * self.aux(z, x, y)
-            correct = count_correct(g_BC, y)
+        g_BC, loss, correct = self._scores(self.head.activations(head_input), y)
+        if y is not None and self.aux is not None:
+            loss = loss + self.aux_weight * self.aux(z, x, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.
         boundary = partial(_pass_on, out_dtype=out_dtype, row_stats=row_stats)
         return UnitOutput(z.detach(), tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
+
+    def _scores(self, a: torch.Tensor, y: torch.Tensor | None):
+        """(goodness, the local loss, the hit count) from the head's activations: on a GPU in two
+        kernels (kernels/goodness_loss.py), elsewhere in torch's operations."""
+        if y is not None and not self.head.flat and goodness_loss.fuses(a, self.goodness_kind):
+            return goodness_loss.goodness_loss(a, y, self.head.num_classes, self.margin, self.temperature)
+        g_BC = goodness(a, self.goodness_kind, self.head.num_classes)
+        if y is None:
+            return g_BC, None, None
+        return g_BC, sff_loss(g_BC, y, self.margin, self.temperature), count_correct(g_BC, y)
 
     def vote(self, scores_BC: torch.Tensor) -> torch.Tensor:
         return vote_probs(scores_BC, self.temperature)

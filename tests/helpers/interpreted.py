@@ -16,7 +16,7 @@ from ffpipe.data.stream import resize
 from ffpipe.ff import goodness
 from ffpipe.ff.goodness import GoodnessHead
 from ffpipe.ff.unit import LocalUnit
-from ffpipe.kernels import crop_resize, row_norm, window_pool
+from ffpipe.kernels import crop_resize, goodness_loss, row_norm, window_pool
 from ffpipe.kernels.relu import LeanReLU
 from ffpipe.models.resnet import small_cnn_units
 
@@ -36,7 +36,7 @@ class Ops(TorchDispatchMode):
 def gpu_path(on: bool) -> None:
     """Whether ffpipe takes its Triton path for CPU tensors (as it does for CUDA ones)."""
     runs = (lambda t: True) if on else (lambda t: False)
-    window_pool.triton_runs = goodness.triton_runs = runs
+    window_pool.triton_runs = goodness.triton_runs = goodness_loss.triton_runs = runs
     window_pool.PLAIN_UP_TO = 0  # these maps are small; the size gate is a speed choice, tested apart
 
 
@@ -137,6 +137,38 @@ def check_unit_step() -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def head_tail(fused: bool, shape, classes: int, dtype, margin: float, temperature: float, device="cpu"):
+    """(goodness, loss, hits, the activations' gradient) through the kernels or torch's operations
+    (tests/gpu/test_goodness_loss_gpu.py runs it on a GPU)."""
+    torch.manual_seed(11)
+    a = (torch.randn(shape, device=device) * 0.7).to(dtype).contiguous(memory_format=torch.channels_last)
+    a.requires_grad_(True)
+    y = torch.randint(0, classes, (shape[0],), device=device)
+    if fused:
+        g, loss, hits = goodness_loss.goodness_loss(a, y, classes, margin, temperature)
+    else:
+        g = goodness.goodness(a, "mean_square", classes)
+        loss, hits = goodness.sff_loss(g, y, margin, temperature), (g.argmax(1) == y).sum()
+    loss.backward()
+    return g, loss, hits, a.grad
+
+
+def check_goodness_loss() -> None:
+    """The head's tail in two kernels against ff/goodness.py's operations: padding classes (10 of
+    16, 1,000 of 1,008 over several blocks), margins and temperatures, fp32 and bf16."""
+    cases = [((5, 16, 4, 4), 10, 1.0, 1.0), ((3, 1008, 4, 4), 1000, 0.5, 2.0), ((4, 24, 3, 2), 24, 0.0, 0.5)]
+    for shape, classes, margin, temperature in cases:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+            got = head_tail(True, shape, classes, dtype, margin, temperature)
+            want = head_tail(False, shape, classes, dtype, margin, temperature)
+            torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)  # fp32 sums either way
+            torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+            assert got[2] == want[2] and got[3].dtype == dtype
+            assert got[3].is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(got[3].float(), want[3].float(), atol=tol * 1e-2, rtol=tol)
+            assert not got[3][:, classes:].any()  # the padding classes get no gradient
+
+
 def check_crop_resize() -> None:
     """The stream's crop-and-resize kernel against the crops sliced and resized by resize.py (and
     so torch's antialiased interpolate): shrunk, enlarged, kept, mirrored, whole images and
@@ -153,6 +185,6 @@ def check_crop_resize() -> None:
 
 
 if __name__ == "__main__":
-    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step, check_crop_resize):
+    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step, check_goodness_loss, check_crop_resize):
         check()
         print("ok", check.__name__, flush=True)
