@@ -2,7 +2,7 @@
 
   layout.py     is_nhwc: channels_last in memory (the boundary norm, the head's pooling and the
                 p2p transport each take a map's NHWC view only when it is one)
-  row_norm.py   the boundary norm's layer norm of long rows as two Triton kernels
+  row_norm.py   the boundary norm's layer norm of long rows in Triton kernels
   window_pool.py  the pooled head's average pooling (equal or adaptive windows): one read for
                 it and the boundary norm's statistics, one pass for its gradient masked by the
                 block's last ReLU

@@ -53,11 +53,14 @@ class _GoodnessLoss(Function):
         ctx.margin, ctx.inv_tau = float(margin), 1.0 / temperature
         loss, hits = loss_b.mean(), hit_b.sum()
         ctx.mark_non_differentiable(g, hits)
+        ctx.set_materialize_grads(False)  # no zeros made for g's and the count's gradients
         return g, loss, hits
 
     @staticmethod
     def backward(ctx, _grad_g, grad_loss, _grad_hits):
         a, y, g, lse = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None, None, None
         n, padded, h, w = a.shape
         grad_a = torch.empty_like(a)
         _backward[(n, triton.cdiv(padded, BLOCK_C))](a, y, g, lse, grad_loss.float().contiguous(), grad_a, g.shape[1],

@@ -1,11 +1,11 @@
-"""The boundary norm on a GPU: layer norm over each sample's elements, as two Triton kernels.
+"""The boundary norm on a GPU: layer norm over each sample's elements, in Triton kernels.
 
 torch's layer-norm kernel gives each row (sample) to one thread block. A ResNet-50 unit at 224 px
 hands on 256 rows of 802,816 elements at batch 256: 256 blocks for 132 SMs, each walking its row
 alone, ran at 1.55 ms where the bytes need ~0.4 ms (H200, 2026-11-28), 15% of the SFF step.
 Here every row is cut into chunks, one program per (row, chunk): the first kernel writes each
-chunk's count, mean and sum of squared deviations (Welford's terms, fp32), torch combines the
-chunks of a row (Chan et al.), and the second kernel writes (x - mean) * rstd in x's dtype. That
+chunk's count, mean and sum of squared deviations (Welford's terms, fp32), a small one combines
+the chunks of a row (Chan et al.), and the last writes (x - mean) * rstd in x's dtype. That
 reads x twice and writes it once, whatever the batch, as the plain layer norm does; the
 statistics are fp32 and every output is rounded once.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ffpipe.kernels import tl, triton
+from ffpipe.kernels import tl, triton, triton_runs
 
 BLOCK = 4096          # elements per program step
 CHUNK_BLOCKS = 16     # program steps per chunk: a chunk is 64 Ki elements
@@ -53,6 +53,28 @@ if triton is not None:
         tl.store(m2_ptr + row * chunks + chunk, m2)
 
     @triton.jit
+    def _combine(mean_ptr, m2_ptr, count_ptr, out_ptr, K, R, row_len, count_scale, eps, BLOCK_K: tl.constexpr):
+        # One program per row: Chan's combination of its K parts, the mean first, then the squared
+        # deviations about it (fp32); out[0, row] the mean, out[1, row] 1/std.
+        row = tl.program_id(0)
+        acc = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            ok = ks < K
+            n_k = tl.load(count_ptr + ks, mask=ok, other=0.0).to(tl.float32) * count_scale
+            acc += tl.load(mean_ptr + row * K + ks, mask=ok, other=0.0) * n_k
+        mean = tl.sum(acc, axis=0) / row_len
+        acc = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            ok = ks < K
+            n_k = tl.load(count_ptr + ks, mask=ok, other=0.0).to(tl.float32) * count_scale
+            dev = tl.load(mean_ptr + row * K + ks, mask=ok, other=0.0) - mean
+            acc += tl.where(ok, tl.load(m2_ptr + row * K + ks, mask=ok, other=0.0) + n_k * dev * dev, 0.0)
+        tl.store(out_ptr + row, mean)
+        tl.store(out_ptr + R + row, 1.0 / tl.sqrt(tl.sum(acc, axis=0) / row_len + eps))
+
+    @triton.jit
     def _apply(x_ptr, y_ptr, mean_ptr, rstd_ptr, row_len, BLOCK: tl.constexpr):
         row, block = tl.program_id(0), tl.program_id(1)
         offset = row.to(tl.int64) * row_len
@@ -71,11 +93,22 @@ def chunk_counts(row_len: int, chunks: int, device: torch.device) -> torch.Tenso
     return (row_len - starts).clamp(max=size)
 
 
-def combine(mean_RK: torch.Tensor, m2_RK: torch.Tensor, count_K: torch.Tensor, row_len: int):
-    """Each row's mean and 1/std from its chunks' means and squared-deviation sums."""
-    mean_R = (mean_RK * count_K).sum(1) / row_len
-    m2_R = (m2_RK + count_K * (mean_RK - mean_R[:, None]).square()).sum(1)
-    return mean_R, torch.rsqrt(m2_R / row_len + EPS)
+def combine(mean_RK: torch.Tensor, m2_RK: torch.Tensor, count_K: torch.Tensor, row_len: int,
+            count_scale: float = 1.0) -> torch.Tensor:
+    """Each row's mean and 1/std (a 2 x rows tensor) from its K parts' means and squared-deviation
+    sums, the parts holding count_K * count_scale elements. Where Triton runs, one kernel: torch's
+    formula takes a dozen launches, a few microseconds each even in a CUDA graph, on every unit of
+    every step."""
+    rows, parts = mean_RK.shape
+    if not triton_runs(mean_RK):
+        count_K = count_K * count_scale
+        mean_R = (mean_RK * count_K).sum(1) / row_len
+        m2_R = (m2_RK + count_K * (mean_RK - mean_R[:, None]).square()).sum(1)
+        return torch.stack((mean_R, torch.rsqrt(m2_R / row_len + EPS)))
+    out = torch.empty(2, rows, device=mean_RK.device, dtype=torch.float32)
+    _combine[(rows,)](mean_RK, m2_RK, count_K, out, parts, rows, float(row_len), float(count_scale), EPS,
+                      BLOCK_K=min(triton.next_power_of_2(parts), 1024))
+    return out
 
 
 def layer_norm_rows(flat: torch.Tensor) -> torch.Tensor:

@@ -66,14 +66,16 @@ class _WindowMean(Function):
     def forward(ctx, z, out_h, out_w, relu):
         ctx.relu = relu
         ctx.save_for_backward(z)
-        pooled, (mean_R, rstd_R) = fused_forward(z, out_h, out_w)
-        stats = torch.stack((mean_R, rstd_R))
+        pooled, stats = fused_forward(z, out_h, out_w)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)  # no zeros made for the statistics' gradient: a launch
         return pooled, stats
 
     @staticmethod
     def backward(ctx, grad_pooled, _grad_stats):
         (z,) = ctx.saved_tensors
+        if grad_pooled is None:
+            return None, None, None, None
         masked = ctx.relu is not None
         grad = spread(grad_pooled, z, masked)
         if masked:  # the ReLU checks that this very tensor, unchanged, is what reaches it
@@ -110,35 +112,31 @@ def _sides(size: int, out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
-    """(the pooled map in z's dtype and format, (mean_R, rstd_R) of each sample) from one read of
-    a channels_last z by `_window_terms`."""
+    """(the pooled map in z's dtype and format, each sample's (mean, rstd) as a 2 x N fp32 tensor)
+    from one read of a channels_last z by `_window_terms`."""
     n, c, h, w = z.shape
-    area, owned = _windows(h, w, out_h, out_w, z.device)
-    sums = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
+    owned = _windows(h, w, out_h, out_w, z.device)[1]
+    pooled = torch.empty(n, out_h, out_w, c, device=z.device, dtype=z.dtype)
     mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
     block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1), SUMS_TILE)
-    _window_terms[(n, out_h * out_w)](z, sums, mean_RK, m2_RK, h, w, c, out_h, out_w, BLOCK_P=block_p,
+    _window_terms[(n, out_h * out_w)](z, pooled, mean_RK, m2_RK, h, w, c, out_h, out_w, BLOCK_P=block_p,
                                       BLOCK_C=block_c, EQUAL=h % out_h == 0 and w % out_w == 0,
                                       num_warps=SUMS_WARPS)
-    pooled = (sums / area[None, :, :, None]).to(z.dtype).permute(0, 3, 1, 2)
-    return pooled, row_norm.combine(mean_RK, m2_RK, owned.flatten() * c, c * h * w)
+    return pooled.permute(0, 3, 1, 2), row_norm.combine(mean_RK, m2_RK, owned.flatten(), c * h * w, c)
 
 
 def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Tensor:
     """The pooling's gradient in z's shape and channels_last format: each window's gradient over
-    its area (torch's division) summed over the windows of each pixel, and with `masked` zero
-    where z is not positive (the ReLU's backward), in one pass."""
+    its area (torch's division: in the gradient's dtype for equal windows, as autograd's mean
+    makes it, else in fp32) summed over the windows of each pixel, and with `masked` zero where z
+    is not positive (the ReLU's backward), in one pass that reads the pooled gradient as it is."""
     n, c, h, w = z.shape
     out_h, out_w = grad_pooled.shape[-2:]
-    if h % out_h == 0 and w % out_w == 0:  # equal windows: the division autograd's mean makes
-        per_window = grad_pooled / ((h // out_h) * (w // out_w))
-    else:  # fp32: a pixel may sum two to four windows' shares
-        per_window = grad_pooled.float() / _windows(h, w, out_h, out_w, z.device)[0]
-    per_window = per_window.permute(0, 2, 3, 1).contiguous()  # N x OH x OW x C
     out = torch.empty_like(z, memory_format=torch.channels_last)
     block_c, block_p = _blocks(c, -(-h // out_h) * -(-w // out_w))
-    _spread_window[(n, out_h * out_w)](per_window, z, out, h, w, c, out_h, out_w, MASKED=masked,
+    _spread_window[(n, out_h * out_w)](grad_pooled, z, out, *grad_pooled.stride(), h, w, c, out_h, out_w,
+                                       MASKED=masked, EQUAL=h % out_h == 0 and w % out_w == 0,
                                        BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
@@ -151,9 +149,9 @@ def _blocks(channels: int, pixels: int, tile: int = TILE) -> tuple[int, int]:
 
 if triton is not None:
     @triton.jit
-    def _window_terms(z_ptr, sums_ptr, mean_ptr, m2_ptr, H, W, C, OH, OW,
+    def _window_terms(z_ptr, pooled_ptr, mean_ptr, m2_ptr, H, W, C, OH, OW,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EQUAL: tl.constexpr):
-        # One program per (sample, window): the window's channel sums, and the count, mean and
+        # One program per (sample, window): the window's channel means, and the count, mean and
         # squared-deviation sum (fp32) of the part it owns: its rows and columns before the next
         # window's start. Owned parts tile z, so every element counts once in the sample's
         # statistics.
@@ -172,8 +170,10 @@ if triton is not None:
             c_ok = cs < C
             shift, d_sum, s1_c, s2_c = _shifted_sums(base, r0, c0, kh, kw, own_r, own_c, W, C, cs, c_ok,
                                                      BLOCK_P, BLOCK_C, EQUAL)
-            tl.store(sums_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs,
-                     d_sum + (kh * kw).to(tl.float32) * shift, mask=c_ok)
+            area = (kh * kw).to(tl.float32)  # the window's mean, divided and rounded as torch does
+            tl.store(pooled_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs,
+                     _rounded(tl.math.div_rn(d_sum + area * shift, area), pooled_ptr.dtype.element_ty).to(
+                         pooled_ptr.dtype.element_ty), mask=c_ok)
             # this block of channels' owned terms from the shifted sums: a channel's deviations
             # from the block's mean are its shifted values less (mean - shift)
             n_b = n_own * tl.minimum(C - cb, BLOCK_C).to(tl.float32)
@@ -223,27 +223,26 @@ if triton is not None:
         return shift, d_sum, s1_c, tl.sum(s2, axis=0)
 
     @triton.jit
-    def _spread_window(g_ptr, z_ptr, out_ptr, H, W, C, OH, OW, MASKED: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _spread_window(g_ptr, z_ptr, out_ptr, s_n, s_c, s_h, s_w, H, W, C, OH, OW, MASKED: tl.constexpr,
+                       EQUAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
         # One program per (sample, window), writing the part of z the window owns: each pixel
-        # gets this window's share (N x OH x OW x C, over its area), plus the window above's and
-        # the one to the left's (and the one above-left's) where they overlap it; zero where
-        # z <= 0 when MASKED (threshold_backward's rule, so NaNs pass as in torch).
+        # gets this window's share (its gradient over its area), plus the window above's and the
+        # one to the left's (and the one above-left's) where they overlap it; zero where z <= 0
+        # when MASKED (threshold_backward's rule, so NaNs pass as in torch).
         n, win = tl.program_id(0), tl.program_id(1)
         i, j = win // OW, win % OW
         r0, c0 = i * H // OH, j * W // OW
         rows, cols = (i + 1) * H // OH - r0, (j + 1) * W // OW - c0
         up_end, left_end = (i * H + OH - 1) // OH, (j * W + OW - 1) // OW  # where windows i-1, j-1 end
         base = n.to(tl.int64) * H * W * C
-        g_row = g_ptr + (n.to(tl.int64) * OH + i) * OW * C
+        g_n = g_ptr + n.to(tl.int64) * s_n
         for cb in range(0, C, BLOCK_C):
             cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
-            g = tl.load(g_row + j * C + cs, mask=c_ok, other=0.0).to(tl.float32)
-            g_up = tl.load(g_row - OW * C + j * C + cs, mask=c_ok & (i > 0), other=0.0).to(tl.float32)
-            g_left = tl.load(g_row + (j - 1) * C + cs, mask=c_ok & (j > 0), other=0.0).to(tl.float32)
-            g_both = tl.load(g_row - OW * C + (j - 1) * C + cs, mask=c_ok & (i > 0) & (j > 0),
-                             other=0.0).to(tl.float32)
+            g = _share(g_n, i, j, cs, c_ok, s_c, s_h, s_w, H, W, OH, OW, EQUAL)
+            g_up = _share(g_n, i - 1, j, cs, c_ok & (i > 0), s_c, s_h, s_w, H, W, OH, OW, EQUAL)
+            g_left = _share(g_n, i, j - 1, cs, c_ok & (j > 0), s_c, s_h, s_w, H, W, OH, OW, EQUAL)
+            g_both = _share(g_n, i - 1, j - 1, cs, c_ok & (i > 0) & (j > 0), s_c, s_h, s_w, H, W, OH, OW, EQUAL)
             for p0 in range(0, rows * cols, BLOCK_P):
                 ps = p0 + tl.arange(0, BLOCK_P)
                 h, w = r0 + ps // cols, c0 + ps % cols
@@ -258,3 +257,27 @@ if triton is not None:
                     z = tl.load(z_ptr + offs, mask=ok, other=0.0)
                     out = tl.where(z <= 0, 0.0, out)
                 tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _share(g_n, i, j, cs, ok, s_c, s_h, s_w, H, W, OH, OW, EQUAL: tl.constexpr):
+        # Window (i, j)'s gradient of channels `cs` over its area, fp32, zero where not `ok`. Equal
+        # windows: divided and rounded in the gradient's dtype, as autograd's mean backward does;
+        # else divided in fp32, as a pixel sums several windows' shares.
+        i, j = tl.maximum(i, 0), tl.maximum(j, 0)
+        rows = ((i + 1) * H + OH - 1) // OH - i * H // OH
+        cols = ((j + 1) * W + OW - 1) // OW - j * W // OW
+        g = tl.load(g_n + i * s_h + j * s_w + cs * s_c, mask=ok, other=0.0)
+        share = tl.math.div_rn(g.to(tl.float32), (rows * cols).to(tl.float32))
+        if EQUAL:
+            share = _rounded(share, g.dtype)
+        return tl.where(ok, share, 0.0)
+
+    @triton.jit
+    def _rounded(x, dtype: tl.constexpr):
+        # fp32 x rounded to `dtype` (to nearest, ties to even, as torch rounds), back in fp32. bf16
+        # by hand: Triton's interpreter truncates where a GPU rounds, and the CPU check must agree.
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # no 32-bit literal mask
+            return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+        return x.to(dtype).to(tl.float32)

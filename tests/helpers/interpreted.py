@@ -36,7 +36,7 @@ class Ops(TorchDispatchMode):
 def gpu_path(on: bool) -> None:
     """Whether ffpipe takes its Triton path for CPU tensors (as it does for CUDA ones)."""
     runs = (lambda t: True) if on else (lambda t: False)
-    window_pool.triton_runs = goodness.triton_runs = goodness_loss.triton_runs = runs
+    window_pool.triton_runs = goodness.triton_runs = goodness_loss.triton_runs = row_norm.triton_runs = runs
     window_pool.PLAIN_UP_TO = 0  # these maps are small; the size gate is a speed choice, tested apart
 
 
