@@ -208,7 +208,11 @@ def test_bench_stream_makes_an_imagenet_like_set_and_measures_the_stream(tmp_pat
         ("cpu", 1, "none"), ("cpu", 1, "default"), ("cpu", 2, "none"), ("cpu", 2, "default")]
     assert [r["load_products_per_s"] > 0 for r in result["rows"]] == [False, True, False, True]
     assert all(r["images_per_s"] > 0 and r["rss_peak_mib"] > 0 and "read" in r["busy"] for r in result["rows"])
-    assert "images/s" in capsys.readouterr().out
+    # 40 images in batches of 8: a new epoch every 5 batches, whose first batch and the wait for
+    # it the rate within epochs leaves out
+    assert all(r["epoch_starts"] >= 1 and r["epoch_start_s"] > 0 for r in result["rows"])
+    assert all(r["images_per_s_within_epochs"] > 0 for r in result["rows"])
+    assert "in epochs" in capsys.readouterr().out
 
 
 def _codecs():
