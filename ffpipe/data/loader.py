@@ -136,6 +136,9 @@ class DeviceLoader:
                 copied[k % 2].record()
             yield sl, idx_dev, x
 
+    def close(self) -> None:
+        """Nothing to stop: the split is in memory (StreamLoader reads ahead)."""
+
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images as normalised float, labels) for batches start, start+1, ... of `epoch`."""
         order = offsets = flips = centres = None

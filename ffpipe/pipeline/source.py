@@ -68,7 +68,9 @@ class DataSource:
         return next(self._stream)
 
     def close(self) -> None:
-        pass
+        for loader in (self.train, self.test, self.val):
+            if loader is not None:
+                loader.close()  # a streamed split's reading ahead stops here
 
     def _stream_from(self, start_step: int) -> Iterator[Message]:
         spe, total = self.plan.steps_per_epoch, self.plan.total_steps

@@ -22,7 +22,7 @@ import torch
 from ffpipe.data.loader import batches_per_epoch, cut_out
 from ffpipe.data.stream.crops import batch_draws, cutout_centres, eval_box, mirrors, train_box
 from ffpipe.data.stream.decoders import CpuDecoder, GpuDecoder, codecs
-from ffpipe.data.stream.order import epoch_order
+from ffpipe.data.stream.order import EpochOrder, epoch_order
 from ffpipe.data.stream.reader import ShardStore
 from ffpipe.data.stream.split import StreamSplit
 
@@ -65,6 +65,7 @@ class StreamLoader:
         # (first row, rows of the whole batch) of the batch last yielded, where keep_rows cuts it
         self.shard: tuple[int, int] | None = None
         self.seconds: dict[str, float] = {}  # per phase, summed over the epochs streamed (bench stream)
+        self._prepared: tuple[tuple[int, int], EpochOrder, ShardStore] | None = None  # (key, order, store)
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.drop_last)
@@ -79,23 +80,26 @@ class StreamLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalised images, labels) of batches start, start+1, ... of `epoch`."""
-        order = epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train,
-                            self.split.keep)
-        shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
-        store = ShardStore(self.split, order, start * self.batch_size, shards_ahead)
+        order, store = self._store(epoch, start)
         decoder = GpuDecoder(self.device, self.threads, self.codec) if self.gpu else CpuDecoder(self.threads)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffpipe-crops")
         pending: deque[Future] = deque()
         upcoming = iter(range(start, len(self)))
+        next_asked = False
 
         def refill() -> None:
             """Keep `ahead` batches in the making. Rows are taken here, in order (the store is
-            not shared between threads); decoding and cropping run on the pool."""
+            not shared between threads); decoding and cropping run on the pool. Once this
+            epoch's last shard is asked for, the next epoch's first is read."""
+            nonlocal next_asked
             while len(pending) < self.ahead:
                 b = next(upcoming, None)
                 if b is None:
-                    return
+                    break
                 pending.append(pool.submit(self._make, epoch, b, self._rows(order, b, store), decoder))
+            if store.all_asked and not next_asked:
+                next_asked = True
+                self._prepare(epoch + 1)
 
         try:
             refill()
@@ -111,6 +115,42 @@ class StreamLoader:
             decoder.close()
             for phase, spent in [("read", store.read_s), *decoder.seconds.items()]:
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
+
+    def _order(self, epoch: int) -> EpochOrder:
+        return epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train, self.split.keep)
+
+    def _key(self, epoch: int, start: int) -> tuple[int, int]:
+        return epoch if self.train else -1, start  # evaluation's order is the same every epoch
+
+    def _store(self, epoch: int, start: int) -> tuple[EpochOrder, ShardStore]:
+        """The epoch's order and shard store: the one `_prepare` made while the last epoch ended
+        where it is for this epoch and start, else a new one."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == self._key(epoch, start):
+            prepared[2].release()
+            return prepared[1], prepared[2]
+        if prepared is not None:
+            prepared[2].close()
+        order = self._order(epoch)
+        return order, ShardStore(self.split, order, start * self.batch_size, self._shards_ahead(order))
+
+    def _prepare(self, epoch: int) -> None:
+        """Read `epoch`'s first shard now: a new epoch otherwise waited for it (~0.6 s for 256 MB
+        read and hashed, H100 host, 2026-12-06), once per epoch of a set of a few shards and
+        before every evaluation. One shard is held until the epoch starts (or close())."""
+        self.close()
+        order = self._order(epoch)
+        store = ShardStore(self.split, order, 0, self._shards_ahead(order), hold=1)
+        self._prepared = (self._key(epoch, 0), order, store)
+
+    def _shards_ahead(self, order: EpochOrder) -> int:
+        return int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
+
+    def close(self) -> None:
+        """Stop reading ahead for an epoch that will not come."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared[2].close()
 
     def _rows(self, order, b: int, store: ShardStore):
         ids = order.use_ids[b * self.batch_size:(b + 1) * self.batch_size]

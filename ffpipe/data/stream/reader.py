@@ -84,15 +84,23 @@ class ShardStore:
     read, combined and hashed (sha256) in about 0.4 s. pyarrow and hashlib let go of the GIL for
     that work, so shards read side by side add up."""
 
-    def __init__(self, split: StreamSplit, order: EpochOrder, used: int, ahead: int):
+    def __init__(self, split: StreamSplit, order: EpochOrder, used: int, ahead: int, hold: int = 0):
+        """`hold`: read only that many shards until `release()` (a store made ahead of its epoch)."""
         self.split, self.starts = split, split.starts
         self.left = np.bincount(shard_of(order.use_ids[used:], self.starts), minlength=len(split.shards))
         self.todo = iter([int(s) for s in order.shard_order if self.left[s]])
         self.loaded: dict[int, ShardRows] = {}
         self.ahead = max(1, ahead)
+        self.limit = min(hold, self.ahead) if hold else self.ahead  # shards read beyond those in use
+        self.all_asked = False  # every shard the rows need is read or being read
         self.pool = ThreadPoolExecutor(min(READERS, self.ahead), thread_name_prefix="ffpipe-shards")
         self.reading: deque[tuple[int, Future]] = deque()  # in the order the rows need them
         self.read_s = 0.0  # the readers' time in read_shard (read, checksum) of the shards taken, summed
+        self._read_more()
+
+    def release(self) -> None:
+        """Read up to `ahead` shards from now on."""
+        self.limit = self.ahead
         self._read_more()
 
     def _timed_read(self, k: int) -> tuple[ShardRows, float]:
@@ -100,9 +108,10 @@ class ShardStore:
         return read_shard(self.split, k), time.perf_counter() - started
 
     def _read_more(self) -> None:
-        while len(self.reading) < self.ahead:
+        while len(self.reading) < self.limit:
             k = next(self.todo, None)
             if k is None:
+                self.all_asked = True
                 return
             self.reading.append((k, self.pool.submit(self._timed_read, k)))
 
