@@ -72,14 +72,13 @@ def test_a_stream_resumed_at_a_batch_equals_the_uninterrupted_one(root):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_the_next_epochs_first_shard_is_read_before_it_starts_and_changes_no_batch(root):
+def test_the_next_epochs_first_window_is_read_before_it_starts_and_changes_no_batch(root):
     cfg = stream_config(root)
     data = load_data(cfg, 0)
     loader = training_loader(data, cfg, 8, 3, CPU)
     epoch(loader, 0)
     (key, order, store), = [loader._prepared]  # made once epoch 0 had asked for its last shard
-    assert key == (1, 0) and len(store.reading) == 1 and store.limit == 1
-    assert order.shard_order[0] == store.reading[0][0]  # epoch 1's first shard, being read or read
+    assert key == (1, 0) and [k for k, _ in store.reading] == list(order.shard_order[:store.ahead])
     ahead = epoch(loader, 1)
     assert loader._prepared[0] == (2, 0)
     fresh = epoch(training_loader(data, cfg, 8, 3, CPU), 1)
@@ -87,6 +86,9 @@ def test_the_next_epochs_first_shard_is_read_before_it_starts_and_changes_no_bat
     epoch(loader, 2, start=3)  # not the epoch prepared for (a resume): a store of its own, same rows
     loader.close()
     assert loader._prepared is None
+    test = eval_loader(data.test, data, cfg, 7, CPU)
+    epoch(test)
+    assert test._prepared is None  # evaluation starts once an epoch: no window held meanwhile
 
 
 def test_a_uri_pyarrow_opens_streams_the_same_batches(root):

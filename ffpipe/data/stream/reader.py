@@ -4,7 +4,8 @@ A shard is read whole (its image bytes, labels and sources: ~256 MB as `ffpipe d
 writes them) and its checksum verified before any of its rows is handed out, so a changed or
 damaged file stops the run before a model sees one of its images. A shard stays in memory while
 rows of it are still to be used and is dropped after its last one: with the order of order.py,
-memory holds about two windows of rows plus the shards read ahead, whatever the split's size.
+memory holds about two windows of rows plus the shards read ahead, whatever the split's size
+(and, while a training epoch ends, the next epoch's first window: loader.py's `_prepare`).
 """
 from __future__ import annotations
 
@@ -84,23 +85,16 @@ class ShardStore:
     read, combined and hashed (sha256) in about 0.4 s. pyarrow and hashlib let go of the GIL for
     that work, so shards read side by side add up."""
 
-    def __init__(self, split: StreamSplit, order: EpochOrder, used: int, ahead: int, hold: int = 0):
-        """`hold`: read only that many shards until `release()` (a store made ahead of its epoch)."""
+    def __init__(self, split: StreamSplit, order: EpochOrder, used: int, ahead: int):
         self.split, self.starts = split, split.starts
         self.left = np.bincount(shard_of(order.use_ids[used:], self.starts), minlength=len(split.shards))
         self.todo = iter([int(s) for s in order.shard_order if self.left[s]])
         self.loaded: dict[int, ShardRows] = {}
         self.ahead = max(1, ahead)
-        self.limit = min(hold, self.ahead) if hold else self.ahead  # shards read beyond those in use
         self.all_asked = False  # every shard the rows need is read or being read
         self.pool = ThreadPoolExecutor(min(READERS, self.ahead), thread_name_prefix="ffpipe-shards")
         self.reading: deque[tuple[int, Future]] = deque()  # in the order the rows need them
         self.read_s = 0.0  # the readers' time in read_shard (read, checksum) of the shards taken, summed
-        self._read_more()
-
-    def release(self) -> None:
-        """Read up to `ahead` shards from now on."""
-        self.limit = self.ahead
         self._read_more()
 
     def _timed_read(self, k: int) -> tuple[ShardRows, float]:
@@ -108,7 +102,7 @@ class ShardStore:
         return read_shard(self.split, k), time.perf_counter() - started
 
     def _read_more(self) -> None:
-        while len(self.reading) < self.limit:
+        while len(self.reading) < self.ahead:
             k = next(self.todo, None)
             if k is None:
                 self.all_asked = True
