@@ -82,7 +82,8 @@ def test_the_next_epochs_first_window_is_read_before_it_starts_and_changes_no_ba
     ahead = epoch(loader, 1)
     assert loader._prepared[0] == (2, 0)
     fresh = epoch(training_loader(data, cfg, 8, 3, CPU), 1)
-    assert len(ahead) == len(fresh) == 6 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ahead, fresh))
+    assert len(ahead) == len(fresh) == 6
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ahead, fresh))
     epoch(loader, 2, start=3)  # not the epoch prepared for (a resume): a store of its own, same rows
     loader.close()
     assert loader._prepared is None
