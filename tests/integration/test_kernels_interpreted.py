@@ -1,6 +1,7 @@
-"""ffpipe's Triton kernels (the pooled head's one-read window terms, the boundary norm) run by
-Triton's interpreter on the CPU against the plain path: their indexing, masks and statistics are
-tested where there is no GPU (tests/gpu runs them compiled)."""
+"""ffpipe's Triton kernels (the pooled head's one-read window terms, the boundary norm, the
+goodness head's loss, the crops' resize) run by Triton's interpreter on the CPU against the plain
+path: their indexing, masks and statistics are tested where there is no GPU (tests/gpu runs them
+compiled)."""
 import os
 import subprocess
 import sys
@@ -19,4 +20,4 @@ def test_triton_kernels_agree_with_the_plain_path_under_the_interpreter():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["ok", "check_window_terms", "ok", "check_spread", "ok", "check_row_norm",
-                                  "ok", "check_unit_step", "ok", "check_crop_resize"]
+                                  "ok", "check_unit_step", "ok", "check_goodness_loss", "ok", "check_crop_resize"]
