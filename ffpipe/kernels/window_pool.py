@@ -84,38 +84,35 @@ class _WindowMean(Function):
         return grad, None, None, None
 
 
-_WINDOWS: dict = {}  # (h, w, out_h, out_w, device) -> _windows' tensors
+_OWNED: dict = {}  # (h, w, out_h, out_w, device) -> _owned_areas' tensor
 
 
-def _windows(h: int, w: int, out_h: int, out_w: int, device: torch.device):
-    """(each window's area, the area of the part it owns, fp32, OH x OW) on the device. Kept per
-    map shape, so a step (or its CUDA graph) does not rebuild them in a dozen tiny kernels; made
-    by device ops (a CUDA graph can capture them), and not kept when made inside a capture (their
-    memory is the graph's)."""
+def _owned_areas(h: int, w: int, out_h: int, out_w: int, device: torch.device) -> torch.Tensor:
+    """The area of the part each window owns (from its start to the next window's), fp32, OH x OW,
+    on the device: the statistics' weights. Kept per map shape, so a step (or its CUDA graph) does
+    not rebuild it in a handful of tiny kernels; made by device ops (a CUDA graph can capture
+    them), and not kept when made inside a capture (its memory is the graph's). The kernels work
+    out each window's own area themselves."""
     key = (h, w, out_h, out_w, device)
-    if key not in _WINDOWS:
-        (win_h, own_h), (win_w, own_w) = _sides(h, out_h, device), _sides(w, out_w, device)
-        made = (win_h[:, None] * win_w[None, :]).float(), (own_h[:, None] * own_w[None, :]).float()
+    if key not in _OWNED:
+        made = (_owned_lengths(h, out_h, device)[:, None] * _owned_lengths(w, out_w, device)[None, :]).float()
         if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            _WINDOWS[key] = made
+            _OWNED[key] = made
         return made
-    return _WINDOWS[key]
+    return _OWNED[key]
 
 
-def _sides(size: int, out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each window's length along one side, and the length of the part it owns (from its start to
-    the next window's)."""
-    i = torch.arange(out + 1, device=device)
-    starts = i * size // out
-    ends = ((i[:-1] + 1) * size + out - 1) // out
-    return ends - starts[:-1], starts[1:] - starts[:-1]
+def _owned_lengths(size: int, out: int, device) -> torch.Tensor:
+    """The length along one side of the part each window owns: from its start to the next one's."""
+    starts = torch.arange(out + 1, device=device) * size // out
+    return starts[1:] - starts[:-1]
 
 
 def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
     """(the pooled map in z's dtype and format, each sample's (mean, rstd) as a 2 x N fp32 tensor)
     from one read of a channels_last z by `_window_terms`."""
     n, c, h, w = z.shape
-    owned = _windows(h, w, out_h, out_w, z.device)[1]
+    owned = _owned_areas(h, w, out_h, out_w, z.device)
     pooled = torch.empty(n, out_h, out_w, c, device=z.device, dtype=z.dtype)
     mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
