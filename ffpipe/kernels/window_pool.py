@@ -31,12 +31,13 @@ from ffpipe.kernels.relu import lean_relu_node
 
 TILE = 4096  # elements of z per program step (pixels x channels)
 # Samples of up to this many elements keep the plain path (window means by torch's reduction,
-# F.layer_norm, autograd's mean backward), which made the faster step there. Measured on one H200,
-# 2026-12-06, ResNet18 at 32 px, batch 2,048, graphed (BP 72,829 img/s): gate 2^16 (no map fused)
-# 69,312; 2^15 (the 64 x 32 x 32 maps fused, whose forward + backward took 0.56x the plain path's
-# time) 71,514; 2^14 70,309; 0 (the 256 x 8 x 8 maps too: 1.97x) 66,399. ResNet-50's and -152's
-# maps (100,352 elements a sample and up) are all fused.
-PLAIN_UP_TO = 2**15
+# F.layer_norm, autograd's mean backward), which made the faster step there. ResNet18 at 32 px,
+# batch 2,048, graphed, SFF img/s by gate: one H200, 2026-12-06 (before the launches around the
+# kernels were cut; BP 72,829): 2^16 (no map fused) 69,312; 2^15 (the 64 x 32 x 32 maps fused)
+# 71,514; 2^14 (and the 128 x 16 x 16 ones) 70,309; 0 (and the 256 x 8 x 8 ones) 66,399. One H100,
+# later that day, after the cut (BP 63,842): 2^15 64,387 and 64,366; 2^14 64,939; 2^13 63,829; 0
+# 63,806. ResNet-50's and -152's maps (100,352 elements a sample and up) are all fused.
+PLAIN_UP_TO = 2**14
 # The forward's tile and warps: it keeps three fp32 sums per element of its tile in registers.
 # Swept on one H100, 2026-12-06 (python -m ffpipe.bench.head_kernels, forward + backward over
 # ResNet-50's four maps): 2,048 / 4 warps 3.85 ms, 1,024 / 2 3.74, 512 / 2 3.73, 4,096 / 8 4.41; the
