@@ -33,14 +33,23 @@ excludes='{"excludes": [".venv", "runs", ".git", ".whl", ".devdata", "__pycache_
 # again, for $RAY_SUBMIT_WAIT_S seconds at most (default 180).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for attempt in $(seq $(( ${RAY_SUBMIT_WAIT_S:-180} / 5 ))); do
+attempts=$(( ${RAY_SUBMIT_WAIT_S:-180} / 5 ))
+[ "$attempts" -ge 1 ] || attempts=1
+for attempt in $(seq "$attempts"); do
   status=0
   ray job submit --address "$address" --working-dir . --runtime-env-json "$excludes" -- \
     "${PYTHON_ON_HEAD:-python}" -m ffpipe train --set pipeline.backend=ray --set pipeline.address=auto \
     --set run.dir="$run_dir" "$@" 2>&1 | tee "$log" || status=$?
-  grep -q "No available agent to submit job" "$log" || break
+  grep -q "No available agent to submit job" "$log" && [ "$attempt" -lt "$attempts" ] || break
   echo "ray_submit.sh: the head's job agent is not up yet; trying again in 5 s" >&2
   sleep 5
 done
+if grep -q "No available agent to submit job" "$log"; then
+  echo "ray_submit.sh: the head's job agent did not come up in the ${RAY_SUBMIT_WAIT_S:-180} s given (RAY_SUBMIT_WAIT_S); nothing was" \
+    "submitted. Its log on the head: logs/dashboard_agent.log in Ray's session folder" \
+    "(/tmp/ray/session_latest by default). 'address already in use' there means a port it needs is" \
+    "taken (launch/ray_cluster.sh ports lists them; each can be set in the environment)" >&2
+  exit 1
+fi
 [ "$status" -eq 0 ] || exit "$status"
 echo "run folder: $where"
