@@ -45,8 +45,8 @@ for attempt in $(seq "$attempts"); do
   sleep 5
 done
 if grep -q "No available agent to submit job" "$log"; then
-  echo "ray_submit.sh: the head's job agent did not come up in the ${RAY_SUBMIT_WAIT_S:-180} s given (RAY_SUBMIT_WAIT_S); nothing was" \
-    "submitted. Its log on the head: logs/dashboard_agent.log in Ray's session folder" \
+  echo "ray_submit.sh: the head's job agent did not come up in the ${RAY_SUBMIT_WAIT_S:-180} s given" \
+    "(RAY_SUBMIT_WAIT_S); nothing was submitted. Its log on the head: logs/dashboard_agent.log in Ray's session folder" \
     "(/tmp/ray/session_latest by default). 'address already in use' there means a port it needs is" \
     "taken (launch/ray_cluster.sh ports lists them; each can be set in the environment)" >&2
   exit 1
