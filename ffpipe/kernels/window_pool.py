@@ -148,7 +148,7 @@ def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Te
     return out
 
 
-def _blocks(channels: int, pixels: int, tile: int = TILE) -> tuple[int, int]:
+def _blocks(channels: int, pixels: int, tile: int) -> tuple[int, int]:
     """A program step's tile: all channels up to `tile`, and as many of the window's pixels as fit."""
     block_c = min(triton.next_power_of_2(channels), tile)
     return block_c, max(1, min(triton.next_power_of_2(pixels), tile // block_c))
@@ -231,14 +231,22 @@ if triton is not None:
 
     @triton.jit
     def _shares(g_ptr, out_ptr, s_n, s_c, s_h, s_w, H, W, C, OH, OW, EQUAL: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, window): each channel's share of the window's gradient, fp32
+        # One program per (sample, window): each channel's share of the window's gradient (the
+        # gradient over the window's area), fp32. Equal windows: divided and rounded in the
+        # gradient's dtype, as autograd's mean backward does; else divided in fp32, as a pixel
+        # sums several windows' shares.
         n, win = tl.program_id(0), tl.program_id(1)
         i, j = win // OW, win % OW
-        g_n = g_ptr + n.to(tl.int64) * s_n
+        rows = ((i + 1) * H + OH - 1) // OH - i * H // OH
+        cols = ((j + 1) * W + OW - 1) // OW - j * W // OW
+        g_ij = g_ptr + n.to(tl.int64) * s_n + i * s_h + j * s_w
         for cb in range(0, C, BLOCK_C):
             cs = cb + tl.arange(0, BLOCK_C)
             c_ok = cs < C
-            share = _share(g_n, i, j, cs, c_ok, s_c, s_h, s_w, H, W, OH, OW, EQUAL)
+            g = tl.load(g_ij + cs * s_c, mask=c_ok, other=0.0)
+            share = tl.math.div_rn(g.to(tl.float32), (rows * cols).to(tl.float32))
+            if EQUAL:
+                share = _rounded(share, g.dtype)
             tl.store(out_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, share, mask=c_ok)
 
     @triton.jit
@@ -267,20 +275,6 @@ if triton is not None:
             z = tl.load(z_ptr + offs, mask=ok, other=0.0)
             out = tl.where(z <= 0, 0.0, out)
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _share(g_n, i, j, cs, ok, s_c, s_h, s_w, H, W, OH, OW, EQUAL: tl.constexpr):
-        # Window (i, j)'s gradient of channels `cs` over its area, fp32, zero where not `ok`. Equal
-        # windows: divided and rounded in the gradient's dtype, as autograd's mean backward does;
-        # else divided in fp32, as a pixel sums several windows' shares.
-        i, j = tl.maximum(i, 0), tl.maximum(j, 0)
-        rows = ((i + 1) * H + OH - 1) // OH - i * H // OH
-        cols = ((j + 1) * W + OW - 1) // OW - j * W // OW
-        g = tl.load(g_n + i * s_h + j * s_w + cs * s_c, mask=ok, other=0.0)
-        share = tl.math.div_rn(g.to(tl.float32), (rows * cols).to(tl.float32))
-        if EQUAL:
-            share = _rounded(share, g.dtype)
-        return tl.where(ok, share, 0.0)
 
     @triton.jit
     def _rounded(x, dtype: tl.constexpr):
