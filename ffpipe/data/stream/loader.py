@@ -116,19 +116,15 @@ class StreamLoader:
             for phase, spent in [("read", store.read_s), *decoder.seconds.items()]:
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
 
-    def _order(self, epoch: int) -> EpochOrder:
-        return epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train, self.split.keep)
-
     def _store(self, epoch: int, start: int) -> tuple[EpochOrder, ShardStore]:
         """The epoch's order and shard store: the one `_prepare` made while the last epoch ended
         where it is for this epoch and start, else a new one."""
-        prepared, self._prepared = self._prepared, None
+        prepared = self._prepared
         if prepared is not None and prepared[0] == (epoch, start):
+            self._prepared = None
             return prepared[1], prepared[2]
-        if prepared is not None:
-            prepared[2].close()
-        order = self._order(epoch)
-        return order, ShardStore(self.split, order, start * self.batch_size, self._shards_ahead(order))
+        self.close()
+        return self._new_store(epoch, start)
 
     def _prepare(self, epoch: int) -> None:
         """Start reading training epoch `epoch`'s first window of shards now. Its first batch
@@ -138,11 +134,13 @@ class StreamLoader:
         9,773). Costs a window's shards more host memory while an epoch ends (peak RSS 5.4 -> 8.5
         GB on that set); evaluation, which starts once an epoch, keeps none."""
         self.close()
-        order = self._order(epoch)
-        self._prepared = ((epoch, 0), order, ShardStore(self.split, order, 0, self._shards_ahead(order)))
+        self._prepared = ((epoch, 0), *self._new_store(epoch, 0))
 
-    def _shards_ahead(self, order: EpochOrder) -> int:
-        return int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
+    def _new_store(self, epoch: int, start: int) -> tuple[EpochOrder, ShardStore]:
+        """The epoch's order, and a store that starts reading its shards from batch `start` on."""
+        order = epoch_order(self.split.rows_per_shard, self.seed, epoch, self.window, self.train, self.split.keep)
+        shards_ahead = int(np.ceil(order.window / self.split.mean_shard_rows())) + 1
+        return order, ShardStore(self.split, order, start * self.batch_size, shards_ahead)
 
     def close(self) -> None:
         """Stop reading ahead for an epoch that will not come."""
