@@ -34,3 +34,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def low_ports(start: int, count: int) -> list[int]:
+    """`count` ports from `start` up that nothing listens on now, all below Linux's ephemeral range
+    (32768-60999), for the ports a Ray node binds some seconds after they are chosen. Ports the
+    system hands out (free_port, a client's socket) and those Ray picks itself come from that
+    range, so another test's processes cannot take these in between: a free_port() drawn for a
+    head's job agent was once taken first, the agent never came up, and the submission waited
+    its whole time. Callers use ranges of their own (the Ray tests run one at a time)."""
+    ports = []
+    for port in range(start, 32768):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"fewer than {count} free ports from {start} to 32767")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ffpipe.backends.ray_nodes import descendants, mentioning, terminate
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, low_ports
 
 BIN = Path(sys.executable).parent
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -58,10 +58,12 @@ def fresh_machine_env(tmp_path: Path) -> dict:
 
 
 def start_head(env: dict, *options: str) -> None:
-    """launch/ray_head.sh start on free ports, its files in Ray's default folder ($TMPDIR/ray)."""
-    env.update(RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()))
+    """launch/ray_head.sh start on free ports (below the ephemeral range: tests.helpers.low_ports),
+    its files in Ray's default folder ($TMPDIR/ray)."""
+    ray_port, dashboard_port, client_port, agent_port = low_ports(24000, 4)
+    env.update(RAY_PORT=str(ray_port), DASHBOARD_PORT=str(dashboard_port), RAY_AGENT_PORT=str(agent_port))
     head = subprocess.run(["bash", "launch/ray_head.sh", "start", f"--temp-dir={env['TMPDIR']}/ray",
-                           f"--ray-client-server-port={free_port()}", *options],
+                           f"--ray-client-server-port={client_port}", *options],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
     assert "Token authentication is disabled" not in head.stdout + head.stderr

@@ -15,7 +15,7 @@ import pytest
 
 from ffpipe.backends.ray_nodes import descendants, mentioning, node_processes, terminate
 from ffpipe.run.folder import RunFolder
-from tests.helpers import REPO
+from tests.helpers import REPO, low_ports
 from tests.helpers.machine import fresh_machine_env, head_processes, start_head, stop_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -31,29 +31,10 @@ def _script(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProce
     return done
 
 
-def _low_ports(start: int, count: int) -> list[int]:
-    """`count` ports from `start` up that nothing listens on now, all below Linux's ephemeral range
-    (32768-60999). Ports the system hands out (port 0, a client's socket) and those Ray picks
-    itself come from that range, so another test's processes cannot take these before the node
-    binds them: a free port drawn from that range was once taken in between, the head's job agent
-    never came up, and the submission waited its whole time."""
-    ports = []
-    for port in range(start, 32768):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"fewer than {count} free ports from {start} to 32767")
-
-
 def _node_env(env: dict, role: str, worker_ports: int) -> dict:
     """A node of its own: its ports free on this machine (its workers' range, then the others
     above it), its temp folder, and (a worker) its HOME."""
-    ports = _low_ports(worker_ports + 100, len(NODE_PORTS))
+    ports = low_ports(worker_ports + 100, len(NODE_PORTS))
     node = dict(env, RAY_TEMP_DIR=f"{env['TMPDIR']}/{role}", WORKER_PORTS=f"{worker_ports}-{worker_ports + 99}",
                 **{name: str(port) for name, port in zip(NODE_PORTS, ports)})
     if role == "worker":
@@ -77,7 +58,7 @@ def test_a_head_and_a_worker_from_the_scripts_run_a_job_on_both_and_stop_only_th
     if address.startswith("127."):
         pytest.skip("this machine has no address beside 127.0.0.1 for a second Ray node to join")
     env = fresh_machine_env(tmp_path)
-    ray_port, dashboard_port, client_port = _low_ports(20900, 3)
+    ray_port, dashboard_port, client_port = low_ports(20900, 3)
     env.update(RAY_PORT=str(ray_port), DASHBOARD_PORT=str(dashboard_port), CLIENT_PORT=str(client_port),
                PYTHON_ON_HEAD=sys.executable, RUN_DIR="spread")
     (tmp_path / "other").mkdir()
