@@ -6,6 +6,8 @@
   window_pool.py  the pooled head's average pooling (equal or adaptive windows): one read for
                 it and the boundary norm's statistics, one pass for its gradient masked by the
                 block's last ReLU
+  window_whole.py  that forward for windows that fit a tile (ResNet18's maps): each read whole
+  rounding.py   `rounded`: fp32 rounded to bf16/fp16 inside a kernel as torch rounds
   batchnorm.py  LeanBatchNorm: batch norm past 2^31 elements, its input gradient written over its
                 input (a Triton kernel); BatchNormCopy, the base of every batch-norm replacement
   relu.py       LeanReLU: a ReLU whose backward masks the incoming gradient in place

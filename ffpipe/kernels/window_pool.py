@@ -5,11 +5,12 @@ average pooling (a read of z), the boundary norm (a read for its statistics, the
 write) and, in the backward, the pooling's gradient, which autograd spreads over a new z-sized
 tensor (and, for equal windows, copies into z's layout: a read and a write) before the block's
 last ReLU masks it (two reads, a write). Here, for a channels_last z on a GPU Triton compiles for,
-with samples of more than PLAIN_UP_TO elements (smaller ones made the slower step):
+with samples of more than PLAIN_UP_TO elements (smaller ones are unmeasured):
 - forward: one kernel reads z once and writes both the window sums and, for the part of z each
-  window owns, its mean and squared-deviation sum; those become the boundary norm's per-sample
-  statistics (Chan's combination, kernels/row_norm.py), so the boundary only reads z once more
-  and writes;
+  window owns, its mean and squared-deviation sum (`_window_terms` walks a window in tiles;
+  kernels/window_whole.py reads windows that fit a tile whole); those become the boundary norm's
+  per-sample statistics (Chan's combination, kernels/row_norm.py), so the boundary only reads z
+  once more and writes;
 - backward: one small kernel writes each window's share of its gradient; one more writes each
   pixel's gradient, the sum of its windows' shares (at most two a side), and when z is a
   LeanReLU's output, masked by it (one read of z, one write), walking z in runs of pixels as the
@@ -28,19 +29,21 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from ffpipe.kernels import row_norm, tl, triton, triton_runs
+from ffpipe.kernels import row_norm, tl, triton, triton_runs, window_whole
 from ffpipe.kernels.layout import is_nhwc
 from ffpipe.kernels.relu import lean_relu_node
+from ffpipe.kernels.rounding import rounded
 
 TILE = 4096  # elements of z per program step (pixels x channels)
 # Samples of up to this many elements keep the plain path (window means by torch's reduction,
-# F.layer_norm, autograd's mean backward), which made the faster step there. ResNet18 at 32 px,
-# batch 2,048, graphed, SFF img/s by gate: one H200, 2026-12-06 (before the launches around the
-# kernels were cut; BP 72,829): 2^16 (no map fused) 69,312; 2^15 (the 64 x 32 x 32 maps fused)
-# 71,514; 2^14 (and the 128 x 16 x 16 ones) 70,309; 0 (and the 256 x 8 x 8 ones) 66,399. One H100,
-# later that day, after the cut (BP 63,842): 2^15 64,387 and 64,366; 2^14 64,939; 2^13 63,829; 0
-# 63,806. ResNet-50's and -152's maps (100,352 elements a sample and up) are all fused.
-PLAIN_UP_TO = 2**14
+# F.layer_norm, autograd's mean backward), which made the faster step there until window_whole's
+# kernel. ResNet18 at 32 px, batch 2,048, graphed, SFF img/s by gate, one H100, 2026-12-06: with
+# the walked forward only (BP 63,842), 2^15 (the 64 x 32 x 32 maps fused) 64,387; 2^14 (and the
+# 128 x 16 x 16 ones) 64,939; 2^13 (and the 256 x 8 x 8 ones) 63,829. With window_whole's (BP
+# 64,128): 2^13 67,271, 0 67,342 (the same maps: 512 x 4 x 4 is not pooled); 2^14 66,255 (with 4
+# warps). Smaller maps are unmeasured and stay plain. ResNet-50's and -152's maps (100,352
+# elements a sample and up) are all fused.
+PLAIN_UP_TO = 2**13
 # The forward's tile and warps: it keeps three fp32 sums per element of its tile in registers.
 # Swept on one H100, 2026-12-06 (python -m ffpipe.bench.head_kernels, forward + backward over
 # ResNet-50's four maps): 2,048 / 4 warps 3.85 ms, 1,024 / 2 3.74, 512 / 2 3.73, 4,096 / 8 4.41; the
@@ -114,16 +117,21 @@ def _owned_lengths(size: int, out: int, device) -> torch.Tensor:
 
 def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
     """(the pooled map in z's dtype and format, each sample's (mean, rstd) as a 2 x N fp32 tensor)
-    from one read of a channels_last z by `_window_terms`."""
+    from one read of a channels_last z: by window_whole's kernel where a whole window fits its
+    tile, else by `_window_terms`."""
     n, c, h, w = z.shape
     owned = _owned_areas(h, w, out_h, out_w, z.device)
     pooled = torch.empty(n, out_h, out_w, c, device=z.device, dtype=z.dtype)
     mean_RK = torch.empty(n, out_h * out_w, device=z.device, dtype=torch.float32)
     m2_RK = torch.empty_like(mean_RK)
-    block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1), SUMS_TILE)
-    _window_terms[(n, out_h * out_w)](z, pooled, mean_RK, m2_RK, h, w, c, out_h, out_w, BLOCK_P=block_p,
-                                      BLOCK_C=block_c, EQUAL=h % out_h == 0 and w % out_w == 0,
-                                      num_warps=SUMS_WARPS)
+    whole = window_whole.tile(h, w, c, out_h, out_w)
+    if whole:
+        window_whole.window_terms(z, pooled, mean_RK, m2_RK, out_h, out_w, whole)
+    else:
+        block_c, block_p = _blocks(c, (-(-h // out_h) + 1) * (-(-w // out_w) + 1), SUMS_TILE)
+        _window_terms[(n, out_h * out_w)](z, pooled, mean_RK, m2_RK, h, w, c, out_h, out_w, BLOCK_P=block_p,
+                                          BLOCK_C=block_c, EQUAL=h % out_h == 0 and w % out_w == 0,
+                                          num_warps=SUMS_WARPS)
     return pooled.permute(0, 3, 1, 2), row_norm.combine(mean_RK, m2_RK, owned.flatten(), c * h * w, c)
 
 
@@ -179,7 +187,7 @@ if triton is not None:
                                                      BLOCK_P, BLOCK_C, EQUAL)
             area = (kh * kw).to(tl.float32)  # the window's mean, divided and rounded as torch does
             tl.store(pooled_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs,
-                     _rounded(tl.math.div_rn(d_sum + area * shift, area), pooled_ptr.dtype.element_ty).to(
+                     rounded(tl.math.div_rn(d_sum + area * shift, area), pooled_ptr.dtype.element_ty).to(
                          pooled_ptr.dtype.element_ty), mask=c_ok)
             # this block of channels' owned terms from the shifted sums: a channel's deviations
             # from the block's mean are its shifted values less (mean - shift)
@@ -246,7 +254,7 @@ if triton is not None:
             g = tl.load(g_ij + cs * s_c, mask=c_ok, other=0.0)
             share = tl.math.div_rn(g.to(tl.float32), (rows * cols).to(tl.float32))
             if EQUAL:
-                share = _rounded(share, g.dtype)
+                share = rounded(share, g.dtype)
             tl.store(out_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, share, mask=c_ok)
 
     @triton.jit
@@ -275,13 +283,3 @@ if triton is not None:
             z = tl.load(z_ptr + offs, mask=ok, other=0.0)
             out = tl.where(z <= 0, 0.0, out)
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _rounded(x, dtype: tl.constexpr):
-        # fp32 x rounded to `dtype` (to nearest, ties to even, as torch rounds), back in fp32. bf16
-        # by hand: Triton's interpreter truncates where a GPU rounds, and the CPU check must agree.
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # no 32-bit literal mask
-            return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-        return x.to(dtype).to(tl.float32)

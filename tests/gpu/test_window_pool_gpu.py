@@ -17,6 +17,7 @@ CUDA = torch.device("cuda", 0)
 
 @pytest.mark.parametrize("shape, out", [((64, 256, 56, 56), (4, 4)), ((96, 64, 32, 32), (4, 4)),
                                         ((8, 2048, 8, 8), (4, 4)), ((5, 3, 12, 20), (4, 2)),
+                                        ((64, 128, 16, 16), (4, 4)), ((64, 256, 8, 8), (4, 4)),
                                         ((64, 1024, 14, 14), (4, 4)), ((64, 2048, 7, 7), (4, 4))])
 def test_window_terms_give_the_window_means_and_each_samples_statistics(shape, out):
     z = (torch.randn(shape, device=CUDA) * 3 + 1).bfloat16().contiguous(memory_format=torch.channels_last)

@@ -16,7 +16,7 @@ from ffpipe.data.stream import resize
 from ffpipe.ff import goodness
 from ffpipe.ff.goodness import GoodnessHead
 from ffpipe.ff.unit import LocalUnit
-from ffpipe.kernels import crop_resize, goodness_loss, row_norm, window_pool
+from ffpipe.kernels import crop_resize, goodness_loss, row_norm, window_pool, window_whole
 from ffpipe.kernels.relu import LeanReLU
 from ffpipe.models.resnet import small_cnn_units
 
@@ -48,6 +48,17 @@ SHAPES = [((3, 20, 16, 12), (4, 4), torch.float32), ((2, 7, 8, 8), (4, 2), torch
 
 
 def check_window_terms() -> None:
+    """Both forward kernels: a window walked in tiles, and whole windows in one (on most shapes)."""
+    whole_tile = window_whole.TILE
+    try:
+        for tile in (0, whole_tile):
+            window_whole.TILE = tile
+            _check_window_terms()
+    finally:
+        window_whole.TILE = whole_tile
+
+
+def _check_window_terms() -> None:
     torch.manual_seed(0)
     for shape, out, dtype in SHAPES:
         z = (torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)

@@ -65,10 +65,10 @@ def test_on_the_cpu_the_plain_window_mean_runs_and_gives_no_statistics():
 
 def test_the_kernels_take_only_samples_of_more_than_plain_up_to_elements(monkeypatch):
     """Where Triton runs, a channels_last map fuses when each sample has more than PLAIN_UP_TO
-    elements (ResNet18's 32 x 32 and 16 x 16 maps at 32 px), not its 8 x 8 maps, nor in NCHW."""
+    elements (ResNet18's 32 x 32, 16 x 16 and 8 x 8 maps at 32 px), not smaller ones, nor NCHW."""
     monkeypatch.setattr(window_pool, "triton_runs", lambda t: True)
     nhwc = torch.channels_last
-    big = torch.empty(1, 128, 16, 16).contiguous(memory_format=nhwc)  # 32,768 elements a sample
-    small = torch.empty(1, 256, 8, 8).contiguous(memory_format=nhwc)  # 16,384
+    big = torch.empty(1, 256, 8, 8).contiguous(memory_format=nhwc)  # 16,384 elements a sample
+    small = torch.empty(1, 128, 8, 8).contiguous(memory_format=nhwc)  # 8,192
     assert window_pool.fuses(big) and not window_pool.fuses(small)
     assert not window_pool.fuses(big.contiguous())
