@@ -26,8 +26,9 @@ case "$action" in
     export RAY_AUTH_MODE=token
     # The Jobs API reaches the head's agent on its listen port, 52365 by default; another Ray on
     # this machine (an ffpipe run's own local cluster) may hold that one, and then no job could
-    # ever be submitted. A free port instead ($RAY_AGENT_PORT, or an option after these, wins).
-    agent_port=${RAY_AGENT_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+    # ever be submitted. A free port instead, below the system's ephemeral range so that no other
+    # process is handed it before the agent binds it ($RAY_AGENT_PORT, or an option after these, wins).
+    agent_port=${RAY_AGENT_PORT:-$(python3 "$repo/ffpipe/backends/ray_nodes.py" port)}
     temp=$(printf '%s\n' "$@" | sed -n 's/^--temp-dir=//p' | tail -n 1)
     temp_option=()
     if [ -z "$temp" ]; then

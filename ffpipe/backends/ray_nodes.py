@@ -7,13 +7,16 @@ of each of its own processes names (GCS server, raylet, dashboard, monitors); th
 server of a head is known by its GCS address; agents and workers rename themselves, and are
 found as those processes' children. At start the scripts record the session in
 ~/.ray/ffpipe-nodes/<role>-<port> (`record`); `stop` ends what a record names and removes it.
+`port` prints a free port for a head's job agent (`quiet_port`).
 
 Standard library only, run as a file (`python3 ffpipe/backends/ray_nodes.py ...`), so a node
 needs no more than the Python that runs Ray. Linux (/proc)."""
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -141,13 +144,39 @@ def stop(roles: list[str]) -> int:
     return 0
 
 
+def quiet_port(low: int = 20000) -> int:
+    """A port on 127.0.0.1 that nothing listens on now, from `low` up to the start of Linux's
+    ephemeral range: above Ray's worker ports (10002-19999 by default) and below the ports the
+    system hands out (a client's socket, any `bind(0)`) and Ray picks itself. A port drawn from
+    the ephemeral range can be taken by another process before the agent binds it, and then no
+    job can be submitted (seen in the cluster scripts' test). Tried in random order, so heads
+    started together rarely try the same one."""
+    try:
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        top = 32768
+    candidates = list(range(low, max(top, low + 1000)))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise SystemExit(f"no free port from {low} to {candidates[-1] if candidates else low}: set RAY_AGENT_PORT")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "record":
         print(record(*argv[1:]))
         return 0
     if len(argv) >= 2 and argv[0] == "stop":
         return stop(argv[1:])
-    print("usage: ray_nodes.py record ROLE PORT TEMP_DIR GCS_ADDRESS | stop ROLE...", file=sys.stderr)
+    if argv == ["port"]:
+        print(quiet_port())
+        return 0
+    print("usage: ray_nodes.py record ROLE PORT TEMP_DIR GCS_ADDRESS | stop ROLE... | port", file=sys.stderr)
     return 2
 
 
