@@ -2,7 +2,8 @@
 # Start (or stop) a single-machine Ray head for `ray job submit`: GCS, raylet, workers, dashboard
 # and Jobs API on 127.0.0.1 only, with Ray's token authentication on.
 #   launch/ray_head.sh [start|stop] [extra `ray start` options, e.g. --num-gpus=4 --temp-dir=DIR]
-# Ports: $RAY_PORT (GCS, default 6379), $DASHBOARD_PORT (dashboard and Jobs API, default 8265).
+# Ports: $RAY_PORT (GCS, default 6379), $DASHBOARD_PORT (dashboard and Jobs API, default 8265),
+# $RAY_AGENT_PORT (the job agent; default a free one below the system's ephemeral range).
 # Token: $RAY_AUTH_TOKEN, or the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, which is
 # generated (readable by you only) when none of them exists; launch/ray_submit.sh reads it there.
 # Files: --temp-dir=DIR, else $RAY_TEMP_DIR, else Ray's default ($TMPDIR/ray, where
