@@ -144,26 +144,37 @@ def stop(roles: list[str]) -> int:
     return 0
 
 
+def ephemeral_start() -> int:
+    """Where Linux's ephemeral port range starts (the ports the system hands out: a client's
+    socket, any `bind(0)`), 32768 where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing holds `port` on `host` ("" for every address) now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def quiet_port(low: int = 20000) -> int:
     """A port on 127.0.0.1 that nothing listens on now, from `low` up to the start of Linux's
     ephemeral range: above Ray's worker ports (10002-19999 by default) and below the ports the
-    system hands out (a client's socket, any `bind(0)`) and Ray picks itself. A port drawn from
-    the ephemeral range can be taken by another process before the agent binds it, and then no
-    job can be submitted (seen in the cluster scripts' test). Tried in random order, so heads
-    started together rarely try the same one."""
-    try:
-        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        top = 32768
-    candidates = list(range(low, max(top, low + 1000)))
+    system hands out and Ray picks itself. A port drawn from the ephemeral range can be taken by
+    another process before the agent binds it, and then no job can be submitted (seen in the
+    cluster scripts' test). Tried in random order, so heads started together rarely try the same
+    one."""
+    candidates = list(range(low, max(ephemeral_start(), low + 1000)))
     random.shuffle(candidates)
     for port in candidates:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if is_free(port):
+            return port
     raise SystemExit(f"no free port from {low} to {candidates[-1] if candidates else low}: set RAY_AGENT_PORT")
 
 

@@ -5,11 +5,13 @@ formats; machine.py looks at the processes and sockets of this machine (Ray head
 from __future__ import annotations
 
 import socket
+from itertools import islice
 from pathlib import Path
 
 import pytest
 
 from ffpipe import config as config_mod
+from ffpipe.backends import ray_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -38,19 +40,13 @@ def free_port() -> int:
 
 def low_ports(start: int, count: int) -> list[int]:
     """`count` ports from `start` up that nothing listens on now, all below Linux's ephemeral range
-    (32768-60999), for the ports a Ray node binds some seconds after they are chosen. Ports the
-    system hands out (free_port, a client's socket) and those Ray picks itself come from that
-    range, so another test's processes cannot take these in between: a free_port() drawn for a
-    head's job agent was once taken first, the agent never came up, and the submission waited
+    (32768-60999 by default), for the ports a Ray node binds some seconds after they are chosen.
+    Ports the system hands out (free_port, a client's socket) and those Ray picks itself come from
+    that range, so another test's processes cannot take these in between: a free_port() drawn for
+    a head's job agent was once taken first, the agent never came up, and the submission waited
     its whole time. Callers use ranges of their own (the Ray tests run one at a time)."""
-    ports = []
-    for port in range(start, 32768):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"fewer than {count} free ports from {start} to 32767")
+    top = ray_nodes.ephemeral_start()
+    ports = list(islice((port for port in range(start, top) if ray_nodes.is_free(port, "")), count))
+    if len(ports) < count:
+        raise RuntimeError(f"fewer than {count} free ports from {start} to {top - 1}")
+    return ports
