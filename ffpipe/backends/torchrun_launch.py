@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ffpipe import config as config_mod
 from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
+from ffpipe.backends.torchrun_stopped import StoppedChildrenWaker
 from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
@@ -142,29 +143,35 @@ def main(argv: list[str] | None = None) -> int:
     except FFPipeError as err:
         print(f"ffpipe: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
-
     sets = [] if launch.args.resume else _sets(_stage_sets(launch, _asked(launch.args)))
     command = torchrun_command(launch, sets, train_args, max_restarts)
-    attempt = recovery.Attempt.first_of(folder)
     try:
-        while True:
-            os.environ["FFPIPE_ATTEMPT"] = str(attempt.restarts)
-            os.environ["FFPIPE_FIRST_ATTEMPT"] = str(attempt.first)
-            try:
-                torchrun(command)
-                return 0
-            except ChildFailedError as err:
-                if launch.torchrun_restarts:  # torchrun's agents restarted it as often as they may
-                    return _failed_after_torchrun_restarts(err, launch, folder)
-                verdict = _after_failure(err, folder, attempt, max_restarts, launch.nproc)
-                if verdict is not None:
-                    return verdict
-            attempt = attempt.next()
+        with StoppedChildrenWaker():  # a stopped stage ends at the teardown's SIGTERM, not 30 s later
+            return _attempts(launch, folder, command, max_restarts)
     finally:  # every rank has stopped: what a killed one was writing goes
         if folder.exists():
             folder.sweep_temporaries()
+
+
+def _attempts(launch: Launch, folder: RunFolder, command: list[str], max_restarts: int) -> int:
+    """torchrun, then again after each failure this launcher restarts; the exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    attempt = recovery.Attempt.first_of(folder)
+    while True:
+        os.environ["FFPIPE_ATTEMPT"] = str(attempt.restarts)
+        os.environ["FFPIPE_FIRST_ATTEMPT"] = str(attempt.first)
+        try:
+            torchrun(command)
+            return 0
+        except ChildFailedError as err:
+            if launch.torchrun_restarts:  # torchrun's agents restarted it as often as they may
+                return _failed_after_torchrun_restarts(err, launch, folder)
+            verdict = _after_failure(err, folder, attempt, max_restarts, launch.nproc)
+            if verdict is not None:
+                return verdict
+        attempt = attempt.next()
 
 
 def _failed_after_torchrun_restarts(err, launch: Launch, folder: RunFolder) -> int:
