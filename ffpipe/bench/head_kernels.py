@@ -26,9 +26,9 @@ def _step(y: torch.Tensor, weight: torch.Tensor):
     def step() -> torch.Tensor:
         z = LeanReLU()(y * 1)  # a non-leaf, as a block's output is
         pooled, stats = goodness.pool_and_stats(z, POOL)
-        out = goodness.normalize_output(z, stats)
+        pending = goodness.pending_norm(z, pooled, stats, sole_reader=True)
         (pooled.float() * weight).sum().backward()
-        return out
+        return goodness.boundary_norm(pending)  # read after the backward, as a unit's stage does
     return step
 
 

@@ -203,6 +203,25 @@ def vote_probs(g_BC: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(g_BC.float() / temperature, dim=1)
 
 
+def pending_norm(z: torch.Tensor, head_input: torch.Tensor, row_stats, sole_reader: bool) -> window_pool.PendingNorm:
+    """z's boundary norm, made once (`boundary_norm`): where the head's kernels pooled a ReLU's
+    output z (`row_stats` given) that nothing but the head reads (`sole_reader`), their backward
+    writes it over z in its pass over z; else on reading. Nothing else need keep z for it."""
+    pending = window_pool.PendingNorm(z.detach(), row_stats)
+    if row_stats is not None:
+        window_pool.norm_in_backward(head_input, pending, sole_reader)
+    return pending
+
+
+def boundary_norm(pending: window_pool.PendingNorm) -> torch.Tensor:
+    """What `pending_norm` promised: the norm its backward wrote, else normalize_output of z now."""
+    normed = pending.normed
+    if normed is None:
+        normed = normalize_output(pending.z, pending.row_stats)
+    pending.z = pending.normed = None
+    return normed
+
+
 @torch.no_grad()
 def normalize_output(z: torch.Tensor, row_stats=None) -> torch.Tensor:
     """Layer norm without affine over every dim but the batch: what a unit passes on.

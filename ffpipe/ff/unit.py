@@ -15,18 +15,18 @@ import torch
 from torch import nn
 
 from ffpipe.config import AlgoConfig
-from ffpipe.ff.goodness import GoodnessHead, goodness, normalize_output, sff_loss, vote_probs
+from ffpipe.ff.goodness import GoodnessHead, boundary_norm, goodness, pending_norm, sff_loss, vote_probs
 from ffpipe.kernels import goodness_loss
 
 
 @dataclass
 class UnitOutput:
-    raw: torch.Tensor             # detached output; the next unit receives `x`, this after `boundary`
+    raw: torch.Tensor | None      # detached output (None where `boundary` holds it); the next unit receives `x`
     skips: tuple                  # detached skip stack for the units that close residual blocks
     scores_BC: torch.Tensor       # per-class scores (goodness, or logits for BP)
     loss: torch.Tensor | None     # the local loss (with labels only); attached to this unit only
     correct: torch.Tensor | None  # with labels: how many of the batch this unit got right
-    boundary: Callable[[torch.Tensor], torch.Tensor] | None = None
+    boundary: Callable[[], torch.Tensor] | None = None
 
     @property
     def x(self) -> torch.Tensor:
@@ -34,7 +34,7 @@ class UnitOutput:
         stage that reads it after the unit's backward never holds the transformed copy and the
         backward's tensors at the same time."""
         if self.boundary is not None:
-            self.raw, self.boundary = self.boundary(self.raw), None
+            self.raw, self.boundary = self.boundary(), None
         return self.raw
 
 
@@ -70,8 +70,9 @@ class LocalUnit(nn.Module):
             loss = loss + self.aux_weight * self.aux(z, x, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.
-        boundary = partial(_pass_on, out_dtype=out_dtype, row_stats=row_stats)
-        return UnitOutput(z.detach(), tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
+        pending = pending_norm(z, head_input, row_stats, sole_reader=self.aux is None)
+        boundary = partial(_pass_on, pending, out_dtype)
+        return UnitOutput(None, tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
 
     def _scores(self, a: torch.Tensor, y: torch.Tensor | None):
         """(goodness, the local loss, the hit count) from the head's activations: on a GPU in two
@@ -87,8 +88,8 @@ class LocalUnit(nn.Module):
         return vote_probs(scores_BC, self.temperature)
 
 
-def _pass_on(z: torch.Tensor, out_dtype: torch.dtype | None, row_stats=None) -> torch.Tensor:
-    # no_grad inside; the detach says where the boundary is. `row_stats`: z's per-sample mean and
-    # rstd, where the head's pooling measured them in its read of z (kernels/window_pool.py)
-    x_next = normalize_output(z, row_stats).detach()
+def _pass_on(pending, out_dtype: torch.dtype | None) -> torch.Tensor:
+    # z's boundary norm, written in the head's backward where its kernels pooled z, else made now
+    # (no_grad inside; the detach says where the boundary is)
+    x_next = boundary_norm(pending).detach()
     return x_next if out_dtype is None else x_next.to(out_dtype)

@@ -4,9 +4,10 @@
                 p2p transport each take a map's NHWC view only when it is one)
   row_norm.py   the boundary norm's layer norm of long rows in Triton kernels
   window_pool.py  the pooled head's average pooling (equal or adaptive windows): one read for
-                it and the boundary norm's statistics, one pass for its gradient masked by the
-                block's last ReLU
+                it and the boundary norm's statistics
   window_whole.py  that forward for windows that fit a tile (ResNet18's maps): each read whole
+  window_spread.py  its backward: one pass over z for its gradient masked by the block's last
+                ReLU and the boundary norm the unit passes on
   rounding.py   `rounded`: fp32 rounded to bf16/fp16 inside a kernel as torch rounds
   batchnorm.py  LeanBatchNorm: batch norm past 2^31 elements, its input gradient written over its
                 input (a Triton kernel); BatchNormCopy, the base of every batch-norm replacement

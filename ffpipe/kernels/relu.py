@@ -14,7 +14,8 @@ dense tensor (an expanded one) is not written: it gets a new tensor as in torch.
 
 A gradient that arrives already masked by this ReLU's output (the pooled head's, written so by
 kernels/window_pool.py, which leaves it in `premasked`) is passed on as it is: masking it again
-would give the same values for one more read and write of the whole map.
+would give the same values for one more read and write of the whole map. Its output may then
+have been overwritten by the boundary norm (window_pool.norm_in_backward): it is not read again.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class _ReLUMaskingGrad(Function):
         premasked, ctx.premasked = getattr(ctx, "premasked", None), None
         if premasked is not None and grad is premasked[0] and grad._version == premasked[1]:
             return grad  # the very tensor the head masked, unchanged (not summed with another)
+        if getattr(ctx, "overwritten", False):  # out now holds the boundary norm, not the ReLU's output
+            raise RuntimeError("ffpipe: a unit's output was overwritten by its boundary norm in the pooled head's "
+                               "backward, but its ReLU got a gradient other than the head's: something else "
+                               "reads the output (norm_in_backward's sole_reader must be False there)")
         out, = ctx.saved_tensors
         if _dense(grad) and not grad.requires_grad:
             return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)

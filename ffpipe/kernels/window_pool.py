@@ -9,14 +9,15 @@ with samples of more than PLAIN_UP_TO elements (smaller ones are unmeasured):
 - forward: one kernel reads z once and writes both the window sums and, for the part of z each
   window owns, its mean and squared-deviation sum (`_window_terms` walks a window in tiles;
   kernels/window_whole.py reads windows that fit a tile whole); those become the boundary norm's
-  per-sample statistics (Chan's combination, kernels/row_norm.py), so the boundary only reads z
-  once more and writes;
+  per-sample statistics (Chan's combination, kernels/row_norm.py);
 - backward: one small kernel writes each window's share of its gradient; one more writes each
   pixel's gradient, the sum of its windows' shares (at most two a side), and when z is a
   LeanReLU's output, masked by it (one read of z, one write), walking z in runs of pixels as the
   norm does (per-window programs ran at 44-66% of the memory's speed on an H100, these made
   ResNet18's step at 32 px 1.5% faster, ResNet-50's 0.3%, ResNet-152's the same); that ReLU
-  passes it on unchanged (kernels/relu.py, `premasked`).
+  passes it on unchanged (kernels/relu.py, `premasked`). The same pass writes the boundary norm
+  from the forward's statistics (`norm_in_backward`), which the unit passes on after its
+  backward: z is read twice a step in all, where the norm's own pass read it a third time.
 Windows are adaptive pooling's (row i: floor(i H / OH) to ceil((i + 1) H / OH)), so sides that
 divide get equal windows and, for example, ResNet-152's 14 x 14 maps (36 of its 50 units) the
 overlapping ones of torch's adaptive pooling. With equal windows the backward's values are the
@@ -30,11 +31,11 @@ import torch
 from torch.autograd import Function
 
 from ffpipe.kernels import row_norm, tl, triton, triton_runs, window_whole
+from ffpipe.kernels.window_spread import spread
 from ffpipe.kernels.layout import is_nhwc
 from ffpipe.kernels.relu import lean_relu_node
 from ffpipe.kernels.rounding import rounded
 
-TILE = 4096  # elements of z per program step (pixels x channels)
 # Samples of up to this many elements keep the plain path (window means by torch's reduction,
 # F.layer_norm, autograd's mean backward), which made the faster step there until window_whole's
 # kernel. ResNet18 at 32 px, batch 2,048, graphed, SFF img/s by gate, one H100, 2026-12-06: with
@@ -68,6 +69,28 @@ def pool_windows(z: torch.Tensor, out_h: int, out_w: int):
     return fused_forward(z, out_h, out_w)
 
 
+class PendingNorm:
+    """z's boundary norm, pending: `z` and its per-sample `row_stats` (mean, rstd) until it is
+    made, then `normed`. Given to the pooling's backward (`norm_in_backward`), which writes it
+    over z; whoever reads it first otherwise makes it and sets z to None."""
+
+    def __init__(self, z: torch.Tensor, row_stats):
+        self.z, self.row_stats, self.normed = z, row_stats, None
+
+
+def norm_in_backward(pooled: torch.Tensor, pending: PendingNorm, sole_reader: bool) -> None:
+    """Where `pooled` is the kernels' pooling, with a gradient, of a LeanReLU's output z that
+    nothing else reads (`sole_reader`: the caller knows), its backward writes `pending`'s norm
+    over z, in the pass that reads z for its gradient: the unit, which reads the norm after its
+    backward, saves a read of z a step, and the norm takes no memory of its own (a copy made
+    there raised ResNet-50's peak at 256 from 2.7 to 3.4 GB: z and the block's maps were all
+    still alive). Nothing reads z after that pass: its ReLU takes the pooling's masked gradient
+    as it is (and raises if it ever gets another). Else nothing changes."""
+    node = pooled.grad_fn
+    if sole_reader and type(node) is _WindowMean._backward_cls and node.relu is not None:
+        node.pending = pending
+
+
 class _WindowMean(Function):
     @staticmethod
     def forward(ctx, z, out_h, out_w, relu):
@@ -84,9 +107,14 @@ class _WindowMean(Function):
         if grad_pooled is None:
             return None, None, None, None
         masked = ctx.relu is not None
-        grad = spread(grad_pooled, z, masked)
+        pending, ctx.pending = getattr(ctx, "pending", None), None
+        over_z = pending is not None and pending.z is not None  # asked, and not made yet
+        grad = spread(grad_pooled, z, masked, pending.row_stats if over_z else None)
+        if over_z:
+            pending.normed, pending.z = z.detach(), None
         if masked:  # the ReLU checks that this very tensor, unchanged, is what reaches it
             ctx.relu.premasked = (grad, grad._version)
+            ctx.relu.overwritten = over_z
         ctx.relu = None
         return grad, None, None, None
 
@@ -133,27 +161,6 @@ def fused_forward(z: torch.Tensor, out_h: int, out_w: int):
                                           BLOCK_C=block_c, EQUAL=h % out_h == 0 and w % out_w == 0,
                                           num_warps=SUMS_WARPS)
     return pooled.permute(0, 3, 1, 2), row_norm.combine(mean_RK, m2_RK, owned.flatten(), c * h * w, c)
-
-
-def spread(grad_pooled: torch.Tensor, z: torch.Tensor, masked: bool) -> torch.Tensor:
-    """The pooling's gradient in z's shape and channels_last format: each window's gradient over
-    its area (torch's division: in the gradient's dtype for equal windows, as autograd's mean
-    makes it, else in fp32) summed over the windows of each pixel, and with `masked` zero where z
-    is not positive (the ReLU's backward). Two kernels: one writes every window's share (a tensor
-    the size of the pooled map), one walks z in runs of pixels, as the boundary norm's `_apply`
-    does, reading z once and writing the gradient once."""
-    n, c, h, w = z.shape
-    out_h, out_w = grad_pooled.shape[-2:]
-    equal = h % out_h == 0 and w % out_w == 0
-    shares = torch.empty(n, out_h, out_w, c, device=z.device, dtype=torch.float32)
-    _shares[(n, out_h * out_w)](grad_pooled, shares, *grad_pooled.stride(), h, w, c, out_h, out_w,
-                                EQUAL=equal, BLOCK_C=min(triton.next_power_of_2(c), 1024))
-    out = torch.empty_like(z, memory_format=torch.channels_last)
-    block_c = min(triton.next_power_of_2(c), TILE)
-    block_p = TILE // block_c
-    _spread_runs[(n, triton.cdiv(h * w, block_p), triton.cdiv(c, block_c))](
-        shares, z, out, h, w, c, out_h, out_w, MASKED=masked, EQUAL=equal, BLOCK_P=block_p, BLOCK_C=block_c)
-    return out
 
 
 def _blocks(channels: int, pixels: int, tile: int) -> tuple[int, int]:
@@ -236,50 +243,3 @@ if triton is not None:
         d_sum = tl.sum(acc, axis=0)
         s1_c = d_sum if EQUAL else tl.sum(s1, axis=0)
         return shift, d_sum, s1_c, tl.sum(s2, axis=0)
-
-    @triton.jit
-    def _shares(g_ptr, out_ptr, s_n, s_c, s_h, s_w, H, W, C, OH, OW, EQUAL: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, window): each channel's share of the window's gradient (the
-        # gradient over the window's area), fp32. Equal windows: divided and rounded in the
-        # gradient's dtype, as autograd's mean backward does; else divided in fp32, as a pixel
-        # sums several windows' shares.
-        n, win = tl.program_id(0), tl.program_id(1)
-        i, j = win // OW, win % OW
-        rows = ((i + 1) * H + OH - 1) // OH - i * H // OH
-        cols = ((j + 1) * W + OW - 1) // OW - j * W // OW
-        g_ij = g_ptr + n.to(tl.int64) * s_n + i * s_h + j * s_w
-        for cb in range(0, C, BLOCK_C):
-            cs = cb + tl.arange(0, BLOCK_C)
-            c_ok = cs < C
-            g = tl.load(g_ij + cs * s_c, mask=c_ok, other=0.0)
-            share = tl.math.div_rn(g.to(tl.float32), (rows * cols).to(tl.float32))
-            if EQUAL:
-                share = rounded(share, g.dtype)
-            tl.store(out_ptr + (n.to(tl.int64) * OH * OW + win) * C + cs, share, mask=c_ok)
-
-    @triton.jit
-    def _spread_runs(s_ptr, z_ptr, out_ptr, H, W, C, OH, OW, MASKED: tl.constexpr, EQUAL: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # One program per (sample, run of BLOCK_P pixels, block of channels): each pixel gets the
-        # share of the window that owns it, plus the window above's and the one to the left's
-        # (and the one above-left's) where they overlap it; zero where z <= 0 when MASKED
-        # (threshold_backward's rule, so NaNs pass as in torch).
-        n, pb, cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-        cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-        ok = (ps < H * W)[:, None] & (cs < C)[None, :]
-        h, w = ps // W, ps % W
-        i, j = ((h + 1) * OH - 1) // H, ((w + 1) * OW - 1) // W  # the window whose part holds it
-        rows = s_ptr + n.to(tl.int64) * OH * OW * C + cs[None, :]
-        out = tl.load(rows + ((i * OW + j) * C)[:, None], mask=ok, other=0.0)
-        if not EQUAL:
-            up = ((h < (i * H + OH - 1) // OH) & (i > 0))[:, None]
-            left = ((w < (j * W + OW - 1) // OW) & (j > 0))[:, None]
-            out += tl.load(rows + (((i - 1) * OW + j) * C)[:, None], mask=ok & up, other=0.0)
-            out += tl.load(rows + ((i * OW + j - 1) * C)[:, None], mask=ok & left, other=0.0)
-            out += tl.load(rows + (((i - 1) * OW + j - 1) * C)[:, None], mask=ok & up & left, other=0.0)
-        offs = n.to(tl.int64) * H * W * C + ps.to(tl.int64)[:, None] * C + cs[None, :]
-        if MASKED:
-            z = tl.load(z_ptr + offs, mask=ok, other=0.0)
-            out = tl.where(z <= 0, 0.0, out)
-        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=ok)

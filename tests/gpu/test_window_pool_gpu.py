@@ -64,6 +64,21 @@ def test_the_masked_gradient_of_overlapping_windows_is_the_fp32_one_rounded_once
     assert (fused != 0).sum() > 0.4 * fused.numel()  # about half the pixels pass the ReLU
 
 
+@pytest.mark.parametrize("shape", [(64, 256, 56, 56), (64, 1024, 14, 14), (64, 2048, 7, 7), (256, 256, 8, 8)])
+def test_the_backward_writes_the_boundary_norm_the_norms_own_kernel_writes(shape):
+    """The pooling's backward writes the norm the unit passes on over z, in its pass over z: bit
+    for bit what row_norm's kernel writes from the same statistics, in no memory of its own."""
+    torch.manual_seed(0)
+    y = torch.randn(shape, device=CUDA).bfloat16().contiguous(memory_format=torch.channels_last)
+    z = LeanReLU()(y.requires_grad_(True) * 1)
+    pooled, stats = goodness.pool_and_stats(z, 4)
+    pending = goodness.pending_norm(z, pooled, stats, sole_reader=True)
+    want = goodness.normalize_output(z.detach(), stats)
+    (pooled.float() * torch.randn(pooled.shape, device=CUDA)).sum().backward()
+    assert pending.z is None and pending.normed.data_ptr() == z.data_ptr()
+    assert torch.equal(goodness.boundary_norm(pending), want)
+
+
 def _resnet50_unit_step(fused: bool, monkeypatch):
     monkeypatch.setattr(window_pool, "fuses", lambda z: fused and z.is_cuda)
     torch.manual_seed(0)

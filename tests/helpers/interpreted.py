@@ -114,6 +114,51 @@ def check_spread() -> None:
             assert not torch_masked and grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def _pending(shape, out, dtype, after_relu: bool, sole_reader: bool):
+    """(the pending norm after a backward through the pooling, what normalize_output gives, z)."""
+    torch.manual_seed(5)
+    y = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    z = LeanReLU()(y.requires_grad_(True) * 1) if after_relu else y.requires_grad_(True) * 1
+    pooled, stats = goodness.pool_and_stats(z, max(out))
+    pending = goodness.pending_norm(z, pooled, stats, sole_reader)
+    want = goodness.normalize_output(z.detach(), stats)
+    pooled.float().sum().backward()
+    return pending, want, z
+
+
+def check_norm_in_backward() -> None:
+    """The pooling's backward writes z's boundary norm over a ReLU's output z that only the head
+    reads, bit for bit what row_norm's kernel writes from the same statistics; anywhere else (no
+    ReLU, another reader, the norm already read) it is made on reading, as before."""
+    gpu_path(True)
+    for shape, out, dtype in SHAPES:
+        for after_relu, sole_reader in ((True, True), (False, True), (True, False)):
+            pending, want, z = _pending(shape, out, dtype, after_relu, sole_reader)
+            written = after_relu and sole_reader
+            assert (pending.z is None) == written, (shape, dtype, after_relu, sole_reader)
+            if written:  # over z itself: no memory of its own
+                assert pending.normed.data_ptr() == z.data_ptr()
+            assert torch.equal(goodness.boundary_norm(pending), want), (shape, dtype, after_relu, sole_reader)
+    shape, out, dtype = SHAPES[0]
+    y = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    z = LeanReLU()(y * 1)
+    pooled, stats = goodness.pool_and_stats(z, max(out))
+    early = goodness.pending_norm(z, pooled, stats, sole_reader=True)
+    goodness.boundary_norm(early)  # read before the backward: the backward writes nothing
+    z_before = z.detach().clone()
+    pooled.float().sum().backward()
+    assert early.normed is None and torch.equal(z.detach(), z_before)
+    y.grad = None  # a second reader of z, wrongly not declared: the ReLU says so, never masks by the norm
+    z = LeanReLU()(y * 1)
+    pooled, stats = goodness.pool_and_stats(z, max(out))
+    goodness.pending_norm(z, pooled, stats, sole_reader=True)
+    try:
+        (pooled.float().sum() + z.float().sum()).backward()
+        raise AssertionError("the ReLU took a gradient other than the head's after z was overwritten")
+    except RuntimeError as err:
+        assert "sole_reader" in str(err), err
+
+
 def check_row_norm() -> None:
     torch.manual_seed(1)
     x = torch.randn(3, 2 * row_norm.BLOCK * row_norm.CHUNK_BLOCKS + 77) * 5 + 2
@@ -139,9 +184,10 @@ def check_unit_step() -> None:
         kernel = getattr(module, name)
         setattr(module, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     grads_gpu, x_gpu, loss_gpu = unit_step(True)
-    assert calls == ["fused_forward", "normalize_rows"], calls  # one read for the head and the norm's statistics
+    # one read for the head and the norm's statistics; the norm written in the backward's pass
+    assert calls == ["fused_forward"], calls
     grads, x_plain, loss = unit_step(False)
-    assert len(calls) == 2
+    assert len(calls) == 1
     torch.testing.assert_close(loss_gpu, loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x_gpu, x_plain, atol=1e-4, rtol=1e-4)
     for a, b in zip(grads_gpu, grads):
@@ -196,6 +242,6 @@ def check_crop_resize() -> None:
 
 
 if __name__ == "__main__":
-    for check in (check_window_terms, check_spread, check_row_norm, check_unit_step, check_goodness_loss, check_crop_resize):
+    for check in (check_window_terms, check_spread, check_norm_in_backward, check_row_norm, check_unit_step, check_goodness_loss, check_crop_resize):
         check()
         print("ok", check.__name__, flush=True)
