@@ -70,7 +70,10 @@ class LocalUnit(nn.Module):
             loss = loss + self.aux_weight * self.aux(z, x, y)
         # The unit boundary: the next unit sees a normalised copy of z with no graph behind it,
         # so the caller's backward on `loss` reaches only this unit's body and head.
-        pending = pending_norm(z, head_input, row_stats, sole_reader=self.aux is None)
+        # z may be overwritten by its norm in the head's backward only if nothing else reads it:
+        # no aux term, and no skip tensor (passed on to a later unit) sharing its memory
+        alone = row_stats is not None and self.aux is None and all(s.data_ptr() != z.data_ptr() for s in skips)
+        pending = pending_norm(z, head_input, row_stats, sole_reader=alone)
         boundary = partial(_pass_on, pending, out_dtype)
         return UnitOutput(None, tuple(s.detach() for s in skips), g_BC, loss, correct, boundary)
 

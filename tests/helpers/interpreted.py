@@ -192,6 +192,35 @@ def check_unit_step() -> None:
     torch.testing.assert_close(x_gpu, x_plain, atol=1e-4, rtol=1e-4)
     for a, b in zip(grads_gpu, grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    check_a_skip_of_z_keeps_z()
+
+
+class _PushesItsOutput(torch.nn.Module):
+    """A unit body that passes its own output on as a skip tensor too (as a plugin's may)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = torch.nn.Conv2d(16, 16, 3, padding=1), LeanReLU()
+
+    def forward(self, x, skips):
+        z = self.relu(self.conv(x))
+        return z, skips + (z,)
+
+
+def check_a_skip_of_z_keeps_z() -> None:
+    """Where z is also a skip tensor for a later unit, the head's backward leaves z as it is:
+    the later unit gets z, the next one z's norm, both as on the plain path."""
+    got = []
+    for on in (True, False):
+        gpu_path(on)
+        torch.manual_seed(4)
+        unit = LocalUnit(1, _PushesItsOutput(), GoodnessHead(16, 10, pool=4), AlgoConfig())
+        x = torch.randn(4, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+        out = unit(x, (), torch.randint(0, 10, (4,)))
+        out.loss.backward()
+        got.append((out.skips[-1], out.x))
+    torch.testing.assert_close(got[0][0], got[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(got[0][1], got[1][1], atol=1e-4, rtol=1e-4)
 
 
 def head_tail(fused: bool, shape, classes: int, dtype, margin: float, temperature: float, device="cpu"):
