@@ -56,10 +56,12 @@ def rate(work, batches: int, threads: int, seconds: float, batch_size: int, devi
     def loop(t: int) -> None:
         k = t
         with thread_stream(device, stream):
-            while time.perf_counter() < stop:
+            while True:  # one call at least: a thread started late on a busy host still counts
                 work(k % batches)
                 done[t] += batch_size
                 k += threads
+                if time.perf_counter() >= stop:
+                    break
 
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
