@@ -45,7 +45,7 @@ from ffpipe import config as config_mod
 from ffpipe.bench import MICROBATCHES, SCHEDULES
 from ffpipe.errors import FFPipeError
 HEADER = ("| run | img/s (steady) | x BP 1 GPU | x DDP | img/s (all epochs) | img/s per stage | "
-          "busy per stage | waiting on previous | ms per step per stage: predicted / busy | "
+          "busy per stage | waiting on previous | ms per step per stage, predicted:busy (? not predicted) | "
           "peak GiB per GPU | test acc |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
