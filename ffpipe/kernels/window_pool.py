@@ -10,14 +10,15 @@ with samples of more than PLAIN_UP_TO elements (smaller ones are unmeasured):
   window owns, its mean and squared-deviation sum (`_window_terms` walks a window in tiles;
   kernels/window_whole.py reads windows that fit a tile whole); those become the boundary norm's
   per-sample statistics (Chan's combination, kernels/row_norm.py);
-- backward: one small kernel writes each window's share of its gradient; one more writes each
-  pixel's gradient, the sum of its windows' shares (at most two a side), and when z is a
-  LeanReLU's output, masked by it (one read of z, one write), walking z in runs of pixels as the
-  norm does (per-window programs ran at 44-66% of the memory's speed on an H100, these made
-  ResNet18's step at 32 px 1.5% faster, ResNet-50's 0.3%, ResNet-152's the same); that ReLU
-  passes it on unchanged (kernels/relu.py, `premasked`). The same pass writes the boundary norm
-  from the forward's statistics (`norm_in_backward`), which the unit passes on after its
-  backward: z is read twice a step in all, where the norm's own pass read it a third time.
+- backward (kernels/window_spread.py): one small kernel writes each window's share of its
+  gradient; one more writes each pixel's gradient, the sum of its windows' shares (at most two a
+  side), and when z is a LeanReLU's output, masked by it (one read of z, one write), walking z in
+  runs of pixels as the norm does (per-window programs ran at 44-66% of the memory's speed on an
+  H100, these made ResNet18's step at 32 px 1.5% faster, ResNet-50's 0.3%, ResNet-152's the
+  same); that ReLU passes it on unchanged (kernels/relu.py, `premasked`). Where only the head
+  reads z, the same pass then writes the boundary norm over z from the forward's statistics
+  (`norm_in_backward`), and the unit passes that on after its backward: z is read twice a step
+  in all, where the norm's own pass read it a third time.
 Windows are adaptive pooling's (row i: floor(i H / OH) to ceil((i + 1) H / OH)), so sides that
 divide get equal windows and, for example, ResNet-152's 14 x 14 maps (36 of its 50 units) the
 overlapping ones of torch's adaptive pooling. With equal windows the backward's values are the
@@ -31,10 +32,10 @@ import torch
 from torch.autograd import Function
 
 from ffpipe.kernels import row_norm, tl, triton, triton_runs, window_whole
-from ffpipe.kernels.window_spread import spread
 from ffpipe.kernels.layout import is_nhwc
 from ffpipe.kernels.relu import lean_relu_node
 from ffpipe.kernels.rounding import rounded
+from ffpipe.kernels.window_spread import spread
 
 # Samples of up to this many elements keep the plain path (window means by torch's reduction,
 # F.layer_norm, autograd's mean backward), which made the faster step there until window_whole's
@@ -83,9 +84,10 @@ def norm_in_backward(pooled: torch.Tensor, pending: PendingNorm, sole_reader: bo
     nothing else reads (`sole_reader`: the caller knows), its backward writes `pending`'s norm
     over z, in the pass that reads z for its gradient: the unit, which reads the norm after its
     backward, saves a read of z a step, and the norm takes no memory of its own (a copy made
-    there raised ResNet-50's peak at 256 from 2.7 to 3.4 GB: z and the block's maps were all
-    still alive). Nothing reads z after that pass: its ReLU takes the pooling's masked gradient
-    as it is (and raises if it ever gets another). Else nothing changes."""
+    there would be one more map-sized tensor while z, its gradient and the block's saved maps
+    are all alive: 392 MiB more for ResNet-50's first maps at batch 256). Nothing reads z after
+    that pass: its ReLU takes the pooling's masked gradient as it is (and raises if it ever gets
+    another). Else nothing changes."""
     node = pooled.grad_fn
     if sole_reader and type(node) is _WindowMean._backward_cls and node.relu is not None:
         node.pending = pending
