@@ -173,7 +173,8 @@ def test_an_address_without_a_ray_head_fails_within_the_deadline(tmp_path):
             said = _join(env, refused, "nonsense", silent)
         assert said[0].startswith(f"PipelineError after 0 s: nothing answers at {refused}"), said
         assert said[1].startswith("ConfigError after 0 s: a Ray address is host:port, not 'nonsense'"), said
-        assert re.match(rf"PipelineError after [56] s: cannot join the Ray cluster at pipeline.address = "
+        # the deadline, plus importing Ray on the first join (CI, beside the other test worker, read 7 s once)
+        assert re.match(rf"PipelineError after [5-9] s: cannot join the Ray cluster at pipeline.address = "
                         rf"'{silent}' \(no answer within pipeline.timeout_s = 5 s\)", said[2]), said
     finally:
         stop_head(env)  # nothing of Ray to stop here: its folder goes
