@@ -9,8 +9,9 @@ same folder on every node) and torchrun's agents make the restarts (--max-restar
 pipeline.max_restarts), as they also do where --max-restarts is given on one node.
 
 Runs torchrun's agent in this process. When a stage process fails (an error, a non-finite loss,
-a SIGKILL, an out-of-memory kill), the agent stops the others; this then names the failed stage
-and its cause in one line, records it in the run folder and, up to pipeline.max_restarts times,
+a SIGKILL, an out-of-memory kill), the agent stops the others (a stopped one too, at once:
+torchrun_stopped.py); this then names the failed stage and its cause in one line, records it in
+the run folder and, up to pipeline.max_restarts times,
 starts the same command again: every rank sees FFPIPE_ATTEMPT > 0 and resumes from the newest
 checkpoint every stage has. A failure that repeats (same stage, same step, same cause) or an
 error in the input is not restarted. Attempts are numbered on from those failures.jsonl already
@@ -24,8 +25,8 @@ import sys
 from dataclasses import dataclass
 
 from ffpipe import config as config_mod
-from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
 from ffpipe.backends.torchrun_stopped import StoppedChildrenWaker
+from ffpipe.errors import USER_ERROR_EXIT, FFPipeError
 from ffpipe.pipeline.replicas.topology import Topology
 from ffpipe.run import recovery
 from ffpipe.run.folder import RunFolder, new_run_dir, run_location
