@@ -28,9 +28,19 @@ def pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the parenthesised name (which may hold spaces and
+    parentheses): the state, then the parent, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def state(pid: int) -> str:
+    """R running, S/D sleeping, T stopped, Z exited."""
+    return _stat_fields(pid)[0]
+
+
 def parent(pid: int) -> int:
-    """/proc/<pid>/stat: the field after the parenthesised name is the state, then the parent."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(_stat_fields(pid)[1])
 
 
 def ancestry() -> set[int]:
@@ -78,7 +88,7 @@ def alive(candidates: set[int]) -> list[int]:
     running = []
     for pid in candidates:
         try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if state(pid) != "Z":
                 running.append(pid)
         except (OSError, IndexError):
             pass

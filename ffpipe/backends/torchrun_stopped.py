@@ -19,18 +19,10 @@ import signal
 import threading
 from pathlib import Path
 
+from ffpipe.backends import ray_nodes
+
 PROC = Path("/proc")
 POLL_S = 0.25
-
-
-def _stat(pid_dir: Path) -> tuple[str, int] | None:
-    """(state letter, parent pid) of a /proc/PID folder; None if it is gone."""
-    try:
-        text = (pid_dir / "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name, in (), may hold spaces
-    return fields[0], int(fields[1])
 
 
 def _pending(pid_dir: Path) -> int:
@@ -50,15 +42,27 @@ def children(parent: int) -> list[int]:
     """`parent`'s child processes: from its threads' `children` lists where the kernel keeps them
     (one small read per thread), else by the parent pid of every process."""
     lists = list(PROC.glob(f"{parent}/task/*/children"))
-    if lists:
-        pids = set()
-        for path in lists:
-            try:
-                pids.update(int(pid) for pid in path.read_text().split())
-            except OSError:  # the thread ended
-                pass
-        return sorted(pids)
-    return sorted(int(d.name) for d in PROC.glob("[0-9]*") if (_stat(d) or ("", -1))[1] == parent)
+    if not lists:
+        return sorted(_with_parent(parent))
+    pids = set()
+    for path in lists:
+        try:
+            pids.update(int(pid) for pid in path.read_text().split())
+        except OSError:  # the thread ended
+            pass
+    return sorted(pids)
+
+
+def _with_parent(parent: int) -> set[int]:
+    """Every process whose parent is `parent`, by ray_nodes' reading of /proc/<pid>/stat."""
+    found = set()
+    for pid in ray_nodes.pids():
+        try:
+            if ray_nodes.parent(pid) == parent:
+                found.add(pid)
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
 
 
 def stopped_with_term_pending(parent: int) -> list[int]:
@@ -66,9 +70,11 @@ def stopped_with_term_pending(parent: int) -> list[int]:
     term = 1 << (signal.SIGTERM - 1)
     found = []
     for pid in children(parent):
-        pid_dir = PROC / str(pid)
-        stat = _stat(pid_dir)
-        if stat and stat[0] == "T" and _pending(pid_dir) & term:
+        try:
+            stopped = ray_nodes.state(pid) == "T"
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if stopped and _pending(PROC / str(pid)) & term:
             found.append(pid)
     return found
 

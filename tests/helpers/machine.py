@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ffpipe.backends.ray_nodes import descendants, mentioning, terminate
+from ffpipe.backends.ray_nodes import descendants, mentioning, state, terminate
 from tests.helpers import REPO, low_ports
 
 BIN = Path(sys.executable).parent
@@ -31,7 +31,7 @@ def processes_with(*needles: str, env_needle: str | None = None) -> list[int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            if all(n in cmdline for n in needles) and _state(int(pid)) in "RSD" and (
+            if all(n in cmdline for n in needles) and state(int(pid)) in "RSD" and (
                     env_needle is None or env_needle.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
                 found.append(int(pid))
         except (OSError, IndexError):
@@ -39,9 +39,6 @@ def processes_with(*needles: str, env_needle: str | None = None) -> list[int]:
     return found
 
 
-def _state(pid: int) -> str:
-    """R running, S/D sleeping, T stopped, Z exited (/proc/<pid>/stat's field after the name)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def fresh_machine_env(tmp_path: Path) -> dict:
