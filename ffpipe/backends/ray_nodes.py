@@ -180,12 +180,13 @@ def quiet_port(low: int = 20000) -> int:
     another process before the agent binds it, and then no job can be submitted (seen in the
     cluster scripts' test). Tried in random order, so heads started together rarely try the same
     one."""
-    candidates = list(range(low, max(ephemeral_start(), low + 1000)))
+    top = max(ephemeral_start(), low + 1000)
+    candidates = list(range(low, top))
     random.shuffle(candidates)
     for port in candidates:
         if is_free(port):
             return port
-    raise SystemExit(f"no free port from {low} to {candidates[-1] if candidates else low}: set RAY_AGENT_PORT")
+    raise SystemExit(f"no free port from {low} to {top - 1}: set RAY_AGENT_PORT")
 
 
 def main(argv: list[str]) -> int:
